@@ -1,0 +1,64 @@
+"""The ``fp16guard`` command line: a thin dispatcher over ``fp16guard.commands.*``.
+
+Each command module exposes ``register(subparsers)``, which adds its parser and sets
+``func(args) -> int``. Command modules import heavy libraries (prefect, onnxruntime, pyarrow)
+inside ``func``, so ``fp16guard stats`` never pays for importing Prefect.
+
+Exit status: 0 success / verified, 1 verification failed, 2 bad input (one line on stderr,
+no traceback, no artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Command modules, in the order ``--help`` lists them.
+COMMANDS = ("run", "stats", "demo", "history", "show", "verify_store", "register")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every available command registered."""
+    parser = argparse.ArgumentParser(
+        prog="fp16guard",
+        description="Find FP16 overflow on real data, keep those nodes in FP32, verify against FP32.",
+    )
+    from fp16guard import __version__
+
+    parser.add_argument("--version", action="version", version=f"fp16guard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fp16guard.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fp16guard.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script. Returns (and exits with) the exit status."""
+    from fp16guard.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"fp16guard: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("fp16guard: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code) if argv is None else None
+    return code
+
+
+if __name__ == "__main__":
+    main()

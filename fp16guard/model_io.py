@@ -1,0 +1,171 @@
+"""Loading and normalising ONNX models, and describing their inputs.
+
+Every stage loads models through :func:`load_model`, so node names are the same everywhere:
+unnamed nodes get deterministic names (``<op_type>_<index>``), duplicate names get a ``__<k>``
+suffix, and IR-version < 4 models stop listing initializers among the graph inputs (NOTES #6).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from fp16guard.errors import ModelError
+from fp16guard.hashing import sha256_file
+
+#: ONNX element types treated as floating point (statistics and precision apply to these).
+FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input as the model declares it.
+
+    Attributes:
+        name: input tensor name.
+        dtype: numpy dtype of the input.
+        shape: one entry per dimension: an int for a static size, a str (symbolic name) or None
+            for a dynamic one. ``None`` for the whole tuple when the rank is unknown.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        """``'x' (float32, [batch, 32])`` — the form used in error messages."""
+        dims = "?" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        return f"'{self.name}' ({self.dtype}, {dims})"
+
+
+def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.ModelProto:
+    """Load, check and normalise an ONNX model.
+
+    Args:
+        path: the ``.onnx`` file. External data files are resolved relative to its folder.
+        load_weights: load external-data initializers into memory (default True). With False,
+            external tensors keep their references (embedded weights are always loaded).
+
+    Returns:
+        The normalised model (see module docstring).
+
+    Raises:
+        ModelError: the file is missing, is not a valid ONNX model, or its external data is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model {path} does not exist; expected an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except FileNotFoundError as exc:
+        raise ModelError(f"model {path} refers to external data that is missing: {exc.filename or exc}") from None
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"model {path} is not a valid ONNX file ({type(exc).__name__}: {exc}); expected a serialized ModelProto") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"model {path} has an empty graph; expected an ONNX model with nodes and outputs")
+    try:
+        # Large models cannot go through check_model's 2 GB in-memory path; check the file then.
+        onnx.checker.check_model(str(path) if model.ByteSize() > 2**31 - 1 or not load_weights else model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {path} is not a valid ONNX model: {first}") from None
+    normalize_model(model)
+    return model
+
+
+def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique deterministic name and drop initializers from graph inputs.
+
+    Edits ``model`` in place and returns it. Idempotent.
+    """
+    graph = model.graph
+    init_names = {t.name for t in graph.initializer}
+    if any(i.name in init_names for i in graph.input):
+        # IR < 4 lists initializers as inputs; they are constants, not things to feed.
+        keep = [i for i in graph.input if i.name not in init_names]
+        del graph.input[:]
+        graph.input.extend(keep)
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        base, k = name, 2
+        while name in seen:
+            name, k = f"{base}__{k}", k + 1
+        node.name = name
+        seen.add(name)
+    return model
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """sha256 of the model file, extended with every external-data file it references.
+
+    For a model without external data this is the file's sha256.
+    """
+    path = Path(path)
+    files = external_data_files(path)
+    if not files:
+        return sha256_file(path)
+    import hashlib
+
+    h = hashlib.sha256(sha256_file(path).encode())
+    for f in files:
+        h.update(f"\n{f.name}:{sha256_file(f)}".encode())
+    return h.hexdigest()
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external-data files a model references, sorted, as paths (may not exist)."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    names: set[str] = set()
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    names.add(entry.value)
+    return sorted(path.parent / n for n in names)
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's graph inputs (initializers excluded) as :class:`InputSpec` objects."""
+    init_names = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in init_names:
+            continue
+        ttype = value.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)) if ttype.elem_type else np.dtype("float32")
+        if ttype.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in ttype.shape.dim
+            )
+        else:
+            shape = None
+        specs.append(InputSpec(value.name, dtype, shape))
+    return specs
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
+    """The opset version the model imports for ``domain`` (default: the ONNX domain)."""
+    for imp in model.opset_import:
+        if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
+            return imp.version
+    return 1

@@ -1,0 +1,96 @@
+"""Every user-settable parameter, in one place, with descriptions and bounds.
+
+The CLI and the Prefect flow share these pydantic models: the flow takes :class:`RunParameters`
+as its one parameter, so the Prefect UI renders a form from the descriptions, bounds and choices
+below and the server rejects bad values before a run starts (NOTES #15). Nothing here reads the
+environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fp16guard import FP16_MAX
+
+#: Names and versions become folder names in the store: letters, digits, '.', '_', '-' only.
+SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_segment(value: str, what: str) -> str:
+    """Return ``value`` if it is a safe single path segment, else raise ``ValueError``."""
+    if not SAFE_SEGMENT.match(value or "") or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not allowed; expected 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..'"
+        )
+    return value
+
+
+class PlanSettings(BaseModel):
+    """Which nodes stay in FP32."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        10000.0,
+        gt=0,
+        le=FP16_MAX,
+        description="A node stays FP32 when any float input or output has max |x| above this (FP16 holds up to 65504; the margin covers data unseen in calibration).",
+    )
+    force_fp32_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches always stay FP32.")
+    force_fp32_ops: list[str] = Field(default_factory=list, description="Op types that always stay FP32, e.g. ['Softmax', 'LayerNormalization'].")
+    force_fp16_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches are built in FP16 even when a rule says FP32.")
+
+    @field_validator("force_fp32_nodes", "force_fp16_nodes")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a valid regular expression ({exc})") from None
+        return value
+
+
+class VerifySettings(BaseModel):
+    """When the built artifact counts as equivalent to the FP32 model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_rel_error: float = Field(
+        0.02, gt=0, le=1, description="Largest allowed max|candidate - fp32| / max|fp32| per output, over all holdout samples."
+    )
+    min_cosine: float = Field(0.999, ge=-1, le=1, description="Smallest allowed cosine similarity between candidate and FP32 outputs (flattened per output).")
+    max_mismatch_fraction: float = Field(
+        0.0, ge=0, le=1, description="For integer/boolean outputs: largest allowed fraction of elements that differ from FP32."
+    )
+
+
+class RunParameters(BaseModel):
+    """Parameters of one fp16guard run (the flow's form in the Prefect UI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="Path or URL of the FP32 ONNX model.")
+    calib: list[str] = Field(..., min_length=1, description="Calibration data: .npz files, folders of them, globs, or Polygraphy JSON inputs files.")
+    holdout: list[str] = Field(..., min_length=1, description="Holdout data for verification, same formats as calib. Should not overlap calib.")
+    name: str = Field(..., description="Model name in the store (letters, digits, '.', '_', '-').")
+    version: str = Field(..., description="Model version in the store (letters, digits, '.', '_', '-').")
+    store: str | None = Field(None, description="Store root (folder or fsspec URL). Default: $FP16GUARD_STORE, else ./fp16guard-store.")
+    backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="What to build: a mixed-precision ONNX model, or a TensorRT engine.")
+    batch_size: int | None = Field(None, ge=1, le=1_000_000, description="Samples per inference call; larger shards run in slices. Default: whole shard.")
+    plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
+    verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
+    promote: bool = Field(False, description="Release this run even if the version already has a released run.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        return check_segment(value, "name")
+
+    @field_validator("version")
+    @classmethod
+    def _safe_version(cls, value: str) -> str:
+        return check_segment(value, "version")
