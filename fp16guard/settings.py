@@ -9,7 +9,7 @@ environment at import time.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -84,6 +84,10 @@ class RunParameters(BaseModel):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")
+    trigger_event: dict[str, Any] | None = Field(
+        None,
+        description="Filled in by event-triggered deployments (event id, name, resource); leave empty when starting a run by hand.",
+    )
 
     @field_validator("name")
     @classmethod
