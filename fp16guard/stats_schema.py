@@ -1,0 +1,102 @@
+"""The two statistics tables, their declared Arrow schemas, and validated parquet I/O.
+
+* ``shard_stats.parquet`` (:data:`SHARD_SCHEMA`): one row per (shard, tensor).
+* ``stats.parquet`` (:data:`STATS_SCHEMA`): one row per tensor, reduced over all shards.
+
+Writers produce exactly these schemas; readers check every column's presence and type and
+raise :class:`fp16guard.errors.DataError` naming the first missing or mistyped column.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from fp16guard.atomic import atomic_path
+from fp16guard.errors import DataError
+
+_TENSOR_FIELDS = [
+    pa.field("tensor", pa.string(), nullable=False),
+    pa.field("producer", pa.string(), nullable=False),  # "" for graph inputs
+    pa.field("op_type", pa.string(), nullable=False),  # "" for graph inputs
+    pa.field("output_index", pa.int32(), nullable=False),  # -1 for graph inputs
+    pa.field("order", pa.int32(), nullable=False),  # graph order
+    pa.field("min", pa.float64(), nullable=False),
+    pa.field("max", pa.float64(), nullable=False),
+    pa.field("max_abs", pa.float64(), nullable=False),  # max(-min, max)
+    pa.field("nonfinite", pa.int64(), nullable=False),  # NaN/inf elements
+]
+
+#: One row per (shard, tensor). ``samples``: samples in the shard.
+SHARD_SCHEMA = pa.schema(
+    [pa.field("shard", pa.string(), nullable=False), pa.field("shard_sha256", pa.string(), nullable=False)]
+    + _TENSOR_FIELDS
+    + [pa.field("samples", pa.int64(), nullable=False)]
+)
+
+#: One row per tensor. ``shards``: shards that measured it; ``samples``: their samples in total;
+#: ``max_shard``: name of the shard where the largest max |x| was seen (first one on ties).
+STATS_SCHEMA = pa.schema(
+    _TENSOR_FIELDS
+    + [
+        pa.field("shards", pa.int64(), nullable=False),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("max_shard", pa.string(), nullable=False),
+    ]
+)
+
+
+def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    """Check that ``table`` has every column of ``schema`` with its type; return it in schema order.
+
+    Raises:
+        DataError: naming the first missing or mistyped column.
+    """
+    for field in schema:
+        if field.name not in table.column_names:
+            raise DataError(f"{what} has no column '{field.name}' (it has {table.column_names}); expected the columns {schema.names}")
+        got = table.schema.field(field.name).type
+        if got != field.type:
+            raise DataError(f"{what}: column '{field.name}' has type {got}; expected {field.type}")
+    return table.select(schema.names).cast(schema)
+
+
+def _write(table: pa.Table, path: str | os.PathLike, schema: pa.Schema, what: str) -> None:
+    import pyarrow.parquet as pq
+
+    table = validate(table, schema, what)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _read(path: str | os.PathLike, schema: pa.Schema, what: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist; expected a parquet file written by fp16guard") from None
+    except Exception as exc:
+        raise DataError(f"{what} {path} is not a readable parquet file ({type(exc).__name__}: {exc})") from None
+    return validate(table, schema, f"{what} {path}")
+
+
+def write_stats(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a STATS_SCHEMA table to ``path`` as parquet, atomically (validated first)."""
+    _write(table, path, STATS_SCHEMA, "stats table")
+
+
+def write_shard_stats(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write a SHARD_SCHEMA table to ``path`` as parquet, atomically (validated first)."""
+    _write(table, path, SHARD_SCHEMA, "shard stats table")
+
+
+def read_stats(path: str | os.PathLike) -> pa.Table:
+    """Read and validate a ``stats.parquet``. Raises DataError on a missing/mistyped column."""
+    return _read(path, STATS_SCHEMA, "stats file")
+
+
+def read_shard_stats(path: str | os.PathLike) -> pa.Table:
+    """Read and validate a ``shard_stats.parquet``. Raises DataError on a missing/mistyped column."""
+    return _read(path, SHARD_SCHEMA, "shard stats file")
