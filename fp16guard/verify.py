@@ -1,0 +1,354 @@
+"""Verification: run the FP32 model and the built candidate on every holdout sample and compare.
+
+Figures per output (accumulated shard by shard and slice by slice, so memory does not grow with
+the number of shards or samples):
+
+- float outputs: ``max_abs_error`` (over finite candidate values), ``max_rel_error`` =
+  max_abs_error / max |fp32| of that output over all samples, ``cosine`` similarity of the
+  flattened outputs (all samples), ``nonfinite`` values in the candidate, ``ref_max_abs``.
+- integer and boolean outputs: ``mismatch_fraction`` (elements that differ / elements).
+
+The gate fails when any candidate output is non-finite, ``max_rel_error`` exceeds
+``settings.max_rel_error``, ``cosine`` falls below ``settings.min_cosine``, or
+``mismatch_fraction`` exceeds ``settings.max_mismatch_fraction``.
+
+FP16 on the CPU provider (NOTES #1-2): onnxruntime's CPU provider computes most FP16 nodes in
+FP32 and so hides overflow. When the candidate holds FP16 tensors and runs on the CPU provider,
+it is verified through FP16 storage emulation (``fp16guard.emulate.emulate_fp16_storage``): an
+FP32 graph whose formerly-FP16 tensors are rounded through FP16, which reproduces overflow. The
+report's ``execution`` field says which was done.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+
+from fp16guard.data import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, slice_size
+from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
+from fp16guard.model_io import input_specs, load_model
+from fp16guard.settings import VerifySettings
+
+_CPU = "CPUExecutionProvider"
+
+
+# --------------------------------------------------------------------------------------------
+# per-output accumulators
+
+
+@dataclass
+class _FloatStats:
+    """Running figures of one float output; O(1) memory."""
+
+    dtype: str
+    elements: int = 0
+    nonfinite: int = 0
+    max_abs_error: float = 0.0
+    ref_max_abs: float = 0.0
+    cand_max_abs: float = 0.0
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    cand_sq: float = 0.0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        r = np.asarray(ref, dtype=np.float64).ravel()
+        c = np.asarray(cand, dtype=np.float64).ravel()
+        finite = np.isfinite(c)
+        self.elements += r.size
+        bad = int(r.size - np.count_nonzero(finite))
+        self.nonfinite += bad
+        if r.size:
+            self.ref_max_abs = max(self.ref_max_abs, float(np.abs(r).max()))
+        if bad:
+            r, c = r[finite], c[finite]
+        if r.size:
+            self.max_abs_error = max(self.max_abs_error, float(np.abs(c - r).max()))
+            self.cand_max_abs = max(self.cand_max_abs, float(np.abs(c).max()))
+            self.dot += float(np.dot(r, c))
+            self.ref_sq += float(np.dot(r, r))
+            self.cand_sq += float(np.dot(c, c))
+
+    def figures(self) -> dict:
+        rel = self.max_abs_error / self.ref_max_abs if self.ref_max_abs > 0 else (0.0 if self.max_abs_error == 0 else math.inf)
+        if self.nonfinite:
+            cosine = None  # undefined: the candidate holds NaN/inf
+        elif self.ref_sq == 0 and self.cand_sq == 0:
+            cosine = 1.0
+        elif self.ref_sq == 0 or self.cand_sq == 0:
+            cosine = 0.0
+        else:
+            cosine = self.dot / math.sqrt(self.ref_sq * self.cand_sq)
+            cosine = max(-1.0, min(1.0, cosine))
+        return {
+            "kind": "float",
+            "dtype": self.dtype,
+            "elements": self.elements,
+            "nonfinite": self.nonfinite,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": _json_float(rel),
+            "cosine": cosine,
+            "ref_max_abs": self.ref_max_abs,
+            "candidate_max_abs": self.cand_max_abs,
+        }
+
+
+@dataclass
+class _ExactStats:
+    """Running mismatch count of one integer or boolean output."""
+
+    dtype: str
+    elements: int = 0
+    mismatches: int = 0
+
+    def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        self.elements += ref.size
+        self.mismatches += int(np.count_nonzero(np.asarray(ref).ravel() != np.asarray(cand).ravel()))
+
+    def figures(self) -> dict:
+        return {
+            "kind": "exact",
+            "dtype": self.dtype,
+            "elements": self.elements,
+            "mismatches": self.mismatches,
+            "mismatch_fraction": self.mismatches / self.elements if self.elements else 0.0,
+        }
+
+
+def _json_float(value: float) -> float | None:
+    # verification.json must be strict JSON: no Infinity/NaN tokens.
+    return value if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------------
+# gate
+
+
+def _judge(name: str, fig: dict, settings: VerifySettings) -> list[tuple[float, str]]:
+    """Failures of one output as (severity, one-line message); severity orders the reason."""
+    fails: list[tuple[float, str]] = []
+    if "error" in fig:
+        fails.append((4e9, f"output '{name}': {fig['error']}"))
+        return fails
+    if fig["kind"] == "exact":
+        if fig["mismatch_fraction"] > settings.max_mismatch_fraction:
+            fails.append((2e9 + fig["mismatch_fraction"], f"output '{name}': {fig['mismatches']} of {fig['elements']} elements differ from FP32 (fraction {fig['mismatch_fraction']:.4g} > {settings.max_mismatch_fraction:g})"))
+        return fails
+    if fig["nonfinite"]:
+        fails.append((3e9 + fig["nonfinite"], f"output '{name}': {fig['nonfinite']} of {fig['elements']} candidate values are NaN/inf (FP32 max |x| {fig['ref_max_abs']:.4g})"))
+    rel = fig["max_rel_error"]
+    if rel is None or rel > settings.max_rel_error:
+        shown = "inf" if rel is None else f"{rel:.4g}"
+        ratio = 1e9 if rel is None else rel / settings.max_rel_error
+        fails.append((1e9 + ratio, f"output '{name}': max relative error {shown} > {settings.max_rel_error:g} (max abs error {fig['max_abs_error']:.4g}, FP32 max |x| {fig['ref_max_abs']:.4g})"))
+    cos = fig["cosine"]
+    if cos is not None and cos < settings.min_cosine:
+        fails.append((1e9 + (1 - cos) / max(1e-12, 1 - settings.min_cosine), f"output '{name}': cosine similarity {cos:.6g} < {settings.min_cosine:g}"))
+    return fails
+
+
+def gate(report: dict) -> dict:
+    """Raise :class:`VerificationFailed` when ``report`` (from :func:`verify`) did not pass.
+
+    Returns:
+        The report, unchanged, when it passed.
+    """
+    if not report.get("passed"):
+        raise VerificationFailed(report.get("reason") or "verification failed", report)
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def has_fp16(model: onnx.ModelProto) -> bool:
+    """True when the model's main graph declares or produces any FLOAT16 tensor."""
+    g = model.graph
+    for value in list(g.input) + list(g.output) + list(g.value_info):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            return True
+    if any(t.data_type == TensorProto.FLOAT16 for t in g.initializer):
+        return True
+    for node in g.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                return True
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                return True
+    return False
+
+
+def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
+def _first_provider(providers: list[str] | None) -> str:
+    """The provider onnxruntime will put first: the first requested one it has, else CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return next((p for p in (providers or [_CPU]) if p in available), _CPU)
+
+
+def _runner(model, providers):
+    # The teammate-owned runner; imported here so that importing verify stays cheap.
+    from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(model, providers=providers)
+
+
+# --------------------------------------------------------------------------------------------
+# verify
+
+
+def verify(
+    reference: onnx.ModelProto | str | os.PathLike,
+    candidate: onnx.ModelProto | str | os.PathLike,
+    holdout: Sequence[ShardRef],
+    settings: VerifySettings | None = None,
+    batch_size: int | None = None,
+    providers: list[str] | None = None,
+    emulate: bool | None = None,
+) -> dict:
+    """Compare ``candidate`` with the FP32 ``reference`` on every holdout sample.
+
+    Args:
+        reference: the FP32 model (proto or path).
+        candidate: the built model (proto or path), same graph inputs and outputs.
+        holdout: shards, run one at a time (memory flat in their number).
+        settings: tolerances; default :class:`VerifySettings()`.
+        batch_size: samples per inference call (a static batch dimension in the models wins);
+            default: the whole shard.
+        providers: onnxruntime execution providers for both models; default CPU.
+        emulate: run the candidate through FP16 storage emulation. None (default): when the
+            candidate holds FP16 and onnxruntime runs it on the CPU provider (NOTES #1-2).
+
+    Returns:
+        The content of ``verification.json``: ``passed``, ``reason`` (one line naming the
+        worst output and figure, None when passed), ``outputs`` (figures per output),
+        ``samples``, ``shards``, ``tolerances``, ``execution`` (what ran the candidate),
+        ``emulated``, ``providers``.
+
+    Raises:
+        DataError / NonFiniteError: a shard does not fit the models, or the FP32 reference
+            itself produced NaN/inf (names shard and output).
+    """
+    settings = settings or VerifySettings()
+    if not holdout:
+        raise DataError("the holdout set is empty; expected at least one shard to verify on")
+    ref_model = _as_model(reference)
+    cand_model = _as_model(candidate)
+    ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
+    fp16 = has_fp16(cand_model)
+
+    first = _first_provider(providers)
+    on_cpu = first == _CPU
+    do_emulate = (fp16 and on_cpu) if emulate is None else bool(emulate and fp16)
+    if do_emulate:
+        from fp16guard.emulate import emulate_fp16_storage
+
+        run_model = emulate_fp16_storage(cand_model)
+        execution = f"onnxruntime {first}: candidate run through FP16 storage emulation (FP32 arithmetic, every FP16 tensor rounded through FP16)"
+    elif fp16:
+        execution = f"onnxruntime {first}: candidate run as built (FP16 kernels of this provider)"
+        if on_cpu:
+            execution += "; WARNING: the CPU provider hides FP16 overflow (NOTES #1)"
+        run_model = cand_model
+    else:
+        execution = f"onnxruntime {first}: candidate has no FP16 tensors, run as built"
+        run_model = cand_model
+
+    stats: dict[str, _FloatStats | _ExactStats] = {}
+    errors: dict[str, str] = {}
+    samples = 0
+    with _runner(ref_model, providers) as ref_run, _runner(run_model, providers) as cand_run:
+        ref_names = ref_run.output_names
+        used_providers = cand_run.providers
+        cand_names = set(cand_run.output_names)
+        wanted = [n for n in ref_names if n in cand_names]
+        for n in ref_names:
+            if n not in cand_names:
+                errors[n] = "missing from the candidate's outputs"
+        for ref in holdout:
+            raw = load_shard(ref)
+            ref_feeds = prepare_feeds(ref, raw, ref_specs)
+            cand_feeds = prepare_feeds(ref, raw, cand_specs)
+            del raw
+            n = batch_count(ref_feeds)
+            size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
+            for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
+                r_out = ref_run.infer(ref_slice, wanted)
+                c_out = cand_run.infer(cand_slice, wanted)
+                for name in wanted:
+                    _accumulate(stats, errors, ref, name, r_out[name], c_out[name])
+            samples += n
+
+    outputs: dict[str, dict] = {}
+    failures: list[tuple[float, str]] = []
+    for name in ref_names:
+        fig = stats[name].figures() if name in stats else {"kind": "unknown"}
+        if name in errors:
+            fig["error"] = errors[name]
+        fails = _judge(name, fig, settings)
+        fig["passed"] = not fails
+        outputs[name] = fig
+        failures.extend(fails)
+    failures.sort(key=lambda f: -f[0])
+    reason = None
+    if failures:
+        reason = failures[0][1] + (f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else "")
+    return {
+        "passed": not failures,
+        "reason": reason,
+        "outputs": outputs,
+        "samples": samples,
+        "shards": [r.name for r in holdout],
+        "tolerances": settings.model_dump(),
+        "execution": execution,
+        "emulated": do_emulate,
+        "providers": used_providers,
+    }
+
+
+def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray) -> None:
+    r, c = np.asarray(r), np.asarray(c)
+    if r.dtype.kind == "f" and not np.isfinite(r).all():
+        bad = int(r.size - np.count_nonzero(np.isfinite(r)))
+        raise NonFiniteError(f"shard {ref.name}: FP32 reference output '{name}' holds {bad} NaN/inf values; expected finite outputs from the FP32 model")
+    if name in errors:
+        return
+    if r.shape != c.shape:
+        errors[name] = f"candidate shape {list(c.shape)} differs from FP32 shape {list(r.shape)} (shard {ref.name})"
+        return
+    if name not in stats:
+        exact = r.dtype.kind in "biuUSO" and c.dtype.kind in "biuUSO"
+        if r.dtype.kind == "f" or c.dtype.kind == "f":
+            exact = False
+        stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype))
+    stats[name].update(r, c)
+
+
+def verify_mixed(
+    reference: onnx.ModelProto | str | os.PathLike,
+    fp32_nodes: Iterable[str],
+    holdout: Sequence[ShardRef],
+    settings: VerifySettings | None = None,
+    batch_size: int | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """Build the mixed-precision model for ``fp32_nodes`` and verify it on the CPU provider
+    through FP16 storage emulation.
+
+    Returns:
+        ``(mixed_model, report)``; the report as from :func:`verify`.
+    """
+    from fp16guard.convert import to_mixed_precision
+
+    ref_model = _as_model(reference)
+    mixed = to_mixed_precision(ref_model, set(fp32_nodes))
+    return mixed, verify(ref_model, mixed, holdout, settings, batch_size=batch_size, providers=None, emulate=True)
