@@ -1,0 +1,197 @@
+"""Reading the store back: re-check a run's hashes, and list a model's runs and releases.
+
+What this module reads from a run (written by the flow; the store does not write them):
+
+- ``manifest.json``: ``created`` (ISO time), ``trigger`` (``{"type": "manual"|"schedule"|"event", ...}``
+  or a string), ``outputs`` (``{"<file name in the run folder>": {"sha256": "...", "bytes": n}}``)
+  and ``inputs`` (any nesting of dicts/lists; every dict holding ``sha256`` plus ``location``,
+  ``path`` or ``uri`` is taken as an input file record).
+- ``verification.json``: ``passed``, ``reason``, ``outputs`` (``{name: {"max_rel_error", ...}}``).
+- ``plan.json``: ``counts.fp32`` (else the length of ``fp32_nodes``).
+
+Every file is optional for ``history`` (a missing figure is shown as None); ``verify_run`` reports a
+missing ``manifest.json`` as a problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import TYPE_CHECKING, Any, Iterator
+
+from fp16guard.errors import StoreError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fp16guard.store import Store
+
+_STATUS_WORDS = {"verified": "passed", "rejected": "rejected"}
+
+
+def verify_run(store: "Store", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
+    """Re-hash every file of a run and compare with what was recorded.
+
+    Checks (each failure is one line in the result):
+      1. every file listed in ``status.json`` (written by the store at commit) exists and matches;
+      2. no file was added to the run folder after commit;
+      3. every file in ``manifest.json["outputs"]`` exists in the run and matches its sha256;
+      4. with ``check_inputs``, every input record (model, shards) is still readable at its
+         location and matches its sha256.
+
+    Args:
+        store: the store.
+        name, version: the model version.
+        run_id: the run to check; default the version's current release.
+        check_inputs: also re-hash the input files named in the manifest (they live outside
+            the store and may be gone; default False).
+
+    Returns:
+        The problems found; an empty list means every recorded hash matches.
+
+    Raises:
+        StoreError: the run (or, without ``run_id``, any release) does not exist.
+    """
+    if run_id is None:
+        release = store.current_release(name, version)
+        if release is None:
+            raise StoreError(f"{name}/{version} has no release in {store.url}; pass a run id (`fp16guard history {name}` lists them)")
+        run_id = release["run_id"]
+    status = store.run_status(name, version, run_id)
+    run_dir = store._run_dir(name, version, run_id)
+    present = {f for f in store.fs.files_under(run_dir) if not _hidden(f)}
+    problems: list[str] = []
+
+    def check(rel: str, expected: str | None, source: str) -> None:
+        if rel not in present:
+            problems.append(f"{rel}: listed in {source} but missing from the run")
+        elif not expected:
+            problems.append(f"{rel}: {source} records no sha256")
+        elif (actual := store.fs.sha256(f"{run_dir}/{rel}")) != expected:
+            problems.append(f"{rel}: sha256 {actual[:12]}… does not match {source} ({expected[:12]}…)")
+
+    recorded = status.get("files", {})
+    for rel, rec in sorted(recorded.items()):
+        check(rel, rec.get("sha256"), "status.json")
+    for rel in sorted(present - set(recorded) - {"status.json"}):
+        problems.append(f"{rel}: present in the run but not recorded at commit")
+
+    try:
+        manifest = store.read_json(name, version, run_id, "manifest.json")
+    except (StoreError, json.JSONDecodeError) as exc:
+        problems.append(f"manifest.json: cannot be read ({exc})")
+        return problems
+    outputs = manifest.get("outputs") or {}
+    if not isinstance(outputs, dict):
+        problems.append(f"manifest.json: 'outputs' is a {type(outputs).__name__}; expected {{file name: {{sha256, bytes}}}}")
+        outputs = {}
+    for rel, rec in sorted(outputs.items()):
+        check(rel, (rec or {}).get("sha256") if isinstance(rec, dict) else None, "manifest.json outputs")
+
+    if check_inputs:
+        for location, expected in _input_records(manifest.get("inputs")):
+            try:
+                actual = _hash_location(location)
+            except (OSError, ValueError, ImportError) as exc:
+                problems.append(f"input {location}: cannot be read ({type(exc).__name__}: {exc})")
+                continue
+            if actual != expected:
+                problems.append(f"input {location}: sha256 {actual[:12]}… does not match the manifest ({expected[:12]}…)")
+    return problems
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _input_records(node: Any) -> Iterator[tuple[str, str]]:
+    """Yield (location, sha256) for every file record nested anywhere in the manifest's inputs."""
+    if isinstance(node, dict):
+        location = node.get("location") or node.get("path") or node.get("uri")
+        if isinstance(node.get("sha256"), str) and isinstance(location, str):
+            yield location, node["sha256"]
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                yield from _input_records(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _input_records(value)
+
+
+def _hash_location(location: str) -> str:
+    import fsspec
+
+    h = hashlib.sha256()
+    with fsspec.open(location, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def history(store: "Store", name: str, version: str | None = None) -> list[dict]:
+    """One row per committed run of ``name`` (all versions, or one), oldest first per version.
+
+    Row keys: ``name, version, run_id, time, status ("passed"|"rejected"), reason,
+    released ("current"|"previous"|""), fp32_nodes (int|None), worst_rel_error (float|None),
+    trigger (str)``.
+
+    Raises:
+        StoreError: a bad name/version, or ``name`` has no runs at all.
+    """
+    versions = [version] if version else store.versions(name)
+    rows = []
+    for ver in versions:
+        releases = store.release_history(name, ver)
+        current = releases[-1]["run_id"] if releases else None
+        ever = {r["run_id"] for r in releases}
+        for run_id in store.runs(name, ver):
+            rows.append(_row(store, name, ver, run_id, current, ever))
+    if not rows and not versions:
+        raise StoreError(f"no model named {name!r} in {store.url}")
+    return sorted(rows, key=lambda r: (r["version"], r["time"] or "", r["run_id"]))
+
+
+def _row(store: "Store", name: str, version: str, run_id: str, current: str | None, ever: set[str]) -> dict:
+    status = store.run_status(name, version, run_id)
+    manifest = _safe_json(store, name, version, run_id, "manifest.json")
+    verification = _safe_json(store, name, version, run_id, "verification.json")
+    plan = _safe_json(store, name, version, run_id, "plan.json")
+    trigger = manifest.get("trigger")
+    if isinstance(trigger, dict):
+        trigger = trigger.get("type")
+    fp32 = (plan.get("counts") or {}).get("fp32")
+    if fp32 is None and isinstance(plan.get("fp32_nodes"), list):
+        fp32 = len(plan["fp32_nodes"])
+    return {
+        "name": name,
+        "version": version,
+        "run_id": run_id,
+        "time": manifest.get("created") or status.get("committed_at"),
+        "status": _STATUS_WORDS.get(status.get("status"), str(status.get("status"))),
+        "reason": status.get("reason") or verification.get("reason") or "",
+        "released": "current" if run_id == current else ("previous" if run_id in ever else ""),
+        "fp32_nodes": fp32,
+        "worst_rel_error": worst_rel_error(verification),
+        "trigger": str(trigger) if trigger else "",
+    }
+
+
+def worst_rel_error(verification: dict) -> float | None:
+    """Largest ``max_rel_error`` over the outputs of a verification report (inf if any is non-finite)."""
+    worst = None
+    for figures in (verification.get("outputs") or {}).values():
+        if not isinstance(figures, dict):
+            continue
+        value = figures.get("max_rel_error")
+        if figures.get("nonfinite"):
+            value = math.inf
+        if isinstance(value, (int, float)) and (worst is None or not value <= worst):
+            worst = float(value)
+    return worst
+
+
+def _safe_json(store: "Store", name: str, version: str, run_id: str, filename: str) -> dict:
+    try:
+        value = store.read_json(name, version, run_id, filename, default={})
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
