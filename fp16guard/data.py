@@ -145,6 +145,71 @@ def arrays_digest(feeds: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def peek_shard(ref: ShardRef) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Names, dtypes and shapes of a shard's arrays, reading only the ``.npy`` headers of a
+    ``.npz`` (cheap even for large shards). JSON feed dicts are loaded whole.
+
+    Raises:
+        DataError: the file cannot be read as the format its suffix says.
+    """
+    if ref.index is not None:
+        return {k: (v.dtype, v.shape) for k, v in load_shard(ref).items()}
+    import zipfile
+
+    out = {}
+    try:
+        with zipfile.ZipFile(ref.path) as zf:
+            for member in zf.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with zf.open(member) as fh:
+                    major, _ = np.lib.format.read_magic(fh)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read_header(fh)
+                out[member[: -len(".npy")]] = (np.dtype(dtype), tuple(shape))
+    except Exception as exc:
+        raise DataError(f"shard {ref.name} is not a readable .npz file ({type(exc).__name__}: {exc}); expected arrays keyed by input name") from None
+    return out
+
+
+def check_layout(ref: ShardRef, layout: dict[str, tuple[np.dtype, tuple[int, ...]]], specs: Sequence[InputSpec]) -> int:
+    """Check a shard's array names, dtypes and shapes against the model's inputs.
+
+    Args:
+        ref: the shard (for messages).
+        layout: ``{name: (dtype, shape)}`` as from :func:`peek_shard`.
+        specs: the model's inputs.
+
+    Returns:
+        The shard's number of samples (leading dimension).
+
+    Raises:
+        DataError: an input is missing, has the wrong rank or a static dimension that differs,
+            has an incompatible dtype, the inputs disagree on the batch size, or it is empty.
+    """
+    expected = ", ".join(s.describe() for s in specs)
+    batch: int | None = None
+    for spec in specs:
+        if spec.name not in layout:
+            raise DataError(f"shard {ref.name} has no input '{spec.name}' (it has {sorted(layout)}); the model expects inputs {expected}")
+        dtype, shape = layout[spec.name]
+        if spec.shape is not None and len(shape) != len(spec.shape):
+            raise DataError(f"shard {ref.name}: input '{spec.name}' has rank {len(shape)} (shape {list(shape)}); the model expects {spec.describe()}")
+        if spec.shape is not None:
+            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+                # Axis 0 is the batch: a larger shard is run in slices of the static batch.
+                if axis > 0 and isinstance(want, int) and want > 0 and got != want:
+                    raise DataError(f"shard {ref.name}: input '{spec.name}' has shape {list(shape)}; the model expects {spec.describe()} (axis {axis} must be {want})")
+        if not _castable(np.dtype(dtype), spec.dtype):
+            raise DataError(f"shard {ref.name}: input '{spec.name}' has dtype {dtype}; the model expects {spec.describe()}")
+        if len(shape) == 0 or shape[0] == 0:
+            raise DataError(f"shard {ref.name}: input '{spec.name}' holds no samples (shape {list(shape)}); expected a leading batch dimension of at least 1")
+        if batch is not None and shape[0] != batch:
+            raise DataError(f"shard {ref.name}: input '{spec.name}' has {shape[0]} samples but other inputs have {batch}; expected the same leading batch size")
+        batch = shape[0]
+    return batch or 0
+
+
 def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
     """Check a loaded shard against the model's inputs and return the feeds to run.
 
@@ -152,30 +217,15 @@ def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[I
     that are not model inputs are dropped.
 
     Raises:
-        DataError: an input is missing, has the wrong rank or a static dimension that differs,
-            has an incompatible dtype, the inputs disagree on the batch size, or it is empty.
+        DataError: see :func:`check_layout`.
         NonFiniteError: a float input holds NaN or inf (names the shard and input).
     """
-    expected = ", ".join(s.describe() for s in specs)
+    check_layout(ref, {k: (np.asarray(v).dtype, np.shape(v)) for k, v in feeds.items()}, specs)
     out: dict[str, np.ndarray] = {}
-    batch: int | None = None
     for spec in specs:
-        if spec.name not in feeds:
-            raise DataError(f"shard {ref.name} has no input '{spec.name}' (it has {sorted(feeds)}); the model expects inputs {expected}")
         arr = np.asarray(feeds[spec.name])
-        if spec.shape is not None and arr.ndim != len(spec.shape):
-            raise DataError(f"shard {ref.name}: input '{spec.name}' has rank {arr.ndim} (shape {list(arr.shape)}); the model expects {spec.describe()}")
-        if spec.shape is not None:
-            for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
-                # Axis 0 is the batch: a larger shard is run in slices of the static batch.
-                if axis > 0 and isinstance(want, int) and want > 0 and got != want:
-                    raise DataError(f"shard {ref.name}: input '{spec.name}' has shape {list(arr.shape)}; the model expects {spec.describe()} (axis {axis} must be {want})")
-        arr = _cast_like(ref, spec, arr)
-        if arr.ndim == 0 or arr.shape[0] == 0:
-            raise DataError(f"shard {ref.name}: input '{spec.name}' holds no samples (shape {list(arr.shape)}); expected a leading batch dimension of at least 1")
-        if batch is not None and arr.shape[0] != batch:
-            raise DataError(f"shard {ref.name}: input '{spec.name}' has {arr.shape[0]} samples but other inputs have {batch}; expected the same leading batch size")
-        batch = arr.shape[0]
+        if arr.dtype != spec.dtype:
+            arr = arr.astype(spec.dtype)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
             raise NonFiniteError(f"shard {ref.name}: input '{spec.name}' holds {bad} NaN/inf values; expected finite data")
@@ -183,17 +233,17 @@ def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[I
     return out
 
 
-def _cast_like(ref: ShardRef, spec: InputSpec, arr: np.ndarray) -> np.ndarray:
-    want = spec.dtype
-    if arr.dtype == want:
-        return arr
-    if want.kind == "f" and arr.dtype.kind in "fiu":
-        return arr.astype(want)
-    if want.kind in "iu" and arr.dtype.kind in "iu":
-        return arr.astype(want)
-    if want.kind == "b" and arr.dtype.kind in "biu":
-        return arr.astype(want)
-    raise DataError(f"shard {ref.name}: input '{spec.name}' has dtype {arr.dtype}; the model expects {spec.describe()}")
+def _castable(have: np.dtype, want: np.dtype) -> bool:
+    """Whether data of dtype ``have`` may be fed to an input of dtype ``want`` (after a cast)."""
+    if have == want:
+        return True
+    if want.kind == "f":
+        return have.kind in "fiu"
+    if want.kind in "iu":
+        return have.kind in "iu"
+    if want.kind == "b":
+        return have.kind in "biu"
+    return False
 
 
 def batch_count(feeds: dict[str, np.ndarray]) -> int:

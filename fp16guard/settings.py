@@ -98,3 +98,25 @@ class RunParameters(BaseModel):
     @classmethod
     def _safe_version(cls, value: str) -> str:
         return check_segment(value, "version")
+
+
+def parse_parameters(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
+    """Validate ``data`` into ``model``; turn pydantic's report into one ConfigError line.
+
+    Raises:
+        ConfigError: e.g. ``threshold 70000.0 is out of range: Input should be less than or
+            equal to 65504``.
+    """
+    from pydantic import ValidationError
+
+    from fp16guard.errors import ConfigError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p not in ("plan", "verify")) or "parameters"
+        msg = first["msg"].removeprefix("Value error, ")
+        value = first.get("input")
+        shown = "" if isinstance(value, dict) else f" {value!r}"
+        raise ConfigError(f"{where}{shown} is not accepted: {msg}") from None

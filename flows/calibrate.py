@@ -1,0 +1,97 @@
+"""The fp16guard flow: statistics per shard → plan → build → verify → publish.
+
+This module is the DAG only: which task feeds which, mapping over shards, and the release gate.
+Every computation is a task in ``tasks/`` over a pure function of the ``fp16guard`` library.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fp16guard.errors import VerificationFailed
+from fp16guard.settings import RunParameters
+from tasks.build import build_engine_task, build_mixed_onnx_task
+from tasks.caching import cache_dir_for, code_digest, content_policy
+from tasks.inputs import discover, fingerprint_model
+from tasks.lineage import run_context_task
+from tasks.plan import plan_task
+from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
+from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
+from tasks.verify import verify_task
+
+#: Library modules whose code determines a verification result (part of its cache key).
+VERIFY_MODULES = ("fp16guard.verify", "fp16guard.emulate", "fp16guard.data")
+
+
+# One worker: shards run one after another so a worker holds one ORT session (or one GPU
+# context) at a time; onnxruntime already uses every core inside a session.
+@flow(name="fp16guard-calibrate", task_runner=ThreadPoolTaskRunner(max_workers=1), validate_parameters=True)
+def calibrate(params: RunParameters) -> dict:
+    """Calibrate, plan, build and verify one model version; publish the run to the store.
+
+    Args:
+        params: every setting of the run (the Prefect UI renders this as a form).
+
+    Returns:
+        ``{"run_id", "run_dir", "passed", "status", "released", "reason"}``.
+
+    Raises:
+        UserError: bad input; the run leaves nothing in the store.
+        VerificationFailed: the artifact does not match FP32; the run is kept, marked rejected.
+    """
+    from fp16guard.progress import Progress
+    from fp16guard.store import open_store
+
+    store = open_store(params.store)
+    cache_dir = cache_dir_for(store.url)
+    context = run_context_task(params.trigger_event)
+    model = fingerprint_model(params.model)
+    calib = discover(params.calib, "calibration")
+    holdout = discover(params.holdout, "holdout")
+    staged = stage_run_task(store.url, params.name, params.version)
+    try:
+        shard_task = shard_stats_task.with_options(
+            cache_policy=content_policy(cache_dir / "stats", exclude=["model_path", "shard", "batch_size", "providers"])
+        )
+        futures = shard_task.map(
+            model_path=unmapped(params.model),
+            model_sha256=unmapped(model["sha256"]),
+            shard=[c["shard"] for c in calib],
+            shard_sha256=[c["sha256"] for c in calib],
+            code=unmapped(code_digest(*STATS_MODULES)),
+            batch_size=unmapped(params.batch_size),
+        )
+        with Progress(len(futures), "calibration shards") as progress:
+            shard_results = []
+            for future in futures:
+                shard_results.append(future.result())
+                progress.advance(shard_results[-1]["shard"])
+        files = reduce_stats_task(shard_results, staged["dir"])
+        plan = plan_task(params.model, files["stats"], params.plan, staged["dir"])
+        artifact = build_mixed_onnx_task(params.model, plan, staged["dir"])
+        backend = None
+        if params.backend == "tensorrt":
+            backend = build_engine_task(
+                params.model, artifact["path"], plan, staged["dir"],
+                shapes={"calibration": [c["shard"] for c in calib], "holdout": [h["shard"] for h in holdout]},
+                timing_cache_dir=str(cache_dir / "tensorrt-timing"),
+            )
+        verify = verify_task.with_options(
+            cache_policy=content_policy(cache_dir / "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"])
+        )
+        verification = verify(
+            params.model, model["sha256"], artifact["path"], artifact["sha256"],
+            [h["shard"] for h in holdout], [h["sha256"] for h in holdout],
+            params.verify, code_digest(*VERIFY_MODULES), params.batch_size,
+        )
+        write_verification_task(verification, staged["dir"])
+        result = publish_run_task(
+            store.url, staged, params, context, model, shard_results, calib, holdout, plan, verification, backend,
+        )
+    except BaseException:
+        discard_run(staged)
+        raise
+    if not verification["passed"]:
+        raise VerificationFailed(verification["reason"], verification)
+    return result

@@ -1,0 +1,118 @@
+"""``fp16guard run``: the whole flow on one model version.
+
+Exit status: 0 verified, 1 verification failed (run kept, marked rejected), 2 bad input.
+With ``--json`` the last line on stdout is a JSON object with at least ``run_dir`` and ``passed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``run`` and ``demo``'s pass-through options."""
+    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    p.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``run`` command."""
+    p = sub.add_parser("run", help="calibrate, plan, build and verify a model; publish the run to the store")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON")
+    p.add_argument("--holdout", nargs="+", required=True, metavar="PATH", help="holdout data for verification (same formats)")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument("--version", required=True, dest="model_version", help="model version in the store")
+    p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime", help="what to build (default onnxruntime)")
+    p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
+    p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
+    p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32")
+    p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
+    p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
+    p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
+    p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
+    add_run_arguments(p)
+    p.set_defaults(func=main)
+
+
+def parameters_from_args(args: argparse.Namespace):
+    """Build and validate :class:`RunParameters`; a bad value raises ConfigError (exit 2)."""
+    from fp16guard.settings import RunParameters, parse_parameters
+
+    return parse_parameters(
+        RunParameters,
+        {
+            "model": args.model,
+            "calib": args.calib,
+            "holdout": args.holdout,
+            "name": args.name,
+            "version": args.model_version,
+            "store": args.store,
+            "backend": args.backend,
+            "batch_size": args.batch_size,
+            "plan": {
+                "threshold": args.threshold,
+                "force_fp32_nodes": args.force_fp32_nodes,
+                "force_fp32_ops": args.force_fp32_ops,
+                "force_fp16_nodes": args.force_fp16_nodes,
+            },
+            "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine},
+            "promote": args.promote,
+        },
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the flow and report; see the module docstring for exit statuses."""
+    params = parameters_from_args(args)
+    return execute(params, as_json=args.json, verbose=args.verbose)
+
+
+def execute(params, as_json: bool = False, verbose: bool = False) -> int:
+    """Preflight-check ``params``, run the flow in this process and print the outcome.
+
+    Bad input found before the flow starts never creates a run; the flow itself removes its
+    staging folder when it meets bad input later.
+    """
+    from fp16guard.preflight import preflight
+
+    preflight(params)
+    quiet_prefect_console(verbose)
+    from fp16guard.errors import VerificationFailed
+    from flows.calibrate import calibrate
+
+    try:
+        result = calibrate(params)
+    except VerificationFailed as exc:
+        result = {"passed": False, "status": "rejected", "reason": exc.reason, **exc.report.get("_run", {})}
+    summary = {k: v for k, v in result.items() if not k.startswith("_")}
+    print_summary(summary)
+    if as_json:
+        print(json.dumps(summary, sort_keys=True, default=str))
+    return 0 if summary.get("passed") else 1
+
+
+def print_summary(result: dict) -> None:
+    """Human summary on stdout (the JSON line, when asked, comes after it)."""
+    verdict = "VERIFIED" if result.get("passed") else "REJECTED"
+    print(f"{verdict}: {result.get('reason') or 'artifact matches FP32 within tolerance'}")
+    for key in ("run_dir", "run_id", "status", "released", "fp32_nodes", "worst_rel_error"):
+        if key in result:
+            print(f"  {key}: {result[key]}")
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """Keep Prefect's console logs (and their tracebacks) off the terminal unless ``verbose``.
+
+    Logs still reach the Prefect API, so the UI shows them. Must run before prefect is imported.
+    """
+    import os
+
+    if verbose or "prefect" in sys.modules:
+        return
+    for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
+        os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")

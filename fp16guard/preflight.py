@@ -1,0 +1,21 @@
+"""Checks run before a flow starts, so bad input fails fast and leaves no run behind.
+
+What can be checked cheaply is checked here: the model loads, every calibration and holdout
+location exists and holds shards, and every shard's arrays (read from the ``.npy`` headers only)
+match the model's inputs in name, rank, static dimensions and dtype. NaN/inf in the data and in
+FP32 activations are found later, by the statistics pass, which discards the staged run.
+"""
+
+from __future__ import annotations
+
+from fp16guard.data import check_layout, discover_shards, peek_shard
+from fp16guard.model_io import input_specs, load_model
+from fp16guard.settings import RunParameters
+
+
+def preflight(params: RunParameters) -> None:
+    """Raise the first UserError found in ``params``' model and data; return None if all fit."""
+    specs = input_specs(load_model(params.model, load_weights=False))
+    for role, paths in (("calibration", params.calib), ("holdout", params.holdout)):
+        for ref in discover_shards(paths, role):
+            check_layout(ref, peek_shard(ref), specs)

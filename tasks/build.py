@@ -1,0 +1,46 @@
+"""Build tasks: the mixed-precision ONNX model (and the TensorRT engine when asked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from fp16guard.hashing import sha256_file
+
+
+@task(name="build-mixed-onnx")
+def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
+    """Write ``model.mixed.onnx``: FP16 everywhere but the plan's FP32 nodes.
+
+    Side effects:
+        Writes ``<out_dir>/model.mixed.onnx`` atomically (external data beside it when the
+        model exceeds protobuf's 2 GB limit).
+
+    Returns:
+        ``{"path", "sha256"}`` of the artifact.
+    """
+    import onnx
+
+    from fp16guard import atomic
+    from fp16guard.convert import to_mixed_precision
+    from fp16guard.model_io import load_model
+
+    fp32 = {n["name"] for n in plan["fp32_nodes"]}
+    mixed = to_mixed_precision(load_model(model_path), fp32)
+    target = Path(out_dir) / "model.mixed.onnx"
+    with atomic.atomic_path(target) as tmp:
+        onnx.save(mixed, str(tmp))
+    return {"path": str(target), "sha256": sha256_file(target)}
+
+
+@task(name="build-tensorrt-engine", tags=["fp16guard-gpu"])
+def build_engine_task(model_path: str, mixed_path: str, plan: dict, out_dir: str, shapes: dict, timing_cache_dir: str) -> dict:
+    """Build ``model.engine`` from the mixed model with TensorRT (see fp16guard.backends.tensorrt).
+
+    Returns:
+        The backend's lineage record (TensorRT version, typing mode, profiles, files, hashes).
+    """
+    from fp16guard.backends.tensorrt import build_engine
+
+    return build_engine(model_path, mixed_path, plan, out_dir, shapes, timing_cache_dir=timing_cache_dir)

@@ -1,0 +1,51 @@
+"""Tasks that turn user-given locations into content-addressed references."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from fp16guard.data import ShardRef, discover_shards, shard_digest
+from fp16guard.model_io import input_specs, load_model, model_digest
+
+
+@task(name="fingerprint-model")
+def fingerprint_model(model_path: str) -> dict:
+    """Check the model loads and hash it.
+
+    Returns:
+        ``{"location", "sha256", "bytes", "inputs"}`` where ``inputs`` describes the graph inputs.
+
+    Raises:
+        ModelError: the model is missing or invalid (the run stops before any artifact).
+    """
+    from pathlib import Path
+
+    model = load_model(model_path, load_weights=False)
+    specs = [s.describe() for s in input_specs(model)]
+    return {
+        "location": str(Path(model_path).resolve()),
+        "sha256": model_digest(model_path),
+        "bytes": Path(model_path).stat().st_size,
+        "inputs": specs,
+    }
+
+
+@task(name="discover-shards")
+def discover(paths: list[str], role: str) -> list[dict]:
+    """Expand calibration or holdout locations into shards with content digests.
+
+    Returns:
+        One ``{"shard": ShardRef, "sha256": str}`` per shard, in order.
+
+    Raises:
+        DataError: a location is missing or the set is empty.
+    """
+    return [{"shard": ref, "sha256": shard_digest(ref)} for ref in discover_shards(paths, role)]
+
+
+def shard_location(ref: ShardRef) -> str:
+    """Where a shard lives, for lineage: the file, plus ``#<index>`` for a JSON feed dict."""
+    from pathlib import Path
+
+    loc = str(Path(ref.path).resolve())
+    return loc if ref.index is None else f"{loc}#{ref.index}"

@@ -1,0 +1,26 @@
+"""Plan task: which nodes stay FP32 and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from fp16guard import atomic
+from fp16guard.settings import PlanSettings
+
+
+@task(name="make-plan")
+def plan_task(model_path: str, stats_path: str, settings: PlanSettings, out_dir: str) -> dict:
+    """Derive the precision plan from the reduced statistics and write ``plan.json``.
+
+    Returns:
+        The plan as written (``Plan.to_dict()``).
+    """
+    from fp16guard.model_io import load_model
+    from fp16guard.plan import make_plan
+    from fp16guard.stats_schema import read_stats
+
+    plan = make_plan(load_model(model_path, load_weights=False), read_stats(stats_path), settings).to_dict()
+    atomic.write_json(Path(out_dir) / "plan.json", plan)
+    return plan

@@ -1,0 +1,131 @@
+"""Tasks that stage a run in the store, write its records, and publish it (release gate)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from fp16guard import atomic
+from fp16guard.settings import RunParameters
+from tasks.inputs import shard_location
+
+
+@task(name="stage-run")
+def stage_run_task(store_url: str, name: str, version: str) -> dict:
+    """Reserve a run id and a local staging folder; nothing is visible in the store yet.
+
+    Returns:
+        ``{"store", "name", "version", "run_id", "dir"}`` (``dir``: the local folder every
+        later task writes its files into).
+    """
+    from fp16guard.store import open_store
+
+    staged = open_store(store_url).stage_run(name, version)
+    return {"store": store_url, "name": name, "version": version, "run_id": staged.run_id, "dir": str(staged.path)}
+
+
+def discard_run(staged: dict) -> None:
+    """Remove a staged run's folder (bad input or a crash before publishing): the store is left
+    as if the run never started. Not a task: it must run even when the flow is failing."""
+    shutil.rmtree(staged["dir"], ignore_errors=True)
+
+
+@task(name="write-verification")
+def write_verification_task(verification: dict, out_dir: str) -> str:
+    """Write ``verification.json`` (atomically) and return its path."""
+    return str(atomic.write_json(Path(out_dir) / "verification.json", verification))
+
+
+@task(name="publish-run")
+def publish_run_task(
+    store_url: str,
+    staged: dict,
+    params: RunParameters,
+    context: dict,
+    model: dict,
+    shard_results: list[dict],
+    calib: list[dict],
+    holdout: list[dict],
+    plan: dict,
+    verification: dict,
+    backend: dict | None,
+) -> dict:
+    """Write ``report.html`` and ``manifest.json``, commit the run, and apply the release gate.
+
+    A verified run is released when it is the version's first verified run, or when
+    ``params.promote`` is set; a rejected run is kept and marked rejected.
+
+    Returns:
+        ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
+        "fp32_nodes", "worst_rel_error", "report"}``.
+    """
+    from fp16guard.lineage import build_manifest, output_records
+    from fp16guard.store import StagedRun, open_store
+
+    out = Path(staged["dir"])
+    passed = bool(verification.get("passed"))
+    write_report(out, plan, verification)
+    calibration = [
+        {
+            "shard": c["shard"].name,
+            "location": shard_location(c["shard"]),
+            "sha256": c["sha256"],
+            "computed_by": r["computed_by"],
+            "computed_at": r["computed_at"],
+        }
+        for c, r in zip(calib, shard_results)
+    ]
+    manifest = build_manifest(
+        run_id=staged["run_id"],
+        name=params.name,
+        version=params.version,
+        status="verified" if passed else "rejected",
+        reason=verification.get("reason"),
+        parameters=params.model_dump(mode="json"),
+        model={k: model[k] for k in ("location", "sha256", "bytes")},
+        calibration=calibration,
+        holdout=[{"shard": h["shard"].name, "location": shard_location(h["shard"]), "sha256": h["sha256"]} for h in holdout],
+        outputs=output_records(out),
+        flow_run=context["flow_run"],
+        trigger=context["trigger"],
+        backend=backend,
+        providers=verification.get("providers"),
+    )
+    atomic.write_json(out / "manifest.json", manifest)
+
+    store = open_store(store_url)
+    run = StagedRun(store, staged["name"], staged["version"], staged["run_id"], out)
+    ref = run.commit(verified=passed, reason=verification.get("reason") or "")
+    released, release_reason = False, "not verified: nothing released"
+    if passed:
+        decision = store.release(params.name, params.version, ref.run_id, promote=params.promote)
+        released, release_reason = decision.released, decision.reason
+    return {
+        "run_id": ref.run_id,
+        "run_dir": ref.url,
+        "passed": passed,
+        "status": ref.status,
+        "released": released,
+        "release_reason": release_reason,
+        "reason": verification.get("reason"),
+        "fp32_nodes": len(plan.get("fp32_nodes", [])),
+        "worst_rel_error": _worst(verification),
+        "report": f"{ref.url}/report.html",
+    }
+
+
+def write_report(out: Path, plan: dict, verification: dict) -> None:
+    """Render ``report.html`` from the run's statistics, plan and verification."""
+    from fp16guard.report import render_report
+    from fp16guard.stats_schema import read_stats
+
+    html = render_report(read_stats(out / "stats.parquet"), plan, verification, {})
+    atomic.write_text(out / "report.html", html)
+
+
+def _worst(verification: dict) -> Any:
+    errors = [o.get("max_rel_error") for o in verification.get("outputs", {}).values() if o.get("max_rel_error") is not None]
+    return max(errors) if errors else None

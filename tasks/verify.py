@@ -1,0 +1,35 @@
+"""Verification task: the built artifact against the FP32 model on holdout data."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from fp16guard.data import ShardRef
+from fp16guard.settings import VerifySettings
+
+
+@task(name="verify-against-fp32", tags=["fp16guard-gpu"])
+def verify_task(
+    model_path: str,
+    model_sha256: str,
+    artifact_path: str,
+    artifact_sha256: str,
+    holdout: list[ShardRef],
+    holdout_sha256: list[str],
+    settings: VerifySettings,
+    code: str,
+    batch_size: int | None = None,
+) -> dict:
+    """Run the FP32 model and the artifact on every holdout sample and compare.
+
+    Cached on the model, artifact and holdout digests, the tolerances and the library code.
+    On the CPU provider the artifact's FP16 parts run through FP16 storage emulation
+    (NOTES #1–2); ``execution`` in the result says which.
+
+    Returns:
+        The content of ``verification.json`` (``passed``, ``reason``, per-output figures).
+        A failed verification is returned, not raised: the flow records it, then fails the run.
+    """
+    from fp16guard.verify import verify
+
+    return verify(model_path, artifact_path, holdout, settings, batch_size=batch_size)

@@ -1,0 +1,58 @@
+"""Shared fixtures: one real Prefect server for the whole session, and the demo example on disk.
+
+NOTES #14: ``prefect_test_harness`` takes 20-30 s to start here, so it is one session-scoped
+fixture, started only by the tests that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """Start a real Prefect server (temporary SQLite database) for this test session.
+
+    Yields:
+        The server's API URL; in-process flow calls use it through the harness's settings
+        context, subprocesses get it through ``PREFECT_API_URL`` (see :func:`run_cli`).
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory) -> dict:
+    """The built-in demo example (model, calibration and holdout folders), written once."""
+    from fp16guard.commands.demo import prepare
+
+    return prepare("demo", tmp_path_factory.mktemp("demo"))
+
+
+def run_cli(args: list[str], env: dict | None = None, api_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m fp16guard.cli ARGS`` in a subprocess, as a user would run ``fp16guard``.
+
+    Args:
+        args: command-line arguments after ``fp16guard``.
+        env: extra environment variables.
+        api_url: Prefect API to use (the session server); without it the CLI would start its
+            own embedded server.
+        timeout: seconds before the test fails.
+    """
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    if api_url:
+        full_env["PREFECT_API_URL"] = api_url
+    return subprocess.run(
+        [sys.executable, "-m", "fp16guard.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO),
+    )

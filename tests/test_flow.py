@@ -1,0 +1,101 @@
+"""The Prefect flow against a real Prefect server: artifacts, caching, gate, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fp16guard.errors import NonFiniteError, VerificationFailed
+from fp16guard.settings import RunParameters
+
+RUN_FILES = {"stats.parquet", "shard_stats.parquet", "plan.json", "model.mixed.onnx", "verification.json", "manifest.json", "report.html"}
+
+
+def _params(files: dict, store: Path, **extra) -> RunParameters:
+    return RunParameters(
+        model=files["model"], calib=[files["calib"]], holdout=[files["holdout"]], name="demo", version="1", store=str(store), **extra
+    )
+
+
+def _manifest(result: dict) -> dict:
+    return json.loads((Path(result["run_dir"]) / "manifest.json").read_text())
+
+
+@pytest.fixture()
+def store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+def test_flow_writes_verified_run_and_caches_shards(prefect_api_url, demo_files, store, tmp_path):
+    from flows.calibrate import calibrate
+
+    first = calibrate(_params(demo_files, store))
+    assert first["passed"] and first["released"] and first["status"] == "verified"
+    run_dir = Path(first["run_dir"])
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    m1 = _manifest(first)
+    assert m1["inputs"]["model"]["sha256"] and len(m1["inputs"]["calibration"]) == 4
+    assert all(c["computed_by"] == m1["flow_run"]["id"] for c in m1["inputs"]["calibration"])
+    for name, rec in m1["outputs"].items():
+        import hashlib
+
+        assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == rec["sha256"], name
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["fp32_nodes"], "the demo model overflows: some nodes must stay FP32"
+
+    # Same inputs: every shard comes from the cache (computed by the first run).
+    second = calibrate(_params(demo_files, store))
+    m2 = _manifest(second)
+    assert m2["flow_run"]["id"] != m1["flow_run"]["id"]
+    assert [c["computed_by"] for c in m2["inputs"]["calibration"]] == [m1["flow_run"]["id"]] * 4
+    assert not second["released"], "a later run replaces the release only with promote"
+
+    # One new shard (a copy of the data under a new name would hash the same: write new data).
+    calib2 = tmp_path / "calib2"
+    shutil.copytree(demo_files["calib"], calib2)
+    from fp16guard import examples
+
+    examples.write_shards("demo", calib2, 1, 8, seed=99, prefix="zz-new")
+    third = calibrate(RunParameters(**{**_params(demo_files, store).model_dump(), "calib": [str(calib2)]}))
+    m3 = _manifest(third)
+    computed = {c["shard"].rsplit("/", 1)[-1]: c["computed_by"] for c in m3["inputs"]["calibration"]}
+    assert computed.pop("zz-new-0000.npz") == m3["flow_run"]["id"]
+    assert set(computed.values()) == {m1["flow_run"]["id"]}, "old shards are not recomputed (the path changed, the content did not)"
+
+
+def test_failed_verification_rejects_run(prefect_api_url, demo_files, store):
+    from flows.calibrate import calibrate
+
+    # A tolerance FP16 cannot meet: the run must end Failed, be kept as rejected, and release nothing.
+    params = _params(demo_files, store, verify={"max_rel_error": 1e-9, "min_cosine": 1.0})
+    with pytest.raises(VerificationFailed) as info:
+        calibrate(params)
+    assert "max_rel_error" in info.value.reason or "cosine" in info.value.reason
+    runs = list((store / "demo" / "1" / "runs").iterdir())
+    assert len(runs) == 1
+    status = json.loads((runs[0] / "status.json").read_text())
+    assert status["status"] == "rejected" and status["reason"]
+    assert not (store / "demo" / "1" / "release.json").exists()
+
+
+def test_nan_in_calibration_data_leaves_no_run(prefect_api_url, demo_files, store, tmp_path):
+    from flows.calibrate import calibrate
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_files["calib"], bad)
+    first = sorted(bad.glob("*.npz"))[0]
+    arrays = dict(np.load(first))
+    key = sorted(arrays)[0]
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[3] = np.nan
+    np.savez(first, **arrays)
+    with pytest.raises(NonFiniteError, match=first.name):
+        calibrate(RunParameters(**{**_params(demo_files, store).model_dump(), "calib": [str(bad)]}))
+    version_dir = store / "demo" / "1"
+    assert not (version_dir / "runs").exists() or not any((version_dir / "runs").iterdir())
+    staging = version_dir / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
