@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from typing import TYPE_CHECKING, Any, Iterator
 
 from fp16guard.errors import StoreError
@@ -91,7 +92,7 @@ def verify_run(store: "Store", name: str, version: str, run_id: str | None = Non
         for location, expected in _input_records(manifest.get("inputs")):
             try:
                 actual = _hash_location(location)
-            except (OSError, ValueError, ImportError) as exc:
+            except Exception as exc:  # noqa: BLE001 — any unreadable input is a finding, not a crash
                 problems.append(f"input {location}: cannot be read ({type(exc).__name__}: {exc})")
                 continue
             if actual != expected:
@@ -118,6 +119,27 @@ def _input_records(node: Any) -> Iterator[tuple[str, str]]:
 
 
 def _hash_location(location: str) -> str:
+    """Recompute an input's digest the way the flow computed it.
+
+    ``<file>#<i>`` is the i-th feed dict of a Polygraphy JSON file (``data.shard_digest``: a digest
+    of its arrays); a local ``.onnx`` uses ``model_io.model_digest`` (the file plus its external
+    data); anything else is the sha256 of the file's bytes (fsspec URLs included).
+    """
+    base, _, index = location.rpartition("#") if "#" in location else (location, "", "")
+    if "://" not in base or base.startswith("file://"):
+        path = base[len("file://") :] if base.startswith("file://") else base
+        if index:
+            from fp16guard.data import ShardRef, shard_digest
+
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            return shard_digest(ShardRef(name=location, path=path, index=int(index)))
+        if path.endswith(".onnx"):
+            from fp16guard.model_io import model_digest
+
+            if not os.path.exists(path):
+                raise FileNotFoundError(path)
+            return model_digest(path)
     import fsspec
 
     h = hashlib.sha256()

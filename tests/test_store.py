@@ -138,24 +138,49 @@ def test_verify_detects_tampering(store):
     assert any(p.startswith("extra.bin") for p in problems)
 
 
+def _tiny_model(path: Path, scale: float = 2.0) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((1,), scale, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y"], name="mul")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [w],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+
+
 def test_verify_reports_missing_output_and_checks_inputs(tmp_path):
+    from fp16guard.data import ShardRef, shard_digest
+    from fp16guard.model_io import model_digest
+
     store = Store(tmp_path / "s")
-    model = tmp_path / "model.onnx"
-    model.write_bytes(b"fp32 model")
+    model, feeds = tmp_path / "model.onnx", tmp_path / "feeds.json"
+    _tiny_model(model)
+    import numpy as np
+    from polygraphy.json import save_json
+
+    save_json([{"x": np.ones((1,), np.float32)}, {"x": np.zeros((1,), np.float32)}], str(feeds))  # two shards
+    shard = {"location": f"{feeds}#1", "sha256": shard_digest(ShardRef(name="f", path=str(feeds), index=1))}
     with store.stage_run("m", "1", "r") as staged:
         write_run_files(staged.path)
         manifest = json.loads((staged.path / "manifest.json").read_text())
         manifest["outputs"]["report.html"] = {"sha256": "0" * 64, "bytes": 1}
-        from fp16guard.hashing import sha256_file
-
-        manifest["inputs"] = {"model": {"location": str(model), "sha256": sha256_file(model)}, "calib": [{"location": str(tmp_path / "gone.npz"), "sha256": "1" * 64}]}
+        manifest["inputs"] = {
+            "model": {"location": str(model), "sha256": model_digest(model)},
+            "calibration": [shard, {"location": str(tmp_path / "gone.npz"), "sha256": "1" * 64}],
+        }
         (staged.path / "manifest.json").write_text(json.dumps(manifest))
         staged.commit(verified=True)
     problems = verify_run(store, "m", "1", "r")
     assert problems == ["report.html: listed in manifest.json outputs but missing from the run"]
     problems = verify_run(store, "m", "1", "r", check_inputs=True)
-    assert len(problems) == 2 and "gone.npz" in problems[1]
-    model.write_bytes(b"changed")
+    assert len(problems) == 2 and "gone.npz" in problems[1], problems
+    _tiny_model(model, scale=3.0)
     assert any("model.onnx: sha256" in p for p in verify_run(store, "m", "1", "r", check_inputs=True))
 
 
