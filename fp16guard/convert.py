@@ -1,0 +1,258 @@
+"""Mixed-precision conversion: FP16 everywhere except the plan's FP32 nodes.
+
+This pass is written here rather than taken from onnxconverter-common, whose
+``convert_float_to_float16`` clamps weights to ±1e4 by default (silently changing the model,
+NOTES #5), renames tensors and does not keep node output names, so statistics and plans would no
+longer map onto the artifact by name.
+
+Contract of :func:`to_mixed_precision`:
+
+* Requires a valid model whose weights are loaded (FLOAT initializers read by FP16 nodes are
+  converted); node names unique (as :func:`fp16guard.model_io.load_model` makes them).
+* Returns a new model; the input model is not modified.
+* A node runs in FP16 when it is not in ``fp32_nodes`` and :func:`fp16guard.graph.fp16_slots`
+  allows it (subgraph holders, custom domains, untyped values and ops whose schema excludes
+  float16 stay FP32 whatever the caller asks). Shape/Size follow their producer's precision.
+* Only FLOAT tensors change type; FLOAT16, BFLOAT16 and DOUBLE tensors are left alone. An FP16
+  node's FLOAT slots bound to a type constraint become FLOAT16; slots with a literal
+  ``tensor(float)`` type (Resize ``scales``) stay FLOAT.
+* One Cast per tensor per direction at every precision border, inserted just before the first
+  consumer that needs it and shared by all later consumers. Cast tensors are named
+  ``<tensor>__to_fp16`` / ``<tensor>__to_fp32`` and their nodes ``<tensor>__cast_to_fp16`` /
+  ``<tensor>__cast_to_fp32`` (``_2``, ``_3``... appended if a name is taken anywhere in the model).
+* FLOAT initializers read by FP16 nodes are converted to FLOAT16 in place (same name), or, when
+  FP32 nodes, subgraphs or graph outputs also read them, duplicated as ``<name>__fp16``. Values
+  beyond ±65504 become ±inf: nothing is clamped (the plan keeps their readers FP32).
+* Constant / ConstantOfShape values, ``Cast(to=FLOAT)``, and ``dtype`` attributes of FP16 nodes
+  are switched to FLOAT16.
+* Graph inputs and outputs keep their declared types and names; a FLOAT graph input read by an
+  FP16 node goes through a Cast. **The one renamed tensor**: when a FLOAT graph output ``y`` is
+  produced by an FP16 node, that node's output becomes ``y__fp16`` and a Cast(to=FLOAT) named
+  ``y__cast_to_fp32`` produces ``y``; FP16 consumers read ``y__fp16``, FP32 consumers ``y``.
+  Every other node keeps its name and its output tensor names.
+* Subgraphs (kept FP32) that read an outer-scope tensor now in FLOAT16 read its FP32 Cast.
+* ``value_info`` entries follow the new types; Cast outputs get entries where shapes are known.
+* External data: tensors that are not converted keep their external references.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from fp16guard.errors import ConfigError, ModelError
+from fp16guard.graph import (
+    NameAllocator,
+    all_names,
+    fp16_slots,
+    opset_map,
+    outer_refs,
+    rename_outer_refs,
+    subgraphs,
+    tensor_types,
+)
+
+FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+_SUFFIX = {FLOAT: "fp32", FLOAT16: "fp16"}
+#: Ops whose output type comes from a ``dtype`` attribute that defaults to FLOAT when absent.
+_DTYPE_DEFAULTS_FLOAT = frozenset({"RandomNormal", "RandomUniform"})
+
+
+def to_fp16_tensor(tensor: onnx.TensorProto, name: str | None = None) -> onnx.TensorProto:
+    """A FLOAT16 copy of a FLOAT tensor proto (no clamping: beyond ±65504 becomes ±inf).
+
+    Raises:
+        ModelError: the tensor's external data is not loaded.
+    """
+    if tensor.data_location == TensorProto.EXTERNAL:
+        raise ModelError(
+            f"initializer {tensor.name!r} has external data that is not loaded; expected a model loaded with its weights (load_model(path))"
+        )
+    with np.errstate(over="ignore"):
+        array = numpy_helper.to_array(tensor).astype(np.float16)
+    return numpy_helper.from_array(array, tensor.name if name is None else name)
+
+
+def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool = True) -> onnx.ModelProto:
+    """Build the mixed-precision model (see the module docstring for the full contract).
+
+    Args:
+        model: the FP32 model (not modified).
+        fp32_nodes: names of main-graph nodes that stay FP32 (``Plan.fp32_names``).
+        check: run ``onnx.checker.check_model(full_check=True)`` on the result (default True;
+            skipped for models above 2 GB, which the in-memory checker cannot take).
+
+    Returns:
+        A new ``ModelProto``.
+
+    Raises:
+        ConfigError: ``fp32_nodes`` names a node that is not in the model's main graph.
+        ModelError: an initializer that must be converted has unloaded external data.
+    """
+    unknown = sorted(set(fp32_nodes) - {n.name for n in model.graph.node})
+    if unknown:
+        raise ConfigError(f"plan names nodes {unknown[:5]} that are not in the model; expected names of main-graph nodes (was the plan made for another model?)")
+    types = tensor_types(model)
+    opsets = opset_map(model)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    alloc = NameAllocator(all_names(model))
+
+    slots = [fp16_slots(node, opsets, types) for node in graph.node]
+    is_fp16 = [s.status == "fp16" and node.name not in fp32_nodes for s, node in zip(slots, graph.node)]
+    produced: dict[str, int] = {}  # new type of every FLOAT tensor an FP16 node turns into FLOAT16
+    for node, slot, fp16 in zip(graph.node, slots, is_fp16):
+        if fp16:
+            produced.update({node.output[k]: FLOAT16 for k in slot.outputs})
+
+    def native(name: str) -> int:
+        return produced.get(name, types.elem.get(name, 0))
+
+    graph_inputs = {v.name for v in graph.input}
+    inits = {t.name: t for t in graph.initializer if t.name not in graph_inputs}
+
+    # What every reader of a FLOAT tensor needs: (node index or None, input index or None, name, type).
+    wants: list[tuple[int | None, int | None, str, int]] = []
+    for i, (node, slot) in enumerate(zip(graph.node, slots)):
+        for k, name in enumerate(node.input):
+            if not name or not types.is_float32(name):
+                continue
+            if is_fp16[i] and k in slot.inputs:
+                wants.append((i, k, name, FLOAT16))
+            elif slot.status == "neutral":
+                wants.append((i, k, name, FLOAT if name in inits else native(name)))
+            else:
+                wants.append((i, k, name, FLOAT))
+        for name in outer_refs(node):
+            if types.is_float32(name):
+                wants.append((i, None, name, FLOAT))
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == FLOAT:
+            wants.append((None, None, out.name, FLOAT))
+
+    versions: dict[str, dict[int, str]] = {}  # tensor -> {type: name of that version}
+    _convert_initializers(graph, inits, wants, versions, alloc)
+    renamed_outputs: dict[str, str] = {}
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == FLOAT and produced.get(out.name) == FLOAT16 and out.name not in renamed_outputs:
+            renamed_outputs[out.name] = alloc.new(f"{out.name}__fp16")
+            versions[out.name] = {FLOAT16: renamed_outputs[out.name], FLOAT: out.name}
+
+    new_nodes: list[onnx.NodeProto] = []
+    new_value_info: list[onnx.ValueInfoProto] = []
+
+    def add_cast(source: str, target: str, to: int, name_of: str) -> None:
+        new_nodes.append(helper.make_node("Cast", [source], [target], name=alloc.new(f"{name_of}__cast_to_{_SUFFIX[to]}"), to=to))
+        known = types.value_info.get(name_of)
+        if known is not None and known.type.tensor_type.HasField("shape"):
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(known)
+            vi.name = target
+            vi.type.tensor_type.elem_type = to
+            new_value_info.append(vi)
+
+    def resolve(name: str, want: int) -> str:
+        have = versions.setdefault(name, {native(name): name})
+        if want not in have:
+            source = next(iter(have.values()))
+            target = alloc.new(f"{name}__to_{_SUFFIX[want]}")
+            add_cast(source, target, want, name)
+            have[want] = target
+        return have[want]
+
+    by_node: dict[int, list[tuple[int | None, str, int]]] = {}
+    for i, k, name, want in wants:
+        if i is not None:
+            by_node.setdefault(i, []).append((k, name, want))
+    for i, node in enumerate(graph.node):
+        outer_map: dict[str, str] = {}
+        for k, name, want in by_node.get(i, []):
+            source = resolve(name, want)
+            if k is None:
+                if source != name:
+                    outer_map[name] = source
+            else:
+                node.input[k] = source
+        for sub in subgraphs(node) if outer_map else []:
+            rename_outer_refs(sub, outer_map)
+        if is_fp16[i]:
+            _switch_attributes(node, slots[i].outputs, types)
+        renamed_here = [(k, o) for k, o in enumerate(node.output) if o in renamed_outputs]
+        for k, o in renamed_here:
+            node.output[k] = renamed_outputs[o]
+        new_nodes.append(node)
+        for _, o in renamed_here:
+            add_cast(renamed_outputs[o], o, FLOAT, o)
+            vi = types.value_info.get(o)
+            if vi is not None:
+                fp16_vi = onnx.ValueInfoProto()
+                fp16_vi.CopyFrom(vi)
+                fp16_vi.name = renamed_outputs[o]
+                fp16_vi.type.tensor_type.elem_type = FLOAT16
+                new_value_info.append(fp16_vi)
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    for vi in graph.value_info:
+        if produced.get(vi.name) == FLOAT16 and vi.name not in renamed_outputs and vi.type.tensor_type.elem_type == FLOAT:
+            vi.type.tensor_type.elem_type = FLOAT16
+    graph.value_info.extend(new_value_info)
+    if check and result.ByteSize() < 2**31 - 1:
+        onnx.checker.check_model(result, full_check=True)
+    return result
+
+
+def _convert_initializers(graph, inits, wants, versions, alloc) -> None:
+    """Give FP16 readers of FLOAT initializers an FP16 copy (in place, or a ``__fp16`` duplicate)."""
+    need16 = {name for _, _, name, want in wants if name in inits and want == FLOAT16}
+    need32 = {name for _, _, name, want in wants if name in inits and want == FLOAT}
+    for name in sorted(need16):
+        tensor = inits[name]
+        if name in need32:
+            dup = alloc.new(f"{name}__fp16")
+            graph.initializer.append(to_fp16_tensor(tensor, dup))
+            versions[name] = {FLOAT: name, FLOAT16: dup}
+        else:
+            tensor.CopyFrom(to_fp16_tensor(tensor))
+            versions[name] = {FLOAT16: name}
+
+
+def _switch_attributes(node: onnx.NodeProto, converted_outputs: frozenset[int], types) -> None:
+    """Make an FP16 node's type-defining attributes produce FLOAT16 where its output turned FP16."""
+    if not converted_outputs:
+        return
+    op = node.op_type
+    if op == "Cast":
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == FLOAT:
+                attr.i = FLOAT16
+        return
+    if op == "Constant":
+        for attr in list(node.attribute):
+            if attr.name == "value" and attr.t.data_type == FLOAT:
+                attr.t.CopyFrom(to_fp16_tensor(attr.t))
+            elif attr.name in ("value_float", "value_floats"):
+                array = np.asarray(attr.f if attr.name == "value_float" else list(attr.floats), dtype=np.float32)
+                node.attribute.remove(attr)
+                with np.errstate(over="ignore"):
+                    node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(array.astype(np.float16))))
+        return
+    if op == "ConstantOfShape":
+        for attr in node.attribute:
+            if attr.name == "value":
+                if attr.t.data_type == FLOAT:
+                    attr.t.CopyFrom(to_fp16_tensor(attr.t))
+                return
+        # Absent value means float32 zero: spell out a float16 zero instead.
+        node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+        return
+    has_dtype = False
+    for attr in node.attribute:
+        if attr.name == "dtype" and attr.type == AttributeProto.INT:
+            has_dtype = True
+            if attr.i == FLOAT:
+                attr.i = FLOAT16
+    if not has_dtype and op in _DTYPE_DEFAULTS_FLOAT:
+        node.attribute.append(helper.make_attribute("dtype", FLOAT16))
