@@ -244,7 +244,6 @@ def verify(
         raise DataError("the holdout set is empty; expected at least one shard to verify on")
     ref_model = _as_model(reference)
     cand_model = _as_model(candidate)
-    ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
     fp16 = has_fp16(cand_model)
 
     first = _first_provider(providers)
@@ -264,30 +263,56 @@ def verify(
         execution = f"onnxruntime {first}: candidate has no FP16 tensors, run as built"
         run_model = cand_model
 
+    with _runner(ref_model, providers) as ref_run, _runner(run_model, providers) as cand_run:
+        report = compare_runners(ref_model, ref_run, cand_model, cand_run, holdout, settings, batch_size)
+        used_providers = cand_run.providers
+    report.update(execution=execution, emulated=do_emulate, providers=used_providers)
+    return report
+
+
+def compare_runners(
+    ref_model: onnx.ModelProto,
+    ref_run,
+    cand_model: onnx.ModelProto,
+    cand_run,
+    holdout: Sequence[ShardRef],
+    settings: VerifySettings,
+    batch_size: int | None = None,
+) -> dict:
+    """The comparison loop of :func:`verify`, for any two active runners.
+
+    A runner is anything with ``.output_names`` and ``.infer(feeds, output_names) -> dict``
+    (the onnxruntime runner, or :class:`fp16guard.torch_fp16.TorchRunner` for real FP16 on a
+    GPU). Feeds are prepared against each model's own input specs.
+
+    Returns:
+        The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``.
+    """
+    if not holdout:
+        raise DataError("the holdout set is empty; expected at least one shard to verify on")
+    ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
     stats: dict[str, _FloatStats | _ExactStats] = {}
     errors: dict[str, str] = {}
     samples = 0
-    with _runner(ref_model, providers) as ref_run, _runner(run_model, providers) as cand_run:
-        ref_names = ref_run.output_names
-        used_providers = cand_run.providers
-        cand_names = set(cand_run.output_names)
-        wanted = [n for n in ref_names if n in cand_names]
-        for n in ref_names:
-            if n not in cand_names:
-                errors[n] = "missing from the candidate's outputs"
-        for ref in holdout:
-            raw = load_shard(ref)
-            ref_feeds = prepare_feeds(ref, raw, ref_specs)
-            cand_feeds = prepare_feeds(ref, raw, cand_specs)
-            del raw
-            n = batch_count(ref_feeds)
-            size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
-            for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
-                r_out = ref_run.infer(ref_slice, wanted)
-                c_out = cand_run.infer(cand_slice, wanted)
-                for name in wanted:
-                    _accumulate(stats, errors, ref, name, r_out[name], c_out[name])
-            samples += n
+    ref_names = list(ref_run.output_names)
+    cand_names = set(cand_run.output_names)
+    wanted = [n for n in ref_names if n in cand_names]
+    for n in ref_names:
+        if n not in cand_names:
+            errors[n] = "missing from the candidate's outputs"
+    for ref in holdout:
+        raw = load_shard(ref)
+        ref_feeds = prepare_feeds(ref, raw, ref_specs)
+        cand_feeds = prepare_feeds(ref, raw, cand_specs)
+        del raw
+        n = batch_count(ref_feeds)
+        size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
+        for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
+            r_out = ref_run.infer(ref_slice, wanted)
+            c_out = cand_run.infer(cand_slice, wanted)
+            for name in wanted:
+                _accumulate(stats, errors, ref, name, r_out[name], c_out[name])
+        samples += n
 
     outputs: dict[str, dict] = {}
     failures: list[tuple[float, str]] = []
@@ -310,9 +335,6 @@ def verify(
         "samples": samples,
         "shards": [r.name for r in holdout],
         "tolerances": settings.model_dump(),
-        "execution": execution,
-        "emulated": do_emulate,
-        "providers": used_providers,
     }
 
 
