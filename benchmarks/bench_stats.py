@@ -1,0 +1,186 @@
+"""Benchmark: ``fp16guard stats`` against a plain FP32 onnxruntime pass, whole processes.
+
+What it builds (in a work folder, default a temporary one):
+
+* ``vgg19.onnx``: a VGG-19-shaped FP32 model, opset 17, input ``x`` [N, 3, 224, 224] (dynamic
+  batch): 16 Conv 3x3 (pad 1) each followed by Relu, in blocks of 2-2-4-4-4 convolutions
+  (64-128-256-512-512 channels) each closed by MaxPool 2x2; Flatten; Gemm 25088->4096, Relu,
+  Gemm 4096->4096, Relu, Gemm 4096->1000. No normalisation. 143.7 M parameters (575 MB),
+  embedded in the file, He-initialised random weights (seeded).
+* ``shards/s<i>.npz``: shards of ``--samples-per-shard`` samples (default 2) of N(0, 1) inputs.
+
+Then, ``--repeats`` times, alternating, it runs as separate processes and measures wall time and
+peak RSS of each child (``os.wait4`` rusage of that very child):
+
+* plain: ``python -c`` that creates an onnxruntime session from the model path (default
+  options, CPU) and runs each shard once;
+* stats: ``python -m fp16guard.cli stats vgg19.onnx --calib <shards> --out ...``.
+
+It prints the medians and the ratios stats/plain for ``--shards`` shards (default 2), and
+the peak RSS of the stats process for 2 and for 8 shards (memory must not grow with shards).
+
+Usage:
+    .venv/bin/python benchmarks/bench_stats.py [--repeats 3] [--shards 2] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLAIN = r"""
+import sys, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+for path in sys.argv[2:]:
+    with np.load(path) as z:
+        feeds = {k: z[k] for k in z.files}
+    s.run(None, feeds)
+"""
+
+#: (out_channels, convs) per block; each block ends with a 2x2 max-pool.
+VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
+
+
+def build_vgg19(path: Path, seed: int = 0) -> int:
+    """Write the VGG-19-shaped model to ``path``; return its parameter count."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    params = 0
+
+    def weight(name, shape, fan_in):
+        nonlocal params
+        w = (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))).astype(np.float32)
+        params += w.size
+        inits.append(numpy_helper.from_array(w, name))
+        return name
+
+    x, cin, k = "x", 3, 0
+    for b, (cout, convs) in enumerate(VGG19_BLOCKS, start=1):
+        for c in range(1, convs + 1):
+            k += 1
+            name = f"conv{b}_{c}"
+            w = weight(f"{name}.w", (cout, cin, 3, 3), cin * 9)
+            bias = weight(f"{name}.b", (cout,), 1e12)
+            nodes.append(helper.make_node("Conv", [x, w, bias], [name], name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+            nodes.append(helper.make_node("Relu", [name], [f"relu{b}_{c}"], name=f"relu{b}_{c}"))
+            x, cin = f"relu{b}_{c}", cout
+        nodes.append(helper.make_node("MaxPool", [x], [f"pool{b}"], name=f"pool{b}", kernel_shape=[2, 2], strides=[2, 2]))
+        x = f"pool{b}"
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
+    x = "flat"
+    for i, (fin, fout) in enumerate([(25088, 4096), (4096, 4096), (4096, 1000)], start=6):
+        w = weight(f"fc{i}.w", (fout, fin), fin)
+        bias = weight(f"fc{i}.b", (fout,), 1e12)
+        nodes.append(helper.make_node("Gemm", [x, w, bias], [f"fc{i}"], name=f"fc{i}", transB=1))
+        x = f"fc{i}"
+        if i < 8:
+            nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"relu{i}"))
+            x = f"relu{i}"
+    graph = helper.make_graph(
+        nodes,
+        "vgg19",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 1000])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return params
+
+
+def make_shards(folder: Path, count: int, samples: int, seed: int = 1) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        p = folder / f"s{i}.npz"
+        if not p.exists():
+            np.savez(p, x=rng.standard_normal((samples, 3, 224, 224), dtype=np.float32))
+        paths.append(p)
+    return paths
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS in MiB) of that child process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss / 1024.0  # Linux: KiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shards", type=int, default=2, help="shards in the side-by-side comparison")
+    ap.add_argument("--samples-per-shard", type=int, default=2)
+    ap.add_argument("--workdir", default=None, help="keep the model and shards here (reused if present)")
+    ap.add_argument("--skip-scaling", action="store_true", help="skip the 2-vs-8-shards memory check")
+    args = ap.parse_args(argv)
+
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model = work / "vgg19.onnx"
+    if not model.exists():
+        # Built in a child process: Linux carries a process's peak RSS across fork and exec, so
+        # a driver that held the model would inflate every child's measured peak.
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_stats as b; print(b.build_vgg19(b.Path({str(model)!r})))"
+        t = time.perf_counter()
+        params = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+        print(f"built {model} ({params / 1e6:.1f} M parameters, {model.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
+    shards_all = make_shards(work / "shards", max(8, args.shards), args.samples_per_shard)
+    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f"driver peak RSS {driver_rss:.0f} MiB (a child's peak cannot read below this)")
+    py = sys.executable
+
+    def plain_cmd(shards):
+        return [py, "-c", PLAIN, str(model), *map(str, shards)]
+
+    def stats_cmd(shards):
+        return [py, "-m", "fp16guard.cli", "stats", str(model), "--calib", *map(str, shards), "--out", str(work / "stats.parquet")]
+
+    shards = shards_all[: args.shards]
+    results: dict[str, list[tuple[float, float]]] = {"plain": [], "stats": []}
+    for r in range(args.repeats):
+        for name, cmd in (("plain", plain_cmd(shards)), ("stats", stats_cmd(shards))):
+            wall, rss = measure(cmd)
+            results[name].append((wall, rss))
+            print(f"  run {r + 1} {name:<5} wall {wall:6.2f} s  peak RSS {rss:7.0f} MiB", flush=True)
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
+    samples = args.shards * args.samples_per_shard
+    print(f"\n{args.shards} shards x {args.samples_per_shard} samples ({samples} samples), medians of {args.repeats}:")
+    for k, (w, m) in med.items():
+        print(f"  {k:<5} wall {w:6.2f} s  peak RSS {m:7.0f} MiB")
+    wr, mr = med["stats"][0] / med["plain"][0], med["stats"][1] / med["plain"][1]
+    print(f"  ratio stats/plain: wall {wr:.2f}x (target <= 1.30), peak RSS {mr:.2f}x (target <= 1.30)")
+
+    if not args.skip_scaling:
+        few = measure(stats_cmd(shards_all[:2]))[1]
+        many = measure(stats_cmd(shards_all[:8]))[1]
+        print(f"  stats peak RSS, 2 shards: {few:.0f} MiB; 8 shards: {many:.0f} MiB ({many / few:.2f}x)")
+    print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}; work folder {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""float_tensors and instrument on tiny models, checked against numpy with real onnxruntime."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from fp16guard.instrument import float_tensors, instrument, output_names
+from fp16guard.model_io import normalize_model
+from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+F = TensorProto.FLOAT
+
+
+def _mixed_model(opset: int) -> onnx.ModelProto:
+    """x -> MatMul -> Relu -> Split(2) / TopK(values, indices) / Shape (int) / Constant."""
+    w = numpy_helper.from_array(np.linspace(-3, 3, 8 * 6, dtype=np.float32).reshape(8, 6), "w")
+    k = numpy_helper.from_array(np.array([2], np.int64), "k")
+    split_kw = {"num_outputs": 2} if opset >= 18 else {}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),  # unnamed on purpose
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Split", ["r"], ["s0", "s1"], name="split", axis=1, **split_kw),
+        helper.make_node("TopK", ["a", "k"], ["tv", "ti"], name="topk", axis=1),
+        helper.make_node("Shape", ["a"], ["shape"], name="shape"),
+        helper.make_node("Constant", [], ["c"], name="const", value=numpy_helper.from_array(np.array([7.5, -9.0], np.float32))),
+        helper.make_node("Mul", ["s0", "s1"], ["y"], name="mul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", 8]), helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+        [helper.make_tensor_value_info("y", F, ["N", 3]), helper.make_tensor_value_info("tv", F, ["N", 2]), helper.make_tensor_value_info("c", F, [2])],
+        [w, k],
+    )
+    return normalize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
+
+
+def _reference(x: np.ndarray) -> dict[str, np.ndarray]:
+    w = np.linspace(-3, 3, 8 * 6, dtype=np.float32).reshape(8, 6)
+    a = x @ w
+    r = np.maximum(a, 0)
+    s0, s1 = r[:, :3], r[:, 3:]
+    return {"x": x, "a": a, "r": r, "s0": s0, "s1": s1, "tv": -np.sort(-a, axis=1)[:, :2], "c": np.array([7.5, -9.0], np.float32), "y": s0 * s1}
+
+
+def test_float_tensors_lists_every_float_output_in_graph_order():
+    tensors = float_tensors(_mixed_model(18))
+    assert [t.name for t in tensors] == ["x", "a", "r", "s0", "s1", "tv", "c", "y"]
+    assert [t.order for t in tensors] == list(range(8))
+    by = {t.name: t for t in tensors}
+    assert (by["x"].producer, by["x"].op_type, by["x"].output_index) == ("", "", -1)
+    assert (by["a"].producer, by["a"].op_type) == ("MatMul_0", "MatMul")  # named by load/normalize
+    assert (by["s1"].producer, by["s1"].output_index) == ("split", 1)
+    assert (by["tv"].producer, by["tv"].output_index) == ("topk", 0)
+    assert "ti" not in by and "shape" not in by and "ids" not in by and "w" not in by  # int, initializer
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_instrumented_statistics_match_numpy(opset):
+    model = _mixed_model(opset)
+    tensors = float_tensors(model)
+    inst = instrument(model, tensors)
+    onnx.checker.check_model(inst)
+    x = np.random.default_rng(opset).normal(size=(5, 8)).astype(np.float32)
+    ref = _reference(x)
+    with OnnxRuntimeRunner(inst) as runner:
+        out = runner.infer({"x": x, "ids": np.zeros(5, np.int64)})
+    assert len(out) == 3 * len(tensors)
+    for k, t in enumerate(tensors):
+        mn, mx, nf = (out[n] for n in output_names(k))
+        assert mn.shape == () and mx.shape == () and nf.shape == ()
+        assert float(mn) == pytest.approx(float(ref[t.name].min()), rel=1e-5, abs=1e-5), t.name
+        assert float(mx) == pytest.approx(float(ref[t.name].max()), rel=1e-5, abs=1e-5), t.name
+        assert np.isfinite(nf)
+
+
+def test_relu_statistics_are_derived_from_its_input_without_reductions():
+    model = _mixed_model(18)
+    tensors = float_tensors(model)
+    inst = instrument(model, tensors)
+    reduced = {n.input[0] for n in inst.graph.node if n.op_type.startswith("Reduce")}
+    assert "a" in reduced and "r" not in reduced
+
+
+def test_original_model_is_untouched_and_outputs_are_scalars_only():
+    model = _mixed_model(18)
+    before = model.SerializeToString()
+    inst = instrument(model, float_tensors(model))
+    assert model.SerializeToString() == before
+    assert all(not o.type.tensor_type.shape.dim for o in inst.graph.output)
+    assert all(o.name.startswith("fp16guard_stats/") for o in inst.graph.output)
+
+
+def _nan_model() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("Sqrt", ["x"], ["s"], name="sqrt"), helper.make_node("Relu", ["s"], ["r"], name="relu")],
+        "g",
+        [helper.make_tensor_value_info("x", F, [4])],
+        [helper.make_tensor_value_info("r", F, [4])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_flag_and_exact_count_detect_nan():
+    model = _nan_model()
+    tensors = float_tensors(model)
+    x = np.array([4.0, -1.0, 9.0, -2.0], np.float32)  # sqrt of negatives: 2 NaN
+    with OnnxRuntimeRunner(instrument(model, tensors)) as runner:
+        flag = runner.infer({"x": x})[output_names(1)[2]]
+    assert not np.isfinite(flag)
+    with OnnxRuntimeRunner(instrument(model, tensors, exact_counts=True)) as runner:
+        out = runner.infer({"x": x})
+    assert int(out[output_names(0)[2]]) == 0
+    assert int(out[output_names(1)[2]]) == 2
+
+
+def test_ir3_model_with_initializers_as_inputs():
+    w = numpy_helper.from_array(np.full((2, 2), 3.0, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"], name="add")],
+        "g",
+        [helper.make_tensor_value_info("x", F, [2, 2]), helper.make_tensor_value_info("w", F, [2, 2])],
+        [helper.make_tensor_value_info("y", F, [2, 2])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    normalize_model(model)
+    tensors = float_tensors(model)
+    assert [t.name for t in tensors] == ["x", "y"]
+    with OnnxRuntimeRunner(instrument(model, tensors)) as runner:
+        out = runner.infer({"x": np.ones((2, 2), np.float32)})
+    assert float(out[output_names(1)[1]]) == 4.0
+
+
+def test_double_tensors_are_cast_for_reduction():
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["d"], name="to_double", to=TensorProto.DOUBLE), helper.make_node("Neg", ["d"], ["n"], name="neg")],
+        "g",
+        [helper.make_tensor_value_info("x", F, [3])],
+        [helper.make_tensor_value_info("n", TensorProto.DOUBLE, [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    tensors = float_tensors(model)
+    assert [t.name for t in tensors] == ["x", "d", "n"]
+    with OnnxRuntimeRunner(instrument(model, tensors)) as runner:
+        out = runner.infer({"x": np.array([1.0, -70000.0, 2.0], np.float32)})
+    assert float(out[output_names(2)[1]]) == 70000.0
