@@ -1,0 +1,153 @@
+"""report.html: content checks on a real run's statistics and plan, and a real headless browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from fp16guard.report import render_report
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """Statistics and plan of the demo example, computed by the real pipeline (onnxruntime)."""
+    from fp16guard import examples
+    from fp16guard.data import discover_shards
+    from fp16guard.model_io import load_model
+    from fp16guard.plan import make_plan
+    from fp16guard.settings import PlanSettings
+    from fp16guard.stats import reduce_stats, shard_stats
+
+    d = tmp_path_factory.mktemp("demo")
+    model_path = examples.save_model("demo", d / "model.onnx")
+    examples.write_shards("demo", d / "calib", 2, 4, seed=1)
+    tables = [shard_stats(model_path, ref) for ref in discover_shards([str(d / "calib")])]
+    stats = reduce_stats(tables)
+    plan = make_plan(load_model(model_path), stats, PlanSettings()).to_dict()
+    verification = {
+        "passed": False,
+        "reason": "output 'y': max_rel_error 0.31 > 0.02",
+        "outputs": {"y": {"max_abs_error": 1.5, "max_rel_error": 0.31, "cosine": 0.97, "nonfinite": 0, "passed": False}, "z<&>": {"max_abs_error": 0.0, "max_rel_error": 0.0, "cosine": 1.0, "nonfinite": 0, "passed": True}},
+    }
+    manifest = {"name": "demo", "version": "3", "run_id": "r-1", "created": "2026-01-02T03:04:05Z", "trigger": {"type": "schedule"},
+                "inputs": {"model": {"location": str(model_path), "sha256": "ab" * 32}, "calibration": [{"location": "c.npz", "sha256": "cd" * 32, "computed_by": "flow-9"}]},
+                "versions": {"onnx": "1.23"}}
+    return stats, plan, verification, manifest
+
+
+def test_report_content(demo_run):
+    stats, plan, verification, manifest = demo_run
+    html = render_report(stats, plan, verification, manifest)
+    assert plan["fp32_nodes"], "the demo model must need FP32 nodes for this test to mean anything"
+    # Self-contained: no external reference of any kind.
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:|//)", html, re.I)
+    assert "url(http" not in html and "<script" not in html.lower()
+    # One bar per tensor, in graph order, with the two reference lines.
+    assert html.count("<rect x=") == stats.num_rows + 1  # + the plot background
+    assert "FP16 max 65504" in html and f"threshold {plan['threshold']:g}" in html
+    # Bars of FP32 outputs are red; every FP32 node appears with its reason.
+    red = re.findall(r'fill="#d62728"><title>#\d+ ([^ ]+) ', html)
+    assert set(red) == {o for n in plan["fp32_nodes"] for o in n["outputs"]} & set(stats.column("tensor").to_pylist())
+    for node in plan["fp32_nodes"]:
+        assert f"<code>{node['name']}</code>" in html and node["reason"] in html
+    # Verification table, escaped, with the failing row marked.
+    assert "z&lt;&amp;&gt;" in html and '<tr class="bad"><td><code>y</code>' in html
+    assert "rejected" in html and "flow-9" in html
+
+
+def test_report_without_statistics_or_verification():
+    html = render_report(None, {}, {}, {})
+    assert "No statistics" in html and "No verification figures" in html and html.startswith("<!DOCTYPE html>")
+
+
+def test_nonfinite_and_zero_tensors_are_drawn():
+    rows = [
+        {"tensor": "a", "producer": "", "op_type": "", "order": 0, "max_abs": 0.0, "nonfinite": 0},
+        {"tensor": "b", "producer": "n1", "op_type": "Mul", "order": 1, "max_abs": float("inf"), "nonfinite": 3},
+        {"tensor": "c", "producer": "n2", "op_type": "Add", "order": 2, "max_abs": 2e5, "nonfinite": 0},
+    ]
+    html = render_report(rows, {"threshold": 100.0, "fp32_nodes": [{"name": "n2", "op_type": "Add", "outputs": ["c"], "reason": "output_above_threshold", "details": ["input 'b' has non-finite"]}]}, {}, {})
+    assert "max |x| = non-finite" in html and "▲" in html
+    assert 'fill="#ff9f1c"><title>#1 b' in html  # read by the FP32 node n2 → orange
+
+
+# ----------------------------------------------------------------------------- headless browser
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def _png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """Decode an 8-bit RGB/RGBA non-interlaced PNG (what Chromium writes) into rows of pixels."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        chunk = data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", chunk)
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    width, height, depth, color, _, _, interlace = header
+    assert depth == 8 and color in (2, 6) and interlace == 0, header
+    bpp = 3 if color == 2 else 4
+    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
+    for y in range(height):
+        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 255
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 255
+            elif ftype == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return width, bpp, rows
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(demo_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    stats, plan, verification, manifest = demo_run
+    page = tmp_path / "report.html"
+    page.write_text(render_report(stats, plan, verification, manifest))
+    shot = tmp_path / "shot.png"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 0, proc.stderr[-2000:]
+    if os.environ.get("FP16GUARD_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["FP16GUARD_KEEP_SCREENSHOT"])
+    width, bpp, rows = _png_pixels(shot)
+    assert width == 1200 and len(rows) >= 1000
+
+    def count(y0: int, y1: int, pred) -> int:
+        return sum(1 for row in rows[y0:y1] for x in range(0, width * bpp, bpp) if pred(row[x], row[x + 1], row[x + 2]))
+
+    # The chart sits in the top ~600 px: it must hold red bars (FP32 outputs), blue bars (FP16)
+    # and the dark-red 65504 line — a blank or broken SVG has none of them.
+    red = count(0, 650, lambda r, g, b: r > 190 and g < 70 and b < 70)
+    blue = count(0, 650, lambda r, g, b: b > 140 and r < 110 and 90 < g < 150)
+    ink = count(0, 650, lambda r, g, b: r + g + b < 600)
+    assert red > 200 and blue > 200 and ink > 5000, (red, blue, ink)
