@@ -1,0 +1,75 @@
+"""``fp16guard history NAME [--version V] [--json] [--store S]``: every run and release of a model.
+
+Prints one line per run (time, version, run id, status, release mark, FP32 node count, worst
+relative error, trigger), then the release history of each version. ``--json`` prints
+``{"runs": [...], "releases": {version: [...]}}`` instead. Exit 0; 2 when the model is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``history`` command."""
+    p = sub.add_parser("history", help="list the runs and releases of a model in the store")
+    p.add_argument("name", help="model name")
+    p.add_argument("--version", dest="model_version", metavar="V", help="only this version")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    p.set_defaults(func=main)
+
+
+def _jsonable(value):
+    # JSON has no inf/NaN; a non-finite worst error (an output went non-finite) is written as a string.
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _num(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt) if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the history; returns 0."""
+    from fp16guard.store import Store
+
+    store = Store(args.store)
+    rows = store.history(args.name, args.model_version)
+    versions = sorted({r["version"] for r in rows}) if not args.model_version else [args.model_version]
+    releases = {v: store.release_history(args.name, v) for v in versions}
+    if args.json:
+        print(json.dumps({"store": store.url, "name": args.name, "runs": [{k: _jsonable(v) for k, v in r.items()} for r in rows], "releases": releases}, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.name}/{args.model_version}: no runs in {store.url}")
+        return 0
+    header = ("time", "version", "run id", "status", "release", "fp32", "worst rel err", "trigger")
+    table = [header] + [
+        (
+            (r["time"] or "-")[:19],
+            r["version"],
+            r["run_id"],
+            r["status"],
+            "RELEASED" if r["released"] == "current" else r["released"] or "",
+            _num(r["fp32_nodes"], "d"),
+            _num(r["worst_rel_error"], ".3g"),
+            r["trigger"] or "-",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    for version, records in releases.items():
+        if records:
+            print(f"\nreleases of {args.name}/{version}:")
+            for rec in records:
+                how = f"promoted over {rec['previous_run_id']}" if rec.get("promoted") else "first verified run"
+                print(f"  #{rec['seq']}  {rec['released_at'][:19]}  {rec['run_id']}  ({how})")
+    return 0

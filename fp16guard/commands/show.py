@@ -1,0 +1,45 @@
+"""``fp16guard show NAME VERSION [--run ID] [--store S]``: the manifest and verification of a run.
+
+Without ``--run`` it shows the version's current release. Prints a short header (run, status,
+release), then ``manifest.json`` and ``verification.json`` as indented JSON. Exit 0; 2 when the
+version has no release (and no ``--run``) or the run does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``show`` command."""
+    p = sub.add_parser("show", help="print the manifest and verification of the release (or of a run)")
+    p.add_argument("name", help="model name")
+    p.add_argument("model_version", metavar="VERSION", help="model version")
+    p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
+    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the run's records; returns 0."""
+    from fp16guard.errors import StoreError
+    from fp16guard.store import Store
+
+    store = Store(args.store)
+    name, version = args.name, args.model_version
+    release = store.current_release(name, version)
+    run_id = args.run_id or (release or {}).get("run_id")
+    if run_id is None:
+        raise StoreError(f"{name}/{version} has no release in {store.url}; pass --run ID (`fp16guard history {name}` lists the runs)")
+    status = store.run_status(name, version, run_id)
+    released = "current release" if release and release["run_id"] == run_id else "not released"
+    print(f"run {name}/{version}/{run_id}: {status.get('status')} ({released})")
+    if status.get("reason"):
+        print(f"reason: {status['reason']}")
+    print(f"location: {store.run_url(name, version, run_id)}")
+    for filename in ("manifest.json", "verification.json"):
+        print(f"\n== {filename}")
+        content = store.read_json(name, version, run_id, filename, default=None)
+        print(json.dumps(content, indent=2, sort_keys=True) if content is not None else "(missing)")
+    return 0

@@ -1,0 +1,39 @@
+"""``fp16guard verify-store NAME VERSION [--run ID] [--inputs] [--store S]``: re-check recorded hashes.
+
+Re-hashes every file of the release (or of ``--run``) against ``status.json`` and the manifest's
+``outputs``; with ``--inputs`` also the model and data files the manifest names. Exit 0 when
+everything matches, 1 listing each problem, 2 when the run does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``verify-store`` command."""
+    p = sub.add_parser("verify-store", help="re-hash a stored run and compare with its recorded hashes")
+    p.add_argument("name", help="model name")
+    p.add_argument("model_version", metavar="VERSION", help="model version")
+    p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
+    p.add_argument("--inputs", action="store_true", help="also re-hash the input model and data files named in the manifest")
+    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the verdict; returns 0 (all match) or 1 (problems)."""
+    from fp16guard.store import Store
+
+    store = Store(args.store)
+    run_id = args.run_id or (store.current_release(args.name, args.model_version) or {}).get("run_id")
+    problems = store.verify_run(args.name, args.model_version, run_id, check_inputs=args.inputs)
+    where = f"{args.name}/{args.model_version}/{run_id or '(release)'}"
+    if problems:
+        print(f"{where}: {len(problems)} problem(s)")
+        for p in problems:
+            print(f"  {p}")
+        return 1
+    status = store.run_status(args.name, args.model_version, run_id)
+    print(f"{where}: all {len(status.get('files', {}))} recorded files match")
+    return 0
