@@ -158,18 +158,11 @@ def build_engine(
         build_seconds = round(time.monotonic() - started, 3)
 
     info_text = _inspect(trt, engine_bytes)
-    info = parse_engine_info(info_text)
-    check = check_fp32_nodes(info, plan_nodes, nodes, inits)
-    pretty = json.dumps(json.loads(info_text), indent=2) + "\n"
-    if not check.passed:
-        rejected = atomic.write_text(out_dir / REJECTED_INSPECT_NAME, pretty)
-        raise EnginePrecisionError(
-            f"{check.summary()}; engine not written, inspector JSON in {rejected}",
-            violations=check.violations,
-            report={"precision_check": check.to_dict(), "typing": choice.to_dict()},
-        )
-    inspect_path = atomic.write_text(out_dir / INSPECT_NAME, pretty)
-    engine_path = atomic.write_bytes(out_dir / ENGINE_NAME, bytes(engine_bytes))
+    try:
+        files, check, info = check_and_write(engine_bytes, info_text, plan_nodes, nodes, inits, out_dir)
+    except EnginePrecisionError as exc:
+        exc.report["typing"] = choice.to_dict()
+        raise
     return {
         "backend": "tensorrt",
         "tensorrt_version": trt.__version__,
@@ -185,11 +178,58 @@ def build_engine(
         "inspector_schema": info.schema,
         "precision_check": check.to_dict(),
         "build_seconds": build_seconds,
-        "files": {
-            "engine": {"path": str(engine_path), "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size},
-            "inspector": {"path": str(inspect_path), "sha256": sha256_file(inspect_path), "bytes": inspect_path.stat().st_size},
-        },
+        "files": files,
     }
+
+
+def check_and_write(engine_bytes: bytes, inspector_json: str, plan_nodes: Sequence[str], nodes, initializers, out_dir) -> tuple[dict, "object", "object"]:
+    """Check an engine's inspector JSON against the plan; write the engine only if it passes.
+
+    Side effects: on success writes ``<out_dir>/model.engine.inspect.json`` then
+    ``<out_dir>/model.engine`` (each atomically); on failure writes only
+    ``<out_dir>/model.engine.rejected.inspect.json``.
+
+    Args:
+        engine_bytes: the serialized engine.
+        inspector_json: ``get_engine_information(JSON)`` of that engine (10.x or 11.x schema).
+        plan_nodes: names of the FP32 plan nodes.
+        nodes: :func:`.mapping.node_table` of the model the engine was built from.
+        initializers: that model's initializer names.
+        out_dir: destination folder.
+
+    Returns:
+        ``(files, check, info)``: files = ``{"engine": {path, sha256, bytes}, "inspector": {...}}``,
+        the :class:`.inspector.PrecisionCheck` and the parsed :class:`.inspector.EngineInfo`.
+
+    Raises:
+        EnginePrecisionError: a plan node's layer runs in another precision, or the JSON has no
+            per-layer types (the engine was not built with DETAILED verbosity).
+    """
+    from fp16guard.backends.tensorrt.inspector import InspectorFormatError
+
+    out_dir = Path(out_dir)
+    info = parse_engine_info(inspector_json)
+    pretty = json.dumps(json.loads(inspector_json), indent=2) + "\n"
+    try:
+        check = check_fp32_nodes(info, plan_nodes, nodes, initializers)
+    except InspectorFormatError as exc:
+        rejected = atomic.write_text(out_dir / REJECTED_INSPECT_NAME, pretty)
+        raise EnginePrecisionError(f"cannot check the engine's precisions: {exc}; engine not written, inspector JSON in {rejected}") from None
+    if not check.passed:
+        rejected = atomic.write_text(out_dir / REJECTED_INSPECT_NAME, pretty)
+        raise EnginePrecisionError(
+            f"{check.summary()}; engine not written, inspector JSON in {rejected}",
+            violations=check.violations,
+            report={"precision_check": check.to_dict()},
+        )
+    inspect_path = atomic.write_text(out_dir / INSPECT_NAME, pretty)
+    engine_path = atomic.write_bytes(out_dir / ENGINE_NAME, bytes(engine_bytes))
+    (out_dir / REJECTED_INSPECT_NAME).unlink(missing_ok=True)  # a stale rejection would mislead
+    files = {
+        "engine": {"path": str(engine_path), "sha256": sha256_file(engine_path), "bytes": engine_path.stat().st_size},
+        "inspector": {"path": str(inspect_path), "sha256": sha256_file(inspect_path), "bytes": inspect_path.stat().st_size},
+    }
+    return files, check, info
 
 
 def _normalised_source(path: Path, tmp: Path):
