@@ -14,6 +14,8 @@ that matters (Split, TopK, LSTM). So a layer is attributed to nodes by, in order
 5. helpers — a still unattributed layer whose outputs are read only by layers of one node
    (the reshapes and constants a node's import adds before its main layer).
 
+Reformatting layers (TensorRT's own format and precision conversions) belong to no node.
+
 The same rules serve the network before the build (which layers to pin in FP32) and the engine
 after it (which engine layers must run in FP32). Pure Python over plain descriptions, so it is
 tested without TensorRT; :func:`describe_network` turns a real ``INetworkDefinition`` into them.
@@ -176,6 +178,8 @@ def map_layers(layers: Sequence[LayerDesc], nodes: Mapping[str, NodeDesc], initi
     inits = set(initializers)
     result = LayerMapping()
     for layer in layers:
+        if is_reformat(layer):
+            continue
         tagged = [n for n in metadata_nodes(layer.metadata) if n in nodes]
         if tagged:
             result.layer_nodes[layer.index] = frozenset(tagged)
@@ -195,6 +199,12 @@ def map_layers(layers: Sequence[LayerDesc], nodes: Mapping[str, NodeDesc], initi
     return result
 
 
+def is_reformat(layer: LayerDesc) -> bool:
+    """True for the format/precision conversions TensorRT inserts between layers: they belong
+    to no ONNX node, and converting FP16 to FP32 in front of a pinned layer is their job."""
+    return layer.name.startswith("Reformatting CopyNode") or layer.layer_type.lower() == "reformat"
+
+
 def _fill_helpers(layers: Sequence[LayerDesc], result: LayerMapping) -> None:
     consumers: dict[str, list[int]] = {}
     for layer in layers:
@@ -205,7 +215,7 @@ def _fill_helpers(layers: Sequence[LayerDesc], result: LayerMapping) -> None:
         changed = False
         # Later layers first: a chain of helpers resolves from the node's main layer backwards.
         for layer in reversed(layers):
-            if layer.index in result.layer_nodes or not layer.outputs:
+            if layer.index in result.layer_nodes or not layer.outputs or is_reformat(layer):
                 continue
             readers = [i for out in layer.outputs for i in consumers.get(out, [])]
             if not readers or any(i not in result.layer_nodes for i in readers):
