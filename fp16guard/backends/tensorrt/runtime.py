@@ -58,8 +58,12 @@ class TensorRTRunner:
             self._runner.deactivate()
             self._runner = None
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns every engine output as a host array (a copy, owned by the caller).
+    def infer(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run one batch; returns the engine outputs as host arrays (copies, owned by the caller).
+
+        Args:
+            feeds: input name -> array; names the engine does not have are ignored.
+            output_names: outputs to return (default: all). TensorRT computes all of them anyway.
 
         Raises:
             DataError: a feed does not fit the engine (shape outside its optimisation profile,
@@ -79,7 +83,8 @@ class TensorRTRunner:
                 "expected shapes inside the optimisation profile built from the calibration and holdout data"
             ) from None
         # Polygraphy reuses its host buffers between calls: copy before the next infer.
-        return {name: np.array(outputs[name], copy=True) for name in self.output_names if name in outputs}
+        wanted = self.output_names if output_names is None else [n for n in output_names if n in self.output_names]
+        return {name: np.array(outputs[name], copy=True) for name in wanted if name in outputs}
 
 
 def infer_shard(runner, feeds: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
