@@ -254,3 +254,23 @@ def test_fp16_candidate_is_emulated_on_cpu(tmp_path):
     # 100 * 1000 = 1e5 does not fit FP16: the emulated candidate gives inf.
     assert report["outputs"]["y"]["nonfinite"] == 1
     assert not report["passed"]
+
+
+def test_verify_mixed_builds_and_emulates(tmp_path):
+    pytest.importorskip("fp16guard.convert", reason="fp16guard.convert (teammate's module) has not landed")
+    from fp16guard import examples
+    from fp16guard.data import discover_shards
+    from fp16guard.verify import verify_mixed
+
+    model = examples.build_model("rmsnorm")
+    examples.write_shards("rmsnorm", tmp_path, 2, [3, 4], seed=2)
+    holdout = discover_shards([str(tmp_path)])
+    _, all16 = verify_mixed(model, set(), holdout)
+    assert all16["emulated"] and not all16["passed"]
+    # The RMSNorm overflow is finite: caught by error and cosine, not by NaN.
+    assert all16["outputs"]["y"]["nonfinite"] == 0
+    assert all16["outputs"]["y"]["cosine"] == 0.0
+    pinned = {"norm/Pow", "norm/ReduceMean", "norm/AddEps", "norm/Sqrt"}
+    mixed, report = verify_mixed(model, pinned, holdout)
+    assert report["passed"], report["reason"]
+    assert report["samples"] == 7
