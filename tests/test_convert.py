@@ -280,3 +280,15 @@ def test_values_beyond_fp16_are_not_clamped():
     mixed = to_mixed_precision(model, set())
     (big,) = [t for t in mixed.graph.initializer if t.name == "big"]
     assert np.isinf(numpy_helper.to_array(big)).all()
+
+
+def test_value_info_follows_new_types():
+    model = onnx.shape_inference.infer_shapes(_chain())
+    assert {v.name for v in model.graph.value_info} == {"h", "r", "z"}
+    mixed = to_mixed_precision(model, {"relu"})
+    declared = {v.name: v.type.tensor_type.elem_type for v in mixed.graph.value_info}
+    assert declared["h"] == H and declared["r"] == F and declared["z"] == H
+    assert declared["h__to_fp32"] == F and declared["r__to_fp16"] == H and declared["y__fp16"] == H
+    # Shapes carried over to the new tensors.
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in mixed.graph.value_info}
+    assert shapes["h__to_fp32"] == [4, 8]
