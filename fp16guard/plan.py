@@ -44,8 +44,10 @@ structural rule it has no effect (recorded with ``applied: false``).
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -145,14 +147,32 @@ def _describe(max_abs: float, nonfinite: int) -> str:
     return text + (f" and {nonfinite} non-finite values" if nonfinite else "")
 
 
-def _tensor_max_abs(tensor: onnx.TensorProto) -> float | None:
-    """max |x| of a float tensor proto, or None when its external data is not loaded."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+#: Elements per chunk when scanning external weights (memory stays ~64 MB whatever the size).
+_CHUNK = 1 << 24
+
+
+def _tensor_max_abs(tensor: onnx.TensorProto, weights_dir: Path | None = None) -> float | None:
+    """max |x| of a float tensor proto; None when its data is external and cannot be read.
+
+    External data is read from ``weights_dir`` (the model's folder) through a read-only memory
+    map, in chunks, so the model's weights are never all in memory.
+    """
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        array = numpy_helper.to_array(tensor)
+        return float(np.max(np.abs(array.astype(np.float64)))) if array.size else 0.0
+    dtype = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}.get(tensor.data_type)
+    if weights_dir is None or dtype is None:
         return None
-    array = numpy_helper.to_array(tensor)
-    if array.size == 0:
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    base = weights_dir.resolve()
+    path = (base / info.get("location", "")).resolve()
+    if base not in path.parents or not path.is_file():
+        return None  # missing, or escaping the model folder: treated as unknown
+    count = int(np.prod(tensor.dims)) if tensor.dims else 1
+    if count == 0:
         return 0.0
-    return float(np.max(np.abs(array.astype(np.float64))))
+    data = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=int(info.get("offset", 0)), shape=(count,))
+    return max(float(np.max(np.abs(data[i : i + _CHUNK].astype(np.float64)))) for i in range(0, count, _CHUNK))
 
 
 def _constant_value_max(node: onnx.NodeProto) -> float | None:
@@ -167,7 +187,12 @@ def _constant_value_max(node: onnx.NodeProto) -> float | None:
     return None
 
 
-def make_plan(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -> Plan:
+def make_plan(
+    model: onnx.ModelProto,
+    stats: pa.Table,
+    settings: PlanSettings,
+    weights_dir: str | os.PathLike | None = None,
+) -> Plan:
     """Apply the rules in the module docstring to every node of the main graph.
 
     Args:
@@ -175,6 +200,9 @@ def make_plan(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -
         stats: reduced statistics, one row per float tensor; only ``tensor``, ``max_abs`` and
             ``nonfinite`` are read.
         settings: threshold and user overrides.
+        weights_dir: folder of the model file, to read external-data initializers that are not
+            loaded (``load_model(path, load_weights=False)``); default None. An initializer whose
+            values cannot be read keeps its readers FP32 (``no_statistics``).
 
     Returns:
         The plan. Node order in ``fp32_nodes`` follows the graph.
@@ -190,6 +218,7 @@ def make_plan(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -
     graph_inputs = {v.name for v in graph.input}
     inits = {t.name: t for t in graph.initializer if t.name not in graph_inputs and t.data_type in FLOAT_TYPES}
     init_max: dict[str, float | None] = {}
+    wdir = Path(weights_dir) if weights_dir is not None else None
     constants_out_of_range: dict[str, float] = {}  # Constant output name -> max |x|
     fp32_re = re.compile(settings.force_fp32_nodes) if settings.force_fp32_nodes else None
     fp16_re = re.compile(settings.force_fp16_nodes) if settings.force_fp16_nodes else None
@@ -213,7 +242,7 @@ def make_plan(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -
             found.append(("forced_name", f"name {node.name!r} matches force_fp32_nodes {settings.force_fp32_nodes!r}"))
         if node.op_type in fp32_ops:
             found.append(("forced_op_type", f"op type {node.op_type} is in force_fp32_ops"))
-        found.extend(_data_reasons(node, lookup, types, inits, init_max, constants_out_of_range, threshold))
+        found.extend(_data_reasons(node, lookup, types, inits, init_max, constants_out_of_range, threshold, wdir))
         codes = [code for code in REASONS if any(c == code for c, _ in found)]
         if codes and fp16_re and fp16_re.search(node.name):
             structural = [c for c in codes if c in STRUCTURAL]
@@ -257,6 +286,7 @@ def _data_reasons(
     init_max: dict[str, float | None],
     constants_out_of_range: dict[str, float],
     threshold: float,
+    weights_dir: Path | None,
 ) -> list[tuple[str, str]]:
     """(code, sentence) for every data rule that applies to ``node`` (see module docstring)."""
     found: list[tuple[str, str]] = []
@@ -268,10 +298,10 @@ def _data_reasons(
     for name in dict.fromkeys(inputs):
         if name in inits:
             if name not in init_max:
-                init_max[name] = _tensor_max_abs(inits[name])
+                init_max[name] = _tensor_max_abs(inits[name], weights_dir)
             value = init_max[name]
             if value is None:
-                found.append(("no_statistics", f"initializer {name!r} has external data that is not loaded; its range is unknown"))
+                found.append(("no_statistics", f"initializer {name!r} has external data that could not be read (pass weights_dir); its range is unknown"))
             elif value > FP16_MAX:
                 found.append(("initializer_out_of_range", f"initializer {name!r} has max |x| = {value:.6g} > 65504 (FP16 max)"))
             continue

@@ -21,6 +21,7 @@ def plan_task(model_path: str, stats_path: str, settings: PlanSettings, out_dir:
     from fp16guard.plan import make_plan
     from fp16guard.stats_schema import read_stats
 
-    plan = make_plan(load_model(model_path, load_weights=False), read_stats(stats_path), settings).to_dict()
+    model = load_model(model_path, load_weights=False)  # external weights are scanned from disk by make_plan
+    plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent).to_dict()
     atomic.write_json(Path(out_dir) / "plan.json", plan)
     return plan

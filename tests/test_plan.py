@@ -270,3 +270,27 @@ def test_bad_inputs_raise_user_errors():
         make_plan(model, pa.table({"tensor": ["x"]}), PlanSettings())
     with pytest.raises(ConfigError, match="threshold"):
         Plan.from_dict({"fp32_nodes": []})
+
+
+def test_external_weights_are_read_from_the_model_folder(tmp_path):
+    from fp16guard.model_io import load_model
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 8)).astype(np.float32)
+    weight[3, 5] = -9.0e4
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        [_io("x", 4, 8)],
+        [_io("y", 4, 8)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    stats = measured_stats(model, _x(scale=1e-3))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="m.data", size_threshold=0)
+    graph_only = load_model(path, load_weights=False)
+    assert graph_only.graph.initializer[0].data_location == TensorProto.EXTERNAL
+    plan = make_plan(graph_only, stats, PlanSettings(), weights_dir=tmp_path)
+    entry = _entry(plan, "mm")
+    assert entry["reasons"] == ["initializer_out_of_range"] and "-9e+04" not in entry["details"][0] and "90000" in entry["details"][0]
+    unread = make_plan(graph_only, stats, PlanSettings())
+    assert _entry(unread, "mm")["reasons"] == ["no_statistics"]
