@@ -182,3 +182,23 @@ def test_plan_fp32_nodes():
     assert plan_fp32_nodes(plan_dict()) == PLAN_NODES
     with pytest.raises(ConfigError, match="fp32_nodes"):
         plan_fp32_nodes({"threshold": 1.0})
+
+
+def test_internal_tensor_of_a_plan_node_in_fp16_is_a_violation():
+    """A node imported as several layers: an FP16 tensor between two of its layers is caught
+    even though no ONNX tensor carries that name."""
+    nodes, inits = table(False)
+    tag = "[ONNX Layer: /softmax/Softmax]"
+    doc = {
+        "Bindings": ["x", "y"],
+        "Layers": [
+            {"Name": "/softmax/Softmax", "LayerType": "Shuffle", "Metadata": tag,
+             "Inputs": [{"Name": "/fc2/MatMul_output_0", "Format/Datatype": "Float"}],
+             "Outputs": [{"Name": "(Unnamed Layer* 7) [Shuffle]_output", "Format/Datatype": "Half"}]},
+            {"Name": "/softmax/Softmax_1", "LayerType": "CaskSoftMaxV2", "Metadata": tag,
+             "Inputs": [{"Name": "(Unnamed Layer* 7) [Shuffle]_output", "Format/Datatype": "Half"}],
+             "Outputs": [{"Name": "/softmax/Softmax_output_0", "Format/Datatype": "Float"}]},
+        ],
+    }
+    check = check_fp32_nodes(parse_engine_info(json.dumps(doc)), ["/softmax/Softmax"], nodes, inits)
+    assert [(v["layer"], v["role"]) for v in check.violations] == [("/softmax/Softmax", "output"), ("/softmax/Softmax_1", "input")]

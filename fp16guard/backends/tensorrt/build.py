@@ -173,6 +173,8 @@ def build_engine(
         "profile": profile,
         "workspace_bytes": workspace_bytes,
         "profiling_verbosity": "DETAILED",
+        # Polygraphy's CreateConfig clears TF32: FP32 islands compute in true FP32, not TF32.
+        "tf32": False,
         "timing_cache": cache_record,
         "pinning": pin_record,
         "inspector_schema": info.schema,
