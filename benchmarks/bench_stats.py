@@ -48,6 +48,26 @@ for path in sys.argv[2:]:
     s.run(None, feeds)
 """
 
+#: Where the time goes, inside one child process: session creation vs inference, both ways.
+DETAIL = r"""
+import sys, time, numpy as np, onnxruntime as ort
+from fp16guard.data import ShardRef
+from fp16guard.stats import StatsSession
+model, shards = sys.argv[1], sys.argv[2:]
+feeds = []
+for p in shards:
+    with np.load(p) as z:
+        feeds.append({k: z[k] for k in z.files})
+for rep in range(2):
+    t0 = time.perf_counter(); s = ort.InferenceSession(model, providers=["CPUExecutionProvider"]); t1 = time.perf_counter()
+    for f in feeds: s.run(None, f)
+    t2 = time.perf_counter(); del s
+    t3 = time.perf_counter(); st = StatsSession(model).__enter__(); t4 = time.perf_counter()
+    for p in shards: st.run(ShardRef(p, p))
+    t5 = time.perf_counter(); st.__exit__(None, None, None)
+    print(f"  detail {rep + 1}: plain session {t1 - t0:5.2f} s + run {t2 - t1:5.2f} s | stats session {t4 - t3:5.2f} s + run {t5 - t4:5.2f} s (run ratio {(t5 - t4) / (t2 - t1):.2f}x)", flush=True)
+"""
+
 #: (out_channels, convs) per block; each block ends with a 2x2 max-pool.
 VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
 
@@ -135,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=2, help="shards in the side-by-side comparison")
     ap.add_argument("--samples-per-shard", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the model and shards here (reused if present)")
+    ap.add_argument("--detail", action="store_true", help="also split session creation from inference (one child process)")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the 2-vs-8-shards memory check")
     args = ap.parse_args(argv)
 
@@ -174,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     wr, mr = med["stats"][0] / med["plain"][0], med["stats"][1] / med["plain"][1]
     print(f"  ratio stats/plain: wall {wr:.2f}x (target <= 1.30), peak RSS {mr:.2f}x (target <= 1.30)")
 
+    if args.detail:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        subprocess.run([py, "-c", DETAIL, str(model), *map(str, shards)], check=True, env=env)
     if not args.skip_scaling:
         few = measure(stats_cmd(shards_all[:2]))[1]
         many = measure(stats_cmd(shards_all[:8]))[1]

@@ -67,6 +67,10 @@ class StatsSession:
             instrument(self._model, self.tensors),
             providers=self.providers,
             external_data_dir=self.model_path.parent,
+            # onnxruntime's default order runs every reduction after the last layer, keeping
+            # each measured activation alive until then; priority-based order runs a reduction
+            # right after its producer (measured on VGG-19: inference 1.35x -> ~1.0x a plain pass).
+            execution_order="priority_based",
         )
         self._runner.activate()
         return self

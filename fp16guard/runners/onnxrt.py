@@ -61,6 +61,8 @@ class OnnxRuntimeRunner:
         external_data_dir: folder against which the external-data locations of a ``ModelProto``
             are resolved (for a path, onnxruntime uses the file's folder). Default: none.
         intra_op_threads: threads per operator; 0 (default) lets onnxruntime choose.
+        execution_order: onnxruntime's node order: None (default: onnxruntime's own),
+            "priority_based" or "memory_efficient" (names of ``onnxruntime.ExecutionOrder``).
 
     Example:
         >>> with OnnxRuntimeRunner("model.onnx") as runner:
@@ -74,6 +76,7 @@ class OnnxRuntimeRunner:
         optimization: str = "all",
         external_data_dir: str | os.PathLike | None = None,
         intra_op_threads: int = 0,
+        execution_order: str | None = None,
     ):
         if optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(f"optimization {optimization!r}; expected one of {sorted(OPTIMIZATION_LEVELS)}")
@@ -82,6 +85,7 @@ class OnnxRuntimeRunner:
         self._optimization = optimization
         self._external_data_dir = external_data_dir
         self._threads = intra_op_threads
+        self._execution_order = execution_order
         self._session = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -101,6 +105,11 @@ class OnnxRuntimeRunner:
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[self._optimization])
         options.intra_op_num_threads = self._threads
+        if self._execution_order:
+            options.execution_order = getattr(ort.ExecutionOrder, self._execution_order.upper())
+        # Errors only: onnxruntime's warnings (unused initializers, fallbacks) would break the
+        # CLI's one-line contract on stderr; what matters reaches the user as our own messages.
+        options.log_severity_level = 3
         if self._external_data_dir is not None:
             options.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(self._external_data_dir)
