@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 from pathlib import Path
 
 import pytest
 
-from fixtures_s3 import commit_run, race_worker, s3_root, s3_server, write_run_files  # noqa: F401
+from fixtures_s3 import commit_run, race_worker, s3_root, s3_server, write_run_files  # noqa: F401 (pytest fixtures)
 from fp16guard.errors import StoreError
 from fp16guard.store import DEFAULT_STORE, Store, history, resolve_root, verify_run
 
