@@ -13,11 +13,12 @@ from fp16guard.errors import VerificationFailed
 from fp16guard.settings import RunParameters
 from tasks.build import build_engine_task, build_mixed_onnx_task
 from tasks.caching import cache_dir_for, code_digest, content_policy
-from tasks.inputs import discover, fingerprint_model
+from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
 from tasks.plan import plan_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
+from tasks.ui import emit_release_asset, publish_ui_task
 from tasks.verify import verify_task
 
 #: Library modules whose code determines a verification result (part of its cache key).
@@ -92,6 +93,9 @@ def calibrate(params: RunParameters) -> dict:
     except BaseException:
         discard_run(staged)
         raise
+    publish_ui_task(store.url, params.name, params.version, result, plan, verification)
+    if result["released"]:
+        emit_release_asset(f"{result['run_dir']}/model.mixed.onnx", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
     if not verification["passed"]:
         raise VerificationFailed(verification["reason"], verification)
     return result

@@ -49,3 +49,8 @@ def shard_location(ref: ShardRef) -> str:
 
     loc = str(Path(ref.path).resolve())
     return loc if ref.index is None else f"{loc}#{ref.index}"
+
+
+def calib_records(shards: list[dict]) -> list[dict]:
+    """``{"shard", "location", "sha256"}`` per discovered shard, for lineage records."""
+    return [{"shard": s["shard"].name, "location": shard_location(s["shard"]), "sha256": s["sha256"]} for s in shards]

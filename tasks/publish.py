@@ -10,7 +10,7 @@ from prefect import task
 
 from fp16guard import atomic
 from fp16guard.settings import RunParameters
-from tasks.inputs import shard_location
+from tasks.inputs import calib_records
 
 
 @task(name="stage-run")
@@ -62,21 +62,13 @@ def publish_run_task(
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
         "fp32_nodes", "worst_rel_error", "report"}``.
     """
-    from fp16guard.lineage import build_manifest, output_records
+    from fp16guard.lineage import build_manifest, file_record, output_records
     from fp16guard.store import StagedRun, open_store
 
     out = Path(staged["dir"])
     passed = bool(verification.get("passed"))
-    write_report(out, plan, verification)
     calibration = [
-        {
-            "shard": c["shard"].name,
-            "location": shard_location(c["shard"]),
-            "sha256": c["sha256"],
-            "computed_by": r["computed_by"],
-            "computed_at": r["computed_at"],
-        }
-        for c, r in zip(calib, shard_results)
+        {**rec, "computed_by": r["computed_by"], "computed_at": r["computed_at"]} for rec, r in zip(calib_records(calib), shard_results)
     ]
     manifest = build_manifest(
         run_id=staged["run_id"],
@@ -87,13 +79,17 @@ def publish_run_task(
         parameters=params.model_dump(mode="json"),
         model={k: model[k] for k in ("location", "sha256", "bytes")},
         calibration=calibration,
-        holdout=[{"shard": h["shard"].name, "location": shard_location(h["shard"]), "sha256": h["sha256"]} for h in holdout],
+        holdout=calib_records(holdout),
         outputs=output_records(out),
         flow_run=context["flow_run"],
         trigger=context["trigger"],
         backend=backend,
         providers=verification.get("providers"),
     )
+    # The report shows the lineage, so it is rendered from the manifest; its own hash is then
+    # added to the manifest's outputs (and status.json records every file as well).
+    write_report(out, plan, verification, manifest)
+    manifest["outputs"]["report.html"] = file_record(out / "report.html")
     atomic.write_json(out / "manifest.json", manifest)
 
     store = open_store(store_url)
@@ -117,12 +113,12 @@ def publish_run_task(
     }
 
 
-def write_report(out: Path, plan: dict, verification: dict) -> None:
-    """Render ``report.html`` from the run's statistics, plan and verification."""
+def write_report(out: Path, plan: dict, verification: dict, manifest: dict) -> None:
+    """Render ``report.html`` from the run's statistics, plan, verification and manifest."""
     from fp16guard.report import render_report
     from fp16guard.stats_schema import read_stats
 
-    html = render_report(read_stats(out / "stats.parquet"), plan, verification, {})
+    html = render_report(read_stats(out / "stats.parquet"), plan, verification, manifest)
     atomic.write_text(out / "report.html", html)
 
 

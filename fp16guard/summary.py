@@ -1,0 +1,77 @@
+"""What a person sees of a run in the Prefect UI: a markdown summary and a table of the tensors
+nearest the FP16 limit. Pure functions; ``tasks/ui.py`` publishes them as Prefect artifacts."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pyarrow as pa
+
+from fp16guard import FP16_MAX
+
+
+def artifact_key(name: str, version: str, kind: str) -> str:
+    """A Prefect artifact key for a model version: lowercase letters, digits and dashes only
+    (NOTES #14), e.g. ``fp16guard-resnet-50-v7-summary``. Same name and version → same key, so
+    the UI lists each model version's runs as the history of one artifact."""
+    raw = f"fp16guard-{name}-{version}-{kind}".lower()
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")[:200]
+
+
+def tensors_near_limit(stats: pa.Table, threshold: float, fp32_nodes: set[str], limit: int = 25) -> list[dict]:
+    """The ``limit`` tensors with the largest max |x|, as rows for a table artifact.
+
+    Columns: tensor, producer, op_type, max_abs, of_fp16_max (max_abs / 65504), over_threshold,
+    producer_in_fp32.
+    """
+    rows = sorted(stats.to_pylist(), key=lambda r: -_finite_or_inf(r["max_abs"]))[:limit]
+    return [
+        {
+            "tensor": r["tensor"],
+            "producer": r["producer"] or "(graph input)",
+            "op_type": r["op_type"] or "",
+            "max_abs": float(f"{r['max_abs']:.6g}"),
+            "of_fp16_max": round(r["max_abs"] / FP16_MAX, 4),
+            "over_threshold": bool(r["max_abs"] > threshold),
+            "producer_in_fp32": r["producer"] in fp32_nodes,
+        }
+        for r in rows
+    ]
+
+
+def summary_markdown(name: str, version: str, result: dict, plan: dict, verification: dict, stats: pa.Table) -> str:
+    """Markdown summary of one run: verdict, release, FP32 nodes with reasons, worst tensors,
+    verification figures."""
+    verdict = "✅ verified" if verification.get("passed") else "❌ rejected"
+    lines = [
+        f"# {name} {version} — {verdict}",
+        "",
+        f"- run: `{result.get('run_id')}` → `{result.get('run_dir')}`",
+        f"- release: {'**released**' if result.get('released') else 'not released'} ({result.get('release_reason', '')})",
+        f"- threshold: {plan.get('threshold')} (FP16 max {FP16_MAX:g})",
+        f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes', '?')}",
+    ]
+    if verification.get("reason"):
+        lines.append(f"- reason: {verification['reason']}")
+    lines += ["", "## Verification against FP32", "", "| output | max abs error | max rel error | cosine | non-finite |", "|---|---|---|---|---|"]
+    for out, fig in verification.get("outputs", {}).items():
+        lines.append(f"| `{out}` | {_fmt(fig.get('max_abs_error'))} | {_fmt(fig.get('max_rel_error'))} | {_fmt(fig.get('cosine'))} | {fig.get('nonfinite', 0)} |")
+    lines += ["", "## Nodes kept in FP32", "", "| node | op | reason |", "|---|---|---|"]
+    for node in plan.get("fp32_nodes", [])[:50]:
+        detail = "; ".join(node.get("details", [])[:2])
+        lines.append(f"| `{node['name']}` | {node['op_type']} | {node['reason']}: {detail} |")
+    if len(plan.get("fp32_nodes", [])) > 50:
+        lines.append(f"| … | | {len(plan['fp32_nodes']) - 50} more in plan.json |")
+    lines += ["", "## Largest activations", "", "| tensor | producer | max abs | of 65504 |", "|---|---|---|---|"]
+    for row in tensors_near_limit(stats, plan.get("threshold", FP16_MAX), set(), limit=10):
+        lines.append(f"| `{row['tensor']}` | {row['producer']} | {row['max_abs']:g} | {row['of_fp16_max']:.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def _finite_or_inf(x: float) -> float:
+    return math.inf if x is None or math.isnan(x) else x
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.3g}"
