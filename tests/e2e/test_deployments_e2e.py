@@ -139,7 +139,7 @@ def _artifact(api: str, key: str):
     with temporary_settings({PREFECT_API_URL: api}):
         with get_client(sync_client=True) as client:
             found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found[0] if found else None
+    return max(found, key=lambda a: a.created) if found else None  # the newest version of the key
 
 
 def test_registration_event_and_nightly_run_on_a_real_worker(stack):
@@ -169,7 +169,7 @@ def test_registration_event_and_nightly_run_on_a_real_worker(stack):
     _prefect(["deployment", "run", "fp16guard-nightly/nightly"], stack["env"])
 
     def finished(deployment):
-        return lambda: next((r for r in _flow_runs(stack["api"], deployment) if r.state_type.value in TERMINAL), None)
+        return lambda: next((r for r in _flow_runs(stack["api"], deployment) if r.state_type.value in TERMINAL and not r.auto_scheduled), None)
 
     triggered = _wait("the triggered run to finish", finished("on-registration"), 150, stack["logs"])
     assert triggered.state_type.value == "COMPLETED", f"{triggered.state}\n" + stack["logs"][1].read_text(errors="replace")[-6000:]
@@ -196,3 +196,53 @@ def test_registration_event_and_nightly_run_on_a_real_worker(stack):
     assert table is not None
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert rows == [{"model": "mlp/1.0", "release": run_dir.name, "passed": True, "samples": 4, "reason": ""}]
+
+    # 7. The holdout folder grows with data 200x larger: the release now overflows in FP16. The
+    #    nightly run must announce the regression and re-calibrate on new calibration data.
+    import numpy as np
+
+    big = {k: v * 200 for k, v in examples.sample_inputs("mlp", 4, seed=2).items()}
+    np.savez(data / "holdout" / "shard-new.npz", **big)
+    (data / "calib-new").mkdir()
+    np.savez(data / "calib-new" / "shard-0000.npz", **{k: v * 200 for k, v in examples.sample_inputs("mlp", 4, seed=3).items()})
+    nightly_params = {"calib": {"mlp": [str(data / "calib-new")]}}
+    _prefect(["deployment", "run", "fp16guard-nightly/nightly", "--param", f"params={json.dumps(nightly_params)}"], stack["env"])
+
+    def second_nightly():
+        # Only runs started by hand: the cron schedule adds future scheduled runs.
+        runs = [r for r in _flow_runs(stack["api"], "nightly") if not r.auto_scheduled]
+        if len(runs) == 2 and all(r.state_type.value in TERMINAL for r in runs):
+            return max(runs, key=lambda r: r.expected_start_time)
+        return None
+
+    second = _wait("the second nightly run to finish", second_nightly, 150, stack["logs"])
+    assert second.state_type.value == "COMPLETED", f"{second.state}\n" + stack["logs"][1].read_text(errors="replace")[-6000:]
+    rows = _artifact(stack["api"], "fp16guard-nightly").data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert rows[0]["passed"] is False and rows[0]["samples"] == 8, rows
+    assert "output 'y'" in rows[0]["reason"]
+
+    # Events are persisted asynchronously by the server.
+    events = _wait("the regression event", lambda: _events(stack["api"], "fp16guard.release.regressed"), 30, stack["logs"])
+    assert len(events) == 1
+    payload = events[0]["payload"]
+    assert events[0]["resource"]["prefect.resource.id"] == "fp16guard.release.mlp/1.0"
+    assert payload["run_id"] == run_dir.name and payload["recalibration"]
+
+    # The re-calibrated run verifies on the grown holdout; it is stored, not released (promote off).
+    new_runs = [p for p in runs_dir.iterdir() if (p / "status.json").exists() and p.name != run_dir.name]
+    assert len(new_runs) == 1
+    new_manifest = json.loads((new_runs[0] / "manifest.json").read_text())
+    assert new_manifest["status"] == "verified", new_manifest.get("reason")
+    assert new_manifest["trigger"]["release_run_id"] == run_dir.name
+    assert len(new_manifest["inputs"]["holdout"]) == 2 and len(new_manifest["inputs"]["calibration"]) == 3
+    assert json.loads((stack["store"] / "mlp" / "1.0" / "release.json").read_text())["run_id"] == run_dir.name
+
+
+def _events(api: str, name: str) -> list[dict]:
+    import httpx
+
+    body = {"filter": {"event": {"name": [name]}, "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+    response = httpx.post(f"{api}/events/filter", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()["events"]
