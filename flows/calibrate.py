@@ -19,7 +19,7 @@ from tasks.plan import plan_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
 from tasks.ui import emit_release_asset, publish_ui_task
-from tasks.verify import verify_task
+from tasks.verify import verify_engine_task, verify_task
 
 #: Library modules whose code determines a verification result (part of its cache key).
 VERIFY_MODULES = ("fp16guard.verify", "fp16guard.emulate", "fp16guard.data")
@@ -62,6 +62,7 @@ def calibrate(params: RunParameters) -> dict:
             shard_sha256=[c["sha256"] for c in calib],
             code=unmapped(code_digest(*STATS_MODULES)),
             batch_size=unmapped(params.batch_size),
+            providers=unmapped(params.providers or None),
         )
         with Progress(len(futures), "calibration shards") as progress:
             shard_results = []
@@ -71,21 +72,27 @@ def calibrate(params: RunParameters) -> dict:
         files = reduce_stats_task(shard_results, staged["dir"])
         plan = plan_task(params.model, files["stats"], params.plan, staged["dir"])
         artifact = build_mixed_onnx_task(params.model, plan, staged["dir"])
-        backend = None
+        holdout_refs = [h["shard"] for h in holdout]
         if params.backend == "tensorrt":
             backend = build_engine_task(
                 params.model, artifact["path"], plan, staged["dir"],
-                shapes={"calibration": [c["shard"] for c in calib], "holdout": [h["shard"] for h in holdout]},
-                timing_cache_dir=str(cache_dir / "tensorrt-timing"),
+                [c["shard"] for c in calib] + holdout_refs,
+                params.tensorrt_mode, params.tensorrt_workspace_mib,
+                str(cache_dir / "tensorrt-timing"), params.batch_size,
             )
-        verify = verify_task.with_options(
-            cache_policy=content_policy(cache_dir / "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"])
-        )
-        verification = verify(
-            params.model, model["sha256"], artifact["path"], artifact["sha256"],
-            [h["shard"] for h in holdout], [h["sha256"] for h in holdout],
-            params.verify, code_digest(*VERIFY_MODULES), params.batch_size,
-        )
+            verification = verify_engine_task(
+                params.model, f"{staged['dir']}/model.engine", holdout_refs, params.verify, params.batch_size, params.providers,
+            )
+        else:
+            backend = {"name": "onnxruntime", "artifact": "model.mixed.onnx"}
+            verify = verify_task.with_options(
+                cache_policy=content_policy(cache_dir / "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size", "providers"])
+            )
+            verification = verify(
+                params.model, model["sha256"], artifact["path"], artifact["sha256"],
+                holdout_refs, [h["sha256"] for h in holdout],
+                params.verify, code_digest(*VERIFY_MODULES), params.batch_size, params.providers,
+            )
         write_verification_task(verification, staged["dir"])
         result = publish_run_task(
             store.url, staged, params, context, model, shard_results, calib, holdout, plan, verification, backend,

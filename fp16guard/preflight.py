@@ -1,7 +1,7 @@
 """Checks run before a flow starts, so bad input fails fast and leaves no run behind.
 
 What can be checked cheaply is checked here: the model loads, every calibration and holdout
-location exists and holds shards, and every shard's arrays (read from the ``.npy`` headers only)
+location exists and holds shards, the TensorRT backend is usable when asked for, and every shard's arrays (read from the ``.npy`` headers only)
 match the model's inputs in name, rank, static dimensions and dtype. NaN/inf in the data and in
 FP32 activations are found later, by the statistics pass, which discards the staged run.
 """
@@ -15,6 +15,10 @@ from fp16guard.settings import RunParameters
 
 def preflight(params: RunParameters) -> None:
     """Raise the first UserError found in ``params``' model and data; return None if all fit."""
+    if params.backend == "tensorrt":
+        from fp16guard.backends.tensorrt.env import require_tensorrt
+
+        require_tensorrt()  # TensorRTUnavailable names what to install, before any work is done
     specs = input_specs(load_model(params.model, load_weights=False))
     for role, paths in (("calibration", params.calib), ("holdout", params.holdout)):
         for ref in discover_shards(paths, role):

@@ -81,6 +81,15 @@ class RunParameters(BaseModel):
     store: str | None = Field(None, description="Store root (folder or fsspec URL). Default: $FP16GUARD_STORE, else ./fp16guard-store.")
     backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="What to build: a mixed-precision ONNX model, or a TensorRT engine.")
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description="Samples per inference call; larger shards run in slices. Default: whole shard.")
+    providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] = Field(
+        default_factory=list,
+        description="onnxruntime execution providers for statistics and verification, in order of preference. Empty: CPU. A provider that is not installed falls back to CPU with a message.",
+    )
+    tensorrt_mode: Literal["auto", "strong", "weak"] = Field(
+        "auto",
+        description="TensorRT typing: strong (11.x, or 10.12+ on request) builds from model.mixed.onnx; weak (8.6-10.x) pins the plan's layers to FP32; auto picks by the installed version.",
+    )
+    tensorrt_workspace_mib: int = Field(4096, ge=64, le=1_048_576, description="TensorRT builder workspace limit, MiB.")
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")

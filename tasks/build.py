@@ -35,12 +35,34 @@ def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
 
 
 @task(name="build-tensorrt-engine", tags=["fp16guard-gpu"])
-def build_engine_task(model_path: str, mixed_path: str, plan: dict, out_dir: str, shapes: dict, timing_cache_dir: str) -> dict:
-    """Build ``model.engine`` from the mixed model with TensorRT (see fp16guard.backends.tensorrt).
+def build_engine_task(
+    model_path: str,
+    mixed_path: str,
+    plan: dict,
+    out_dir: str,
+    shards: list,
+    mode: str,
+    workspace_mib: int,
+    timing_cache_dir: str,
+    batch_size: int | None = None,
+) -> dict:
+    """Build ``model.engine`` (and its inspector JSON) with TensorRT; see
+    :func:`fp16guard.backends.tensorrt.build.build_engine`.
+
+    The optimisation profile covers every input shape that calibration and holdout shards
+    (``shards``: ShardRefs) will feed; the timing cache lives in ``timing_cache_dir`` (in the
+    store's cache), keyed by GPU and TensorRT version.
 
     Returns:
-        The backend's lineage record (TensorRT version, typing mode, profiles, files, hashes).
+        The backend's lineage record (TensorRT version, typing mode and why, profile, files, hashes).
     """
     from fp16guard.backends.tensorrt import build_engine
+    from fp16guard.backends.tensorrt.profiles import observed_shapes
+    from fp16guard.model_io import input_specs, load_model
 
-    return build_engine(model_path, mixed_path, plan, out_dir, shapes, timing_cache_dir=timing_cache_dir)
+    shapes = observed_shapes(shards, input_specs(load_model(model_path, load_weights=False)), batch_size)
+    record = build_engine(
+        model_path, mixed_path, plan, out_dir, shapes,
+        mode=mode, workspace_bytes=workspace_mib << 20, timing_cache_dir=timing_cache_dir,
+    )
+    return {"name": "tensorrt", **record}

@@ -19,6 +19,7 @@ def verify_task(
     settings: VerifySettings,
     code: str,
     batch_size: int | None = None,
+    providers: list[str] | None = None,
 ) -> dict:
     """Run the FP32 model and the artifact on every holdout sample and compare.
 
@@ -32,4 +33,21 @@ def verify_task(
     """
     from fp16guard.verify import verify
 
-    return verify(model_path, artifact_path, holdout, settings, batch_size=batch_size)
+    return verify(model_path, artifact_path, holdout, settings, batch_size=batch_size, providers=providers or None)
+
+
+@task(name="verify-engine-against-fp32", tags=["fp16guard-gpu"])
+def verify_engine_task(
+    model_path: str,
+    engine_path: str,
+    holdout: list[ShardRef],
+    settings: VerifySettings,
+    batch_size: int | None = None,
+    providers: list[str] | None = None,
+) -> dict:
+    """Run the FP32 model (onnxruntime) and the TensorRT engine on every holdout sample and
+    compare, with the same figures and gate as the onnxruntime backend. Not cached: an engine
+    build is not bit-reproducible, so its digest would never repeat."""
+    from fp16guard.backends.tensorrt.verify import verify_engine
+
+    return verify_engine(model_path, engine_path, holdout, settings, batch_size=batch_size, providers=providers or None)

@@ -131,3 +131,17 @@ def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path):
     proc = run_cli(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--version", "1", "--store", str(store)], api_url=prefect_api_url)
     _assert_one_line_error(proc, "x.npz", "'y'", "NaN/inf")
     assert _store_is_empty(store)
+
+
+def test_tensorrt_backend_without_tensorrt_is_bad_input(demo_files, tmp_path):
+    pytest.importorskip("onnx")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here; this checks the message when it is absent")
+    except ImportError:
+        pass
+    store = tmp_path / "store"
+    proc = run_cli([*_run_args(demo_files, store), "--backend", "tensorrt"], env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    _assert_one_line_error(proc, "tensorrt")
+    assert _store_is_empty(store)

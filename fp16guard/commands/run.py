@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
     p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime", help="what to build (default onnxruntime)")
     p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
+    p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers for statistics and verification, e.g. CUDAExecutionProvider (falls back to CPU with a message)")
+    p.add_argument("--trt-mode", choices=["auto", "strong", "weak"], default="auto", help="TensorRT typing mode (--backend tensorrt; default auto: by installed version)")
+    p.add_argument("--trt-workspace", type=int, default=4096, metavar="MIB", help="TensorRT builder workspace limit in MiB (default 4096)")
     p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
     p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32")
     p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
@@ -54,6 +57,9 @@ def parameters_from_args(args: argparse.Namespace):
             "store": args.store,
             "backend": args.backend,
             "batch_size": args.batch_size,
+            "providers": args.providers,
+            "tensorrt_mode": args.trt_mode,
+            "tensorrt_workspace_mib": args.trt_workspace,
             "plan": {
                 "threshold": args.threshold,
                 "force_fp32_nodes": args.force_fp32_nodes,
