@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -274,3 +275,15 @@ def iter_slices(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, n
     total = batch_count(feeds)
     for start in range(0, total, size):
         yield {k: v[start : start + size] for k, v in feeds.items()}
+
+
+@contextmanager
+def shard_context(ref: ShardRef) -> Iterator[None]:
+    """Prefix a DataError raised in the block with the shard's name (if it lacks it), so a
+    failure deep in a runner still says which shard it came from."""
+    try:
+        yield
+    except DataError as exc:
+        if ref.name in str(exc):
+            raise
+        raise type(exc)(f"shard {ref.name}: {exc}") from None

@@ -8,6 +8,7 @@ suffix, and IR-version < 4 models stop listing initializers among the graph inpu
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
     except FileNotFoundError as exc:
         raise ModelError(f"model {path} refers to external data that is missing: {exc.filename or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends
+        match = re.search(r"should be stored in (\S+?),? but", str(exc))
+        if match:
+            raise ModelError(f"model {path} refers to external data that is missing: {match.group(1)}; expected the weight files beside the model") from None
         raise ModelError(f"model {path} is not a valid ONNX file ({type(exc).__name__}: {exc}); expected a serialized ModelProto") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"model {path} has an empty graph; expected an ONNX model with nodes and outputs")
@@ -90,6 +94,9 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
         keep = [i for i in graph.input if i.name not in init_names]
         del graph.input[:]
         graph.input.extend(keep)
+        # IR < 4 requires every initializer to be a graph input; IR 4 is the first version
+        # that allows otherwise, and changes nothing else a valid older model relies on.
+        model.ir_version = max(model.ir_version, 4)
     seen: set[str] = set()
     for index, node in enumerate(graph.node):
         name = node.name or f"{node.op_type}_{index}"

@@ -99,7 +99,8 @@ class StatsSession:
         names = [output_names(k) for k in range(n)]
         fetch = [name for triple in names for name in triple]
         for piece in data.iter_slices(feeds, size):
-            values = self._runner.infer(piece, fetch)
+            with data.shard_context(ref):
+                values = self._runner.infer(piece, fetch)
             mins = np.array([values[a] for a, _, _ in names], dtype=np.float64)
             maxs = np.array([values[b] for _, b, _ in names], dtype=np.float64)
             flags = np.array([values[c] for _, _, c in names], dtype=np.float64)

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from fp16guard.data import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, slice_size
+from fp16guard.data import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, shard_context, slice_size
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
 from fp16guard.model_io import input_specs, load_model
 from fp16guard.settings import VerifySettings
@@ -308,8 +308,9 @@ def compare_runners(
         n = batch_count(ref_feeds)
         size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
         for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
-            r_out = ref_run.infer(ref_slice, wanted)
-            c_out = cand_run.infer(cand_slice, wanted)
+            with shard_context(ref):
+                r_out = ref_run.infer(ref_slice, wanted)
+                c_out = cand_run.infer(cand_slice, wanted)
             for name in wanted:
                 _accumulate(stats, errors, ref, name, r_out[name], c_out[name])
         samples += n

@@ -107,9 +107,9 @@ class OnnxRuntimeRunner:
         options.intra_op_num_threads = self._threads
         if self._execution_order:
             options.execution_order = getattr(ort.ExecutionOrder, self._execution_order.upper())
-        # Errors only: onnxruntime's warnings (unused initializers, fallbacks) would break the
-        # CLI's one-line contract on stderr; what matters reaches the user as our own messages.
-        options.log_severity_level = 3
+        # Fatal only: onnxruntime logs warnings (unused initializers) and errors it also raises;
+        # both would break the CLI's one-line contract on stderr. Raised errors reach the user.
+        options.log_severity_level = 4
         if self._external_data_dir is not None:
             options.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(self._external_data_dir)
@@ -164,14 +164,17 @@ class OnnxRuntimeRunner:
             Output name -> array, for the requested outputs.
 
         Raises:
-            DataError: onnxruntime rejects the feeds (wrong names, shapes or dtypes).
+            DataError: onnxruntime rejects the feeds (wrong names, shapes or dtypes) or fails
+                while running on them (e.g. a Reshape that only fits the shapes the model was
+                exported with); the message gives the feed shapes and onnxruntime's reason.
         """
         names = list(output_names) if output_names is not None else self.output_names
         try:
             values = self.session.run(names, dict(feeds))
         except Exception as exc:
-            if type(exc).__name__ in {"InvalidArgument", "InvalidArgumentError"} or "Invalid" in str(exc)[:80]:
-                first = str(exc).strip().splitlines()[0]
-                raise DataError(f"onnxruntime rejected the inputs: {first}") from None
-            raise
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shapes = {k: list(np.shape(v)) for k, v in feeds.items()}
+            raise DataError(f"onnxruntime cannot run the model on inputs of shapes {shapes}: {first}") from None
         return dict(zip(names, values))
