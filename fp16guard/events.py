@@ -18,10 +18,10 @@ model version needs a verified FP16 artifact. The ``fp16guard-on-registration`` 
   key                     type          meaning
   ======================  ============  =====================================================
   ``contract``            int           contract version, currently 1
-  ``model``               str           FP32 ONNX model: absolute path on the workers, or URL
+  ``model``               str           FP32 ONNX model: absolute path readable by the workers
   ``name``, ``version``   str           store name and version (letters, digits, ``._-``)
   ``calib``               list[str]     calibration data locations (npz files/folders/globs,
-                                        Polygraphy JSON), absolute or URLs
+                                        Polygraphy JSON), absolute paths readable by the workers
   ``holdout``             list[str]     holdout data locations, same formats
   ``threshold``           float         optional; FP32 threshold on max |x|, (0, 65504]
   ``store``               str           optional; store root; default: the worker's
@@ -119,7 +119,7 @@ def registration_event(
     least one shard (``fp16guard.data.discover_shards``). URLs are not checked.
 
     Args:
-        model: FP32 ONNX model path or URL.
+        model: FP32 ONNX model path.
         name: store name; version: store version (safe path segments).
         calib: calibration data locations (at least one).
         holdout: holdout data locations (at least one).

@@ -73,7 +73,7 @@ class RunParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., description="Path or URL of the FP32 ONNX model.")
+    model: str = Field(..., description="Path of the FP32 ONNX model (external-data files beside it), readable where the run executes.")
     calib: list[str] = Field(..., min_length=1, description="Calibration data: .npz files, folders of them, globs, or Polygraphy JSON inputs files.")
     holdout: list[str] = Field(..., min_length=1, description="Holdout data for verification, same formats as calib. Should not overlap calib.")
     name: str = Field(..., description="Model name in the store (letters, digits, '.', '_', '-').")

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="emit a model-registration event (starts a calibration run on a GPU worker)",
         description="Emit a fp16guard.model.registered event to the Prefect server at $PREFECT_API_URL; print its id.",
     )
-    p.add_argument("model", help="FP32 ONNX model: path (made absolute; must be readable by the workers) or URL")
+    p.add_argument("model", help="FP32 ONNX model path (made absolute; must be readable by the workers, e.g. on a shared file system)")
     p.add_argument("--name", required=True, help="model name in the store")
     p.add_argument("--version", dest="model_version", required=True, metavar="VERSION", help="model version in the store")
     p.add_argument("--calib", nargs="+", action="extend", required=True, help="calibration data locations (.npz, folders, globs, Polygraphy JSON)")
