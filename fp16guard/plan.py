@@ -307,19 +307,21 @@ def _data_reasons(
             continue
         if name in constants_out_of_range:
             found.append(("constant_out_of_range", f"input {name!r} is a constant with max |x| = {constants_out_of_range[name]:.6g} > 65504 (FP16 max)"))
-        if name in lookup:
-            max_abs, nonfinite = lookup[name]
-            if _out_of_range(max_abs, nonfinite, threshold):
-                found.append(("input_above_threshold", f"input {name!r} has {_describe(max_abs, nonfinite)} > threshold {threshold:g}"))
-        elif types.is_float32(name):
-            found.append(("no_statistics", f"input {name!r} is float but has no statistics"))
+        found.extend(_range_finding("input", name, lookup, types, threshold))
     for name in node.output:
-        if not name:
-            continue
-        if name in lookup:
-            max_abs, nonfinite = lookup[name]
-            if _out_of_range(max_abs, nonfinite, threshold):
-                found.append(("output_above_threshold", f"output {name!r} has {_describe(max_abs, nonfinite)} > threshold {threshold:g}"))
-        elif types.is_float32(name):
-            found.append(("no_statistics", f"output {name!r} is float but has no statistics"))
+        if name:
+            found.extend(_range_finding("output", name, lookup, types, threshold))
     return found
+
+
+def _range_finding(role: str, name: str, lookup: dict, types, threshold: float) -> list[tuple[str, str]]:
+    """The data rule for one float input or output ("input"/"output" in ``role``): above the
+    threshold, or float with no statistics at all."""
+    if name in lookup:
+        max_abs, nonfinite = lookup[name]
+        if _out_of_range(max_abs, nonfinite, threshold):
+            return [(f"{role}_above_threshold", f"{role} {name!r} has {_describe(max_abs, nonfinite)} > threshold {threshold:g}")]
+        return []
+    if types.is_float32(name):
+        return [("no_statistics", f"{role} {name!r} is float but has no statistics")]
+    return []

@@ -11,31 +11,13 @@ from onnx import TensorProto, helper, numpy_helper
 from fp16guard.convert import to_mixed_precision
 from fp16guard.errors import ConfigError
 from fp16guard.model_io import load_model
+from onnx_helpers import init as _init, io as _io, make_model as _model, run_ort as _run
 
 F, H, D = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE
 
 
-def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
-def _io(name, *dims, dtype=F):
-    return helper.make_tensor_value_info(name, dtype, list(dims))
-
-
-def _init(name, values, dtype=np.float32):
-    return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
-
-
-def _run(model: onnx.ModelProto, feeds: dict, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> list[np.ndarray]:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:

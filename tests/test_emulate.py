@@ -20,6 +20,7 @@ from fp16guard.emulate import emulate_fp16_storage
 from fp16guard.plan import make_plan
 from fp16guard.settings import PlanSettings
 from fp16guard.stats import reduce_stats, shard_stats
+from onnx_helpers import io as _io, make_model as _model, run_ort as _run
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16
 LEVELS = [
@@ -30,23 +31,7 @@ LEVELS = [
 ]
 
 
-def _model(nodes, inputs, outputs, inits=(), opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
-
-def _io(name, *dims, dtype=F):
-    return helper.make_tensor_value_info(name, dtype, list(dims))
-
-
-def _run(model, feeds, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
 
 
 def _rel_error(got: np.ndarray, ref: np.ndarray) -> float:
