@@ -102,7 +102,8 @@ def calibrate(params: RunParameters) -> dict:
         raise
     publish_ui_task(store.url, params.name, params.version, result, plan, verification)
     if result["released"]:
-        emit_release_asset(f"{result['run_dir']}/model.mixed.onnx", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
+        released_file = "model.engine" if params.backend == "tensorrt" else "model.mixed.onnx"
+        emit_release_asset(f"{result['run_dir']}/{released_file}", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
     if not verification["passed"]:
         raise VerificationFailed(verification["reason"], verification)
     return result

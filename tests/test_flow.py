@@ -16,9 +16,8 @@ RUN_FILES = {"stats.parquet", "shard_stats.parquet", "plan.json", "model.mixed.o
 
 
 def _params(files: dict, store: Path, **extra) -> RunParameters:
-    return RunParameters(
-        model=files["model"], calib=[files["calib"]], holdout=[files["holdout"]], name="demo", version="1", store=str(store), **extra
-    )
+    fields = {"model": files["model"], "calib": [files["calib"]], "holdout": [files["holdout"]], "name": "demo", "version": "1", "store": str(store)}
+    return RunParameters(**{**fields, **extra})
 
 
 def _manifest(result: dict) -> dict:
@@ -99,3 +98,47 @@ def test_nan_in_calibration_data_leaves_no_run(prefect_api_url, demo_files, stor
     assert not (version_dir / "runs").exists() or not any((version_dir / "runs").iterdir())
     staging = version_dir / ".staging"
     assert not staging.exists() or not any(staging.iterdir())
+
+
+def test_ui_artifacts_and_release_asset_event(prefect_api_url, demo_files, store):
+    """The Prefect UI gets a summary, a tensor table and a report link under keys derived from
+    name and version; the released artifact is recorded as an asset materialization."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from flows.calibrate import calibrate
+
+    result = calibrate(_params(demo_files, store, name="ui-Model_v2", version="7.1"))
+    flow_run_id = _manifest(result)["flow_run"]["id"]
+    keys = ["fp16guard-ui-model-v2-7-1-summary", "fp16guard-ui-model-v2-7-1-tensors", "fp16guard-ui-model-v2-7-1-report"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        by_key = {a.key: a for a in artifacts if str(a.flow_run_id) == flow_run_id}
+        assert set(by_key) == set(keys)
+        assert "verified" in by_key[keys[0]].data and "Nodes kept in FP32" in by_key[keys[0]].data
+        assert "report.html" in by_key[keys[2]].data
+        table = json.loads(by_key[keys[1]].data) if isinstance(by_key[keys[1]].data, str) else by_key[keys[1]].data
+        assert table and {"tensor", "max_abs", "of_fp16_max"} <= set(table[0])
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        assert runs and runs[0].state.is_completed()
+    # The asset event: the materializing task ran in this flow run and named the released file.
+    import asyncio
+
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async def materializations():
+        async with get_client() as client:
+            response = await client._client.post(
+                "/events/filter",
+                json={"filter": EventFilter(event=EventNameFilter(prefix=["prefect.asset.materialization"]),
+                                            resource=EventResourceFilter(id_prefix=["file://"])).model_dump(mode="json"), "limit": 50},
+            )
+            response.raise_for_status()
+            return response.json()["events"]
+
+    events = asyncio.run(materializations())
+    released = f"file://{result['run_dir']}/model.mixed.onnx"
+    mine = [e for e in events if e["resource"]["prefect.resource.id"] == released]
+    assert mine, [e["resource"]["prefect.resource.id"] for e in events]
+    related = {r["prefect.resource.id"] for r in mine[0]["related"]}
+    assert f"file://{demo_files['model']}" in related or any(r.endswith(Path(demo_files["model"]).name) for r in related)
