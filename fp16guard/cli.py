@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fp16guard: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # The reader went away (``fp16guard show ... | head``): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     sys.exit(code) if argv is None else None
     return code
 

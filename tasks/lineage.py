@@ -26,7 +26,7 @@ def run_context_task(trigger_event: dict[str, Any] | None = None) -> dict[str, A
         "name": flow_run.get_name(),
         "deployment_id": deployment.get_id(),
         "deployment_name": deployment.get_name(),
-        "ui_url": flow_run.get_flow_run_ui_url() if hasattr(flow_run, "get_flow_run_ui_url") else None,
+        "ui_url": _ui_url(),
     }
     trigger: dict[str, Any] = {"type": "manual"}
     if trigger_event:
@@ -51,3 +51,10 @@ def _run_origin(run_id: str | None) -> tuple[bool, dict | None]:
         run = client.read_flow_run(run_id)
     created_by = run.created_by.model_dump(mode="json") if run.created_by else None
     return bool(run.auto_scheduled), created_by
+
+
+def _ui_url() -> str | None:
+    """The flow run's page in the Prefect UI; None when no UI URL is configured (the embedded
+    server), where Prefect would otherwise return a URL starting with 'None'."""
+    url = flow_run.get_flow_run_ui_url() if hasattr(flow_run, "get_flow_run_ui_url") else None
+    return url if url and not url.startswith("None") else None

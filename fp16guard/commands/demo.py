@@ -63,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
         RunParameters,
         {"model": paths["model"], "calib": [paths["calib"]], "holdout": [paths["holdout"]], "name": args.example, "version": "1", "store": args.store},
     )
+    code = execute(params, as_json=args.json, verbose=args.verbose)
     if not args.json:  # with --json the last stdout line must be the JSON summary
-        print(f"after the run: open report.html in its run folder; list runs with: fp16guard history {args.example}")
-    return execute(params, as_json=args.json, verbose=args.verbose)
+        print(f"open the report above in a browser; list the runs with: fp16guard history {args.example}")
+    return code

@@ -106,15 +106,26 @@ def print_summary(result: dict) -> None:
     """Human summary on stdout (the JSON line, when asked, comes after it)."""
     verdict = "VERIFIED" if result.get("passed") else "REJECTED"
     print(f"{verdict}: {result.get('reason') or 'artifact matches FP32 within tolerance'}")
-    for key in ("run_dir", "run_id", "status", "released", "fp32_nodes", "worst_rel_error"):
-        if key in result:
-            print(f"  {key}: {result[key]}")
+    worst = result.get("worst_rel_error")
+    rows = [
+        ("run", result.get("run_dir")),
+        ("status", result.get("status")),
+        ("release", f"{'released' if result.get('released') else 'not released'} ({result.get('release_reason')})" if "released" in result else None),
+        ("fp32 nodes", result.get("fp32_nodes")),
+        ("worst relative error", f"{worst:.3g}" if isinstance(worst, (int, float)) else worst),
+        ("report", result.get("report")),
+    ]
+    for label, value in rows:
+        if value is not None:
+            print(f"  {label + ':':22s}{value}")
 
 
 def quiet_prefect_console(verbose: bool) -> None:
     """Keep Prefect's console logs (and their tracebacks) off the terminal unless ``verbose``.
 
     Logs still reach the Prefect API, so the UI shows them. Must run before prefect is imported.
+    Side effect: sets ``PREFECT_LOGGING_HANDLERS_*_LEVEL`` (and, for the embedded server,
+    ``PREFECT_SERVER_ANALYTICS_ENABLED=false``) in this process's environment unless already set.
     """
     import os
 
@@ -122,3 +133,7 @@ def quiet_prefect_console(verbose: bool) -> None:
         return
     for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
         os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")
+    # The embedded server (no PREFECT_API_URL) lives only for this command: no telemetry notice
+    # or reporting from it. A configured server keeps its own setting.
+    if not os.environ.get("PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
