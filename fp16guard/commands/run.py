@@ -118,6 +118,10 @@ def print_summary(result: dict) -> None:
     for label, value in rows:
         if value is not None:
             print(f"  {label + ':':22s}{value}")
+    if not result.get("passed"):
+        # Range is handled by the plan; what still fails is usually precision (e.g. FP16-rounded
+        # inputs of an FP32 node whose output is huge): widen the FP32 region.
+        print("  hint: lower --threshold (e.g. 1000) or keep nodes in FP32 with --force-fp32-nodes / --force-fp32-ops; the report shows which tensors are large")
 
 
 def quiet_prefect_console(verbose: bool) -> None:
