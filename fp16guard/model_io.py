@@ -74,7 +74,7 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
         raise ModelError(f"model {path} has an empty graph; expected an ONNX model with nodes and outputs")
     try:
         # Large models cannot go through check_model's 2 GB in-memory path; check the file then.
-        onnx.checker.check_model(str(path) if model.ByteSize() > 2**31 - 1 or not load_weights else model)
+        onnx.checker.check_model(str(path) if model.ByteSize() > PROTOBUF_LIMIT or not load_weights else model)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"model {path} is not a valid ONNX model: {first}") from None
@@ -106,6 +106,41 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
         node.name = name
         seen.add(name)
     return model
+
+
+#: Protobuf cannot serialize a message of 2 GiB or more: such models keep their weights in a file beside them.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write ``model`` to ``path`` atomically; a model too large for one protobuf message
+    (:data:`PROTOBUF_LIMIT`) keeps its weights in ``<file name>.data`` beside it.
+
+    The weights file is renamed into place first, then the ``.onnx``, so a reader that finds the
+    model finds its weights. Side effect for large models: ``model``'s initializers become
+    external-data references (onnx converts them in place while saving). Returns ``path``.
+    """
+    import shutil
+    import tempfile
+
+    from fp16guard import atomic
+
+    path = Path(path)
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        with atomic.atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+        return path
+    data_name = f"{path.name}.data"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # onnx writes the weights under ``location`` relative to the model file's folder: save both
+    # into a private folder on the same file system, then move each into place atomically.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as work:
+        onnx.save(model, str(Path(work) / path.name), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        with atomic.atomic_path(path.parent / data_name) as tmp:
+            shutil.move(str(Path(work) / data_name), tmp)
+        with atomic.atomic_path(path) as tmp:
+            shutil.move(str(Path(work) / path.name), tmp)
+    return path
 
 
 def model_digest(path: str | os.PathLike) -> str:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from prefect import task
 
-from fp16guard.hashing import sha256_file
 
 
 @task(name="build-mixed-onnx")
@@ -20,18 +19,12 @@ def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
     Returns:
         ``{"path", "sha256"}`` of the artifact.
     """
-    import onnx
-
-    from fp16guard import atomic
     from fp16guard.convert import to_mixed_precision
-    from fp16guard.model_io import load_model
+    from fp16guard.model_io import load_model, model_digest, save_model
 
     fp32 = {n["name"] for n in plan["fp32_nodes"]}
-    mixed = to_mixed_precision(load_model(model_path), fp32)
-    target = Path(out_dir) / "model.mixed.onnx"
-    with atomic.atomic_path(target) as tmp:
-        onnx.save(mixed, str(tmp))
-    return {"path": str(target), "sha256": sha256_file(target)}
+    target = save_model(to_mixed_precision(load_model(model_path), fp32), Path(out_dir) / "model.mixed.onnx")
+    return {"path": str(target), "sha256": model_digest(target)}
 
 
 @task(name="build-tensorrt-engine", tags=["fp16guard-gpu"])

@@ -63,3 +63,21 @@ def test_bad_model_files(tmp_path, content, message):
 def test_input_specs_describe_dynamic_dims(tmp_path):
     spec = input_specs(_model())[0]
     assert spec.shape == ("n", 4) and spec.describe() == "'x' (float32, [n, 4])"
+
+
+def test_save_model_small_and_with_external_weights(tmp_path, monkeypatch):
+    import fp16guard.model_io as model_io
+
+    small = model_io.save_model(_model(), tmp_path / "small.onnx")
+    assert load_model(small).graph.node and not (tmp_path / "small.onnx.data").exists()
+    # Past the protobuf limit the weights go beside the model (the limit lowered to exercise it).
+    monkeypatch.setattr(model_io, "PROTOBUF_LIMIT", 10)
+    big = _model()
+    big.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.eye(4, dtype=np.float32) * 3, "w"))
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "unused_big")
+    big.graph.initializer.append(w)
+    path = model_io.save_model(big, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size >= 64 * 64 * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "small.onnx"]
+    loaded = load_model(path)
+    assert np.array_equal(numpy_helper.to_array(next(t for t in loaded.graph.initializer if t.name == "unused_big")), np.ones((64, 64)))
