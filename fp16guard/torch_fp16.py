@@ -9,8 +9,10 @@ island runs in FP32. That is what a mixed-precision model does on an FP16 runtim
 storage emulation (``fp16guard.emulate``) claims to reproduce on the CPU.
 
 Scope: the main graph of models built from the ops in :data:`SUPPORTED_OPS` (the examples and
-typical CNN/MLP/transformer graphs). Anything else raises :class:`UnsupportedOpError` naming the
-node, before any computation. ``torch`` is imported lazily: it is not a dependency of
+typical CNN/MLP/transformer graphs as PyTorch exports them, including Mod, ArgMax/ArgMin, Einsum,
+TopK, CumSum and Resize in its ``nearest`` and ``linear`` modes). An op outside that list raises
+:class:`UnsupportedOpError` naming the node, before any computation; an unsupported attribute
+value (Resize ``cubic``, ``antialias``, ``tf_crop_and_resize``...) raises it when the node runs. ``torch`` is imported lazily: it is not a dependency of
 fp16guard; this module is for checks on machines that have it.
 """
 
@@ -367,6 +369,185 @@ def _hard_sigmoid(ctx, x, a):
     return ctx.torch.clamp(x[0] * a.get("alpha", 0.2) + a.get("beta", 0.5), 0, 1)
 
 
+def _mod(ctx, x, a):
+    # ONNX Mod: fmod=0 (integers only) takes the divisor's sign (Python %), fmod=1 the dividend's (C fmod).
+    if a.get("fmod", 0):
+        return ctx.torch.fmod(x[0], x[1])
+    if x[0].is_floating_point():
+        raise UnsupportedOpError(f"Mod with fmod=0 on floating inputs is invalid ONNX (node {ctx.node.name})")
+    return ctx.torch.remainder(x[0], x[1])
+
+
+def _arg_extreme(largest: bool):
+    def run(ctx, x, a):
+        t = x[0]
+        axis = _axis(a.get("axis", 0), t.dim())
+        keep = bool(a.get("keepdims", 1))
+        fn = ctx.torch.argmax if largest else ctx.torch.argmin
+        if a.get("select_last_index", 0):
+            # torch returns the first extreme; on the flipped axis that is the last one.
+            idx = fn(t.flip(axis), dim=axis, keepdim=keep)
+            return (t.shape[axis] - 1) - idx
+        return fn(t, dim=axis, keepdim=keep)
+
+    return run
+
+
+def _einsum(ctx, x, a):
+    eq = a["equation"]
+    eq = eq.decode() if isinstance(eq, bytes) else eq
+    return ctx.torch.einsum(eq.replace(" ", ""), *x)
+
+
+def _topk(ctx, x, a):
+    t, k = x[0], int(_ints(x[1])[0])
+    axis = _axis(a.get("axis", -1), t.dim())
+    largest = bool(a.get("largest", 1))
+    # ONNX: among equal values the lower index comes first. torch.topk does not promise an order
+    # for ties (CUDA differs from CPU), so take the head of a stable sort instead. ``sorted=0``
+    # allows any order; a sorted result is one of them.
+    values, indices = ctx.torch.sort(t, dim=axis, descending=largest, stable=True)
+    return values.narrow(axis, 0, k).contiguous(), indices.narrow(axis, 0, k).contiguous()
+
+
+def _cumsum(ctx, x, a):
+    t = x[0]
+    axis = _axis(int(_ints(x[1])[0]), t.dim())
+    reverse, exclusive = bool(a.get("reverse", 0)), bool(a.get("exclusive", 0))
+    if reverse:
+        t = t.flip(axis)
+    # dtype=t.dtype: torch promotes integer sums to int64, ONNX keeps the input type. For
+    # FP16 on CUDA torch accumulates in FP32 and stores FP16, as an FP16 runtime kernel does.
+    out = ctx.torch.cumsum(t, dim=axis, dtype=t.dtype)
+    if exclusive:
+        zeros = ctx.torch.zeros_like(t.narrow(axis, 0, 1))
+        out = ctx.torch.cat([zeros, out.narrow(axis, 0, t.shape[axis] - 1)], dim=axis)
+    if reverse:
+        out = out.flip(axis)
+    return out
+
+
+def _str_attr(a: dict, key: str, default: str) -> str:
+    v = a.get(key, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _resize_source_coords(mode: str, out_len: int, in_len: int, scale: float) -> np.ndarray:
+    """ONNX ``coordinate_transformation_mode``: input coordinate of each output index (float32, as
+    onnxruntime computes them)."""
+    xr = np.arange(out_len, dtype=np.float32)
+    s = np.float32(scale)
+    if mode == "half_pixel":
+        return (xr + np.float32(0.5)) / s - np.float32(0.5)
+    if mode == "pytorch_half_pixel":
+        return (xr + np.float32(0.5)) / s - np.float32(0.5) if out_len > 1 else np.zeros(out_len, np.float32)
+    if mode == "half_pixel_symmetric":
+        adjustment = np.float32(out_len) / (s * np.float32(in_len))
+        center = np.float32(in_len) / np.float32(2)
+        offset = center * (np.float32(1) - adjustment)
+        return offset + (xr + np.float32(0.5)) / s - np.float32(0.5)
+    if mode == "align_corners":
+        if out_len == 1:
+            return np.zeros(1, np.float32)
+        return xr * np.float32(in_len - 1) / np.float32(out_len - 1)
+    if mode == "asymmetric":
+        return xr / s
+    if mode == "tf_half_pixel_for_nn":
+        return (xr + np.float32(0.5)) / s
+    raise UnsupportedOpError(f"Resize coordinate_transformation_mode={mode!r} is not supported")
+
+
+def _nearest_index(coords: np.ndarray, mode: str, in_len: int) -> np.ndarray:
+    frac = coords - np.floor(coords)
+    if mode == "round_prefer_floor":
+        idx = np.where(frac == 0.5, np.floor(coords), np.round(coords))
+    elif mode == "round_prefer_ceil":
+        idx = np.where(frac == 0.5, np.ceil(coords), np.round(coords))
+    elif mode == "floor":
+        idx = np.floor(coords)
+    elif mode == "ceil":
+        idx = np.ceil(coords)
+    else:
+        raise UnsupportedOpError(f"Resize nearest_mode={mode!r} is not supported")
+    return np.clip(idx, 0, in_len - 1).astype(np.int64)
+
+
+def _resize(ctx, x, a):
+    """ONNX Resize (opsets 11-19), modes ``nearest`` and ``linear``, separably along each axis.
+
+    Each resized axis gathers (nearest) or blends two gathered neighbours (linear, indices clamped
+    to the edge, which is what onnxruntime does outside the image). Linear blending runs in FP32
+    and stores the input's type: PyTorch's own FP16 interpolation kernels accumulate in FP32 too.
+    """
+    torch = ctx.torch
+    t = x[0]
+    name = ctx.node.name
+    mode = _str_attr(a, "mode", "nearest")
+    coord_mode = _str_attr(a, "coordinate_transformation_mode", "half_pixel" if ctx.opset >= 11 else "asymmetric")
+    if mode not in ("nearest", "linear"):
+        raise UnsupportedOpError(f"Resize mode={mode!r} is not supported, only 'nearest' and 'linear' (node {name})")
+    if coord_mode == "tf_crop_and_resize":
+        raise UnsupportedOpError(f"Resize coordinate_transformation_mode='tf_crop_and_resize' is not supported (node {name})")
+    if a.get("antialias", 0):
+        raise UnsupportedOpError(f"Resize antialias=1 is not supported (node {name})")
+    if _str_attr(a, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedOpError(f"Resize keep_aspect_ratio_policy={a['keep_aspect_ratio_policy']!r} is not supported (node {name})")
+    if ctx.opset < 11:
+        # Resize-10 has no coordinate modes; its nearest rounding differs between runtimes.
+        raise UnsupportedOpError(f"Resize from opset {ctx.opset} is not supported, only opset 11 and later (node {name})")
+    rank = t.dim()
+    axes = [_axis(int(v), rank) for v in a.get("axes", range(rank))]
+    scales_t = x[2] if len(x) > 2 else None
+    sizes_t = x[3] if len(x) > 3 else None
+    if scales_t is not None and scales_t.numel() == 0:
+        scales_t = None
+    if sizes_t is not None and sizes_t.numel() == 0:
+        sizes_t = None
+    if scales_t is None and sizes_t is None:
+        raise UnsupportedOpError(f"Resize without scales or sizes (node {name})")
+    in_shape = list(t.shape)
+    if sizes_t is not None:
+        outs = _ints(sizes_t)
+        scales = [o / in_shape[ax] for o, ax in zip(outs, axes)]
+    else:
+        scales = [float(v) for v in scales_t.reshape(-1).float().cpu().tolist()]
+        outs = [int(math.floor(in_shape[ax] * s)) for ax, s in zip(axes, scales)]
+    nearest_mode = _str_attr(a, "nearest_mode", "round_prefer_floor")
+    # Linear blending runs in FP32 (FP64 for doubles and integers) across all axes and is
+    # stored in the input's type once at the end, as one multi-linear kernel would.
+    work_dtype = torch.float64 if t.dtype == torch.float64 or not t.is_floating_point() else torch.float32
+    blended_any = False
+    out = t
+    for ax, o, s in zip(axes, outs, scales):
+        n = in_shape[ax]
+        if o == n and s == 1.0:
+            continue
+        try:
+            coords = _resize_source_coords(coord_mode, o, n, s)
+            idx = _nearest_index(coords, nearest_mode, n) if mode == "nearest" else None
+        except UnsupportedOpError as exc:
+            raise UnsupportedOpError(f"{exc} (node {name})") from None
+        if idx is not None:
+            idx = torch.from_numpy(idx).to(ctx.device)
+            out = out.index_select(ax, idx)
+            continue
+        lo = np.floor(coords)
+        w = (coords - lo).astype(np.float32)
+        i0 = np.clip(lo, 0, n - 1).astype(np.int64)
+        i1 = np.clip(lo + 1, 0, n - 1).astype(np.int64)
+        view = [1] * rank
+        view[ax] = o
+        wt = torch.from_numpy(w).to(ctx.device).reshape(view).to(work_dtype)
+        src = out.to(work_dtype)
+        a0 = src.index_select(ax, torch.from_numpy(i0).to(ctx.device))
+        a1 = src.index_select(ax, torch.from_numpy(i1).to(ctx.device))
+        out = a0 * (1 - wt) + a1 * wt
+        blended_any = True
+    if blended_any and out.dtype != t.dtype:
+        out = out.round().to(t.dtype) if not t.is_floating_point() else out.to(t.dtype)
+    return out
+
+
 OPS: dict[str, Callable] = {
     "Add": _binary("add"),
     "Sub": _binary("sub"),
@@ -432,6 +613,13 @@ OPS: dict[str, Callable] = {
     "Gelu": _gelu,
     "LeakyRelu": _leaky_relu,
     "HardSigmoid": _hard_sigmoid,
+    "Mod": _mod,
+    "ArgMax": _arg_extreme(True),
+    "ArgMin": _arg_extreme(False),
+    "Einsum": _einsum,
+    "TopK": _topk,
+    "CumSum": _cumsum,
+    "Resize": _resize,
 }
 #: Op types (default ONNX domain) the interpreter runs. Split is handled separately (several outputs).
 SUPPORTED_OPS = frozenset(OPS) | {"Split"}
@@ -447,10 +635,12 @@ class _Context:
         self.node: onnx.NodeProto | None = None
 
     def tensor(self, array: np.ndarray):
-        arr = np.ascontiguousarray(array)
-        if not arr.flags.writeable:
+        # Not np.ascontiguousarray: it turns 0-d arrays (scalar Constants, Gather indices) into
+        # 1-d ones, and ONNX shape arithmetic depends on the rank.
+        arr = np.asarray(array)
+        if not arr.flags.c_contiguous or not arr.flags.writeable:
             # torch.from_numpy warns on read-only arrays (numpy_helper and np.load give them).
-            arr = arr.copy()
+            arr = np.array(arr, order="C", copy=True)
         return self.torch.from_numpy(arr).to(self.device)
 
 
