@@ -136,9 +136,16 @@ def test_ui_artifacts_and_release_asset_event(prefect_api_url, demo_files, store
             response.raise_for_status()
             return response.json()["events"]
 
-    events = asyncio.run(materializations())
+    import time
+
     released = f"file://{result['run_dir']}/model.mixed.onnx"
-    mine = [e for e in events if e["resource"]["prefect.resource.id"] == released]
+    deadline = time.monotonic() + 30  # events reach the server's store asynchronously
+    while True:
+        events = asyncio.run(materializations())
+        mine = [e for e in events if e["resource"]["prefect.resource.id"] == released]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert mine, [e["resource"]["prefect.resource.id"] for e in events]
     related = {r["prefect.resource.id"] for r in mine[0]["related"]}
     assert f"file://{demo_files['model']}" in related or any(r.endswith(Path(demo_files["model"]).name) for r in related)
