@@ -88,6 +88,7 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
 
     preflight(params)
     quiet_prefect_console(verbose)
+    require_reachable_api()
     from fp16guard.errors import VerificationFailed
     from flows.calibrate import calibrate
 
@@ -100,6 +101,29 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     if as_json:
         print(json.dumps(summary, sort_keys=True, default=str))
     return 0 if summary.get("passed") else 1
+
+
+def require_reachable_api(timeout_s: float = 10.0) -> None:
+    """When a Prefect API is configured (``PREFECT_API_URL`` or the active profile), check that
+    it answers before any work starts; with none configured, Prefect starts an embedded server.
+
+    Raises:
+        ConfigError: the configured server does not answer its health check.
+    """
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from fp16guard.errors import ConfigError
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            f"the Prefect API at {url} does not answer ({type(exc).__name__}: {exc}); expected a running server — start it, or unset PREFECT_API_URL to run on an embedded one"
+        ) from None
 
 
 def print_summary(result: dict) -> None:
