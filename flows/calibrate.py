@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fp16guard.errors import VerificationFailed
 from fp16guard.settings import RunParameters
 from tasks.build import build_engine_task, build_mixed_onnx_task
-from tasks.caching import cache_dir_for, code_digest, content_policy
+from tasks.caching import cached, code_digest, lock_dir_for
 from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
 from tasks.plan import plan_task
@@ -45,16 +45,13 @@ def calibrate(params: RunParameters) -> dict:
     from fp16guard.store import open_store
 
     store = open_store(params.store)
-    cache_dir = cache_dir_for(store.url)
     context = run_context_task(params.trigger_event)
     model = fingerprint_model(params.model)
     calib = discover(params.calib, "calibration")
     holdout = discover(params.holdout, "holdout")
     staged = stage_run_task(store.url, params.name, params.version)
     try:
-        shard_task = shard_stats_task.with_options(
-            cache_policy=content_policy(cache_dir / "stats", exclude=["model_path", "shard", "batch_size", "providers"])
-        )
+        shard_task = shard_stats_task.with_options(**cached(store.url, "stats", exclude=["model_path", "shard", "batch_size", "providers"]))
         futures = shard_task.map(
             model_path=unmapped(params.model),
             model_sha256=unmapped(model["sha256"]),
@@ -78,16 +75,14 @@ def calibrate(params: RunParameters) -> dict:
                 params.model, artifact["path"], plan, staged["dir"],
                 [c["shard"] for c in calib] + holdout_refs,
                 params.tensorrt_mode, params.tensorrt_workspace_mib,
-                str(cache_dir / "tensorrt-timing"), params.batch_size,
+                str(lock_dir_for(store.url).parent / "tensorrt-timing"), params.batch_size,
             )
             verification = verify_engine_task(
                 params.model, f"{staged['dir']}/model.engine", holdout_refs, params.verify, params.batch_size, params.providers,
             )
         else:
             backend = {"name": "onnxruntime", "artifact": "model.mixed.onnx"}
-            verify = verify_task.with_options(
-                cache_policy=content_policy(cache_dir / "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size", "providers"])
-            )
+            verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size", "providers"]))
             verification = verify(
                 params.model, model["sha256"], artifact["path"], artifact["sha256"],
                 holdout_refs, [h["sha256"] for h in holdout],

@@ -37,8 +37,13 @@ def test_flow_twice_on_s3_store(prefect_api_url, demo_files, s3_root, tmp_path, 
         assert store.verify_run("demo", "1", run_id, check_inputs=True) == []
     html = store.read_bytes("demo", "1", first["run_id"], "report.html").decode()
     assert "<svg" in html and "FP16 max 65504" in html
+    m1 = store.read_json("demo", "1", first["run_id"], "manifest.json")
     m2 = store.read_json("demo", "1", second["run_id"], "manifest.json")
-    assert len(m2["inputs"]["calibration"]) == len(store.read_json("demo", "1", first["run_id"], "manifest.json")["inputs"]["calibration"]) + 1
+    assert len(m2["inputs"]["calibration"]) == len(m1["inputs"]["calibration"]) + 1
+    # The shard cache lives in the S3 store too: the old shards came from the first run's results.
+    computed = [c["computed_by"] for c in m2["inputs"]["calibration"]]
+    assert computed == [m1["flow_run"]["id"]] * len(m1["inputs"]["calibration"]) + [m2["flow_run"]["id"]]
+    assert store.fs.fs.ls(f"{store.fs.root}/.cache/stats/results"), "shard results are stored in the store"
 
     assert main(["history", "demo", "--json", "--store", s3_root]) == 0
     data = json.loads(capsys.readouterr().out)
