@@ -59,10 +59,22 @@ def reverify_release_task(store_url: str, release: dict, extra_holdout: list[str
     try:
         if model_digest(model["location"]) != model["sha256"]:
             return {**result, "passed": False, "reason": f"FP32 model {model['location']} changed since the release (sha256 differs)"}
+        engine = (manifest.get("backend") or {}).get("name") == "tensorrt"
+        released = "model.engine" if engine else "model.mixed.onnx"
+        settings = VerifySettings(**params.get("verify", {}))
+        shards = discover_shards(holdout, "holdout")
         with tempfile.TemporaryDirectory(prefix="fp16guard-nightly-") as tmp:
-            artifact = Path(tmp) / "model.mixed.onnx"
-            artifact.write_bytes(store.read_bytes(name, version, run_id, "model.mixed.onnx"))
-            report = verify(model["location"], artifact, discover_shards(holdout, "holdout"), VerifySettings(**params.get("verify", {})), batch_size=params.get("batch_size"))
+            # The artifact and any weights file beside it (models past 2 GB).
+            for rel in store.run_status(name, version, run_id).get("files", {}):
+                if rel == released or rel == f"{released}.data":
+                    (Path(tmp) / rel).write_bytes(store.read_bytes(name, version, run_id, rel))
+            artifact = Path(tmp) / released
+            if engine:
+                from fp16guard.backends.tensorrt.verify import verify_engine
+
+                report = verify_engine(model["location"], artifact, shards, settings, batch_size=params.get("batch_size"))
+            else:
+                report = verify(model["location"], artifact, shards, settings, batch_size=params.get("batch_size"))
     except UserError as exc:
         return {**result, "passed": False, "reason": f"cannot re-verify: {exc}"}
     return {**result, "passed": bool(report["passed"]), "reason": report.get("reason"), "samples": report.get("samples", 0)}
