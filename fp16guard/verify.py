@@ -188,6 +188,18 @@ def _as_model(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     return model if isinstance(model, onnx.ModelProto) else load_model(model)
 
 
+def _graph_and_source(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, onnx.ModelProto | str]:
+    """(model for input specs, what onnxruntime should load). For a path: its graph with the
+    weights left in the file (checked like :func:`load_model` would, minus the weights), and the
+    path itself for onnxruntime."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model
+    from fp16guard.model_io import normalize_model
+    from fp16guard.stats_weights import load_graph_only
+
+    return normalize_model(load_graph_only(model)), str(model)
+
+
 def _first_provider(providers: list[str] | None) -> str:
     """The provider onnxruntime will put first: the first requested one it has, else CPU."""
     import onnxruntime as ort
@@ -242,7 +254,9 @@ def verify(
     settings = settings or VerifySettings()
     if not holdout:
         raise DataError("the holdout set is empty; expected at least one shard to verify on")
-    ref_model = _as_model(reference)
+    # A reference given by path runs from its file (onnxruntime reads the weights itself); Python
+    # holds only its graph, for input specs. Saves two copies of the weights at the peak.
+    ref_model, ref_source = _graph_and_source(reference)
     cand_model = _as_model(candidate)
     fp16 = has_fp16(cand_model)
 
@@ -252,7 +266,9 @@ def verify(
     if do_emulate:
         from fp16guard.emulate import emulate_fp16_storage
 
-        run_model = emulate_fp16_storage(cand_model)
+        # No ONNX checker pass here: onnxruntime validates the graph as it loads it a moment
+        # later, and the full check costs seconds and a copy of the weights on large models.
+        run_model = emulate_fp16_storage(cand_model, check=False)
         execution = f"onnxruntime {first}: candidate run through FP16 storage emulation (FP32 arithmetic, every FP16 tensor rounded through FP16)"
     elif fp16:
         execution = f"onnxruntime {first}: candidate run as built (FP16 kernels of this provider)"
@@ -263,7 +279,7 @@ def verify(
         execution = f"onnxruntime {first}: candidate has no FP16 tensors, run as built"
         run_model = cand_model
 
-    with _runner(ref_model, providers) as ref_run, _runner(run_model, providers) as cand_run:
+    with _runner(ref_source, providers) as ref_run, _runner(run_model, providers) as cand_run:
         report = compare_runners(ref_model, ref_run, cand_model, cand_run, holdout, settings, batch_size)
         used_providers = cand_run.providers
     report.update(execution=execution, emulated=do_emulate, providers=used_providers)
