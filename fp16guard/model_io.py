@@ -82,6 +82,30 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
     return model
 
 
+def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
+    """Load a model's graph cheaply: large initializers stay in the file as external-data
+    references (:func:`fp16guard.stats_weights.load_graph_only`), node names normalised as in
+    :func:`load_model`. For input specs, plans and lineage, where the weights' bytes are not
+    needed (their values are read from the file on demand; see ``plan.make_plan(weights_dir=)``).
+
+    Checks that the file parses and that every external-data file it names exists; the full ONNX
+    checker is left to :func:`load_model` and onnxruntime (it would read every weight).
+
+    Raises:
+        ModelError: the file is missing, not a ModelProto, or names a missing weights file.
+    """
+    from fp16guard.stats_weights import load_graph_only
+
+    path = Path(path)
+    model = load_graph_only(path)
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            if not (path.parent / location).is_file():
+                raise ModelError(f"model {path} refers to external data that is missing: {path.parent / location}; expected the weight files beside the model")
+    return normalize_model(model)
+
+
 def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every node a unique deterministic name and drop initializers from graph inputs.
 

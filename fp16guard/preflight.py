@@ -9,7 +9,7 @@ FP32 activations are found later, by the statistics pass, which discards the sta
 from __future__ import annotations
 
 from fp16guard.data import check_layout, discover_shards, peek_shard
-from fp16guard.model_io import input_specs, load_model
+from fp16guard.model_io import input_specs, load_graph
 from fp16guard.settings import RunParameters
 
 
@@ -19,7 +19,7 @@ def preflight(params: RunParameters) -> None:
         from fp16guard.backends.tensorrt.env import require_tensorrt
 
         require_tensorrt()  # TensorRTUnavailable names what to install, before any work is done
-    specs = input_specs(load_model(params.model, load_weights=False))
+    specs = input_specs(load_graph(params.model))
     for role, paths in (("calibration", params.calib), ("holdout", params.holdout)):
         for ref in discover_shards(paths, role):
             check_layout(ref, peek_shard(ref), specs)

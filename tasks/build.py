@@ -51,9 +51,9 @@ def build_engine_task(
     """
     from fp16guard.backends.tensorrt import build_engine
     from fp16guard.backends.tensorrt.profiles import observed_shapes
-    from fp16guard.model_io import input_specs, load_model
+    from fp16guard.model_io import input_specs, load_graph
 
-    shapes = observed_shapes(shards, input_specs(load_model(model_path, load_weights=False)), batch_size)
+    shapes = observed_shapes(shards, input_specs(load_graph(model_path)), batch_size)
     record = build_engine(
         model_path, mixed_path, plan, out_dir, shapes,
         mode=mode, workspace_bytes=workspace_mib << 20, timing_cache_dir=timing_cache_dir,

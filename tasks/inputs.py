@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from fp16guard.data import ShardRef, discover_shards, shard_digest
-from fp16guard.model_io import input_specs, load_model, model_digest
+from fp16guard.model_io import input_specs, load_graph, model_digest
 
 
 @task(name="fingerprint-model")
@@ -20,7 +20,7 @@ def fingerprint_model(model_path: str) -> dict:
     """
     from pathlib import Path
 
-    model = load_model(model_path, load_weights=False)
+    model = load_graph(model_path)
     specs = [s.describe() for s in input_specs(model)]
     return {
         "location": str(Path(model_path).resolve()),

@@ -17,11 +17,11 @@ def plan_task(model_path: str, stats_path: str, settings: PlanSettings, out_dir:
     Returns:
         The plan as written (``Plan.to_dict()``).
     """
-    from fp16guard.model_io import load_model
+    from fp16guard.model_io import load_graph
     from fp16guard.plan import make_plan
     from fp16guard.stats_schema import read_stats
 
-    model = load_model(model_path, load_weights=False)  # external weights are scanned from disk by make_plan
+    model = load_graph(model_path)  # weights stay in the file; make_plan scans them from disk in chunks
     plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent).to_dict()
     atomic.write_json(Path(out_dir) / "plan.json", plan)
     return plan
