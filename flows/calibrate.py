@@ -71,18 +71,26 @@ def calibrate(params: RunParameters) -> dict:
         artifact = build_mixed_onnx_task(params.model, plan, staged["dir"])
         holdout_refs = [h["shard"] for h in holdout]
         if params.backend == "tensorrt":
-            backend = build_engine_task(
-                params.model, artifact["path"], plan, staged["dir"],
-                [c["shard"] for c in calib] + holdout_refs,
-                params.tensorrt_mode, params.tensorrt_workspace_mib,
-                str(lock_dir_for(store.url).parent / "tensorrt-timing"), params.batch_size,
-            )
-            verification = verify_engine_task(
-                params.model, f"{staged['dir']}/model.engine", holdout_refs, params.verify, params.batch_size, params.providers,
-            )
+            try:
+                backend = build_engine_task(
+                    params.model, artifact["path"], plan, staged["dir"],
+                    [c["shard"] for c in calib] + holdout_refs,
+                    params.tensorrt_mode, params.tensorrt_workspace_mib,
+                    str(lock_dir_for(store.url).parent / "tensorrt-timing"), params.batch_size,
+                )
+            except VerificationFailed as exc:
+                # The engine ignored the plan's FP32 constraints: keep the run, rejected, with the
+                # offending layers (the rejected inspector JSON is in the run folder).
+                backend = {"name": "tensorrt", "engine": None}
+                verification = {"passed": False, "reason": exc.reason, "outputs": {}, "engine_check": getattr(exc, "violations", [])}
+            else:
+                verification = verify_engine_task(
+                    params.model, f"{staged['dir']}/model.engine", holdout_refs, params.verify, params.batch_size, params.providers,
+                )
         else:
             backend = {"name": "onnxruntime", "artifact": "model.mixed.onnx"}
-            verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size", "providers"]))
+            # Providers stay in the key: CPU emulation and real FP16 kernels are different checks.
+            verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"]))
             verification = verify(
                 params.model, model["sha256"], artifact["path"], artifact["sha256"],
                 holdout_refs, [h["sha256"] for h in holdout],
