@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import tempfile
@@ -38,27 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _summary(report: dict) -> dict:
-    """Worst figures over the float outputs of a verify/compare report."""
-    nonfinite, rel, cos = 0, 0.0, 1.0
-    for fig in report["outputs"].values():
-        if fig.get("kind") != "float":
-            continue
-        nonfinite += fig["nonfinite"]
-        r = fig["max_rel_error"]
-        rel = max(rel, math.inf if r is None else r)
-        if fig["cosine"] is not None:
-            cos = min(cos, fig["cosine"])
-        else:
-            cos = math.nan
-    return {"passed": report["passed"], "nonfinite": nonfinite, "max_rel_error": rel, "cosine": cos, "reason": report["reason"]}
-
-
-def _fmt(s: dict) -> str:
-    rel = "inf" if math.isinf(s["max_rel_error"]) else f"{s['max_rel_error']:.3g}"
-    cos = "n/a" if math.isnan(s["cosine"]) else f"{s['cosine']:.5f}"
-    return f"{'PASS' if s['passed'] else 'FAIL':4s} nonfinite={s['nonfinite']:<6d} rel={rel:<9s} cos={cos:<8s}"
+from gpu_common import Log, agrees, configure_torch, fmt, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import onnx
-    import torch
 
     from fp16guard import atomic, examples
     from fp16guard.convert import to_mixed_precision
@@ -84,24 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     from fp16guard.torch_fp16 import TorchRunner
     from fp16guard.verify import compare_runners, verify
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("CUDA is not available to torch; use --device cpu to try the script", file=sys.stderr)
+    configured = configure_torch(args.device)
+    if configured is None:
         return 2
-    # Real FP16 GEMMs with FP32 accumulation (as tensor cores and TensorRT do); no TF32 in the
-    # FP32 islands, so FP32 nodes are FP32.
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
+    torch, device_name = configured
+    log = Log()
+    say, lines = log.say, log.lines
 
     import onnxruntime
 
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu"
     say(f"# fp16guard GPU check: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
     say(f"# date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {platform.python_version()}, onnx {onnx.__version__}, numpy {np.__version__}")
     settings = VerifySettings()
@@ -109,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"# tolerances: max_rel_error={settings.max_rel_error}, min_cosine={settings.min_cosine}; plan threshold={plan_settings.threshold}")
     say(f"# calibration {args.calib_samples} samples (seed 1), holdout {args.holdout_samples} samples (seed 2), 2 shards each")
     say()
-    header = f"{'model':15s} {'build':14s} {'fp32 nodes':>10s} | {'emulation (ORT CPU)':46s} | {'real FP16 (torch)':46s} | agree"
+    header = f"{'model':15s} {'build':14s} {'fp32 nodes':>10s} | {'emulation (ORT CPU)':56s} | {'real FP16 (torch)':56s} | agree"
     say(header)
     say("-" * len(header))
 
@@ -134,18 +103,18 @@ def main(argv: list[str] | None = None) -> int:
 
             # Interpreter sanity: the FP32 model in torch matches onnxruntime.
             with OnnxRuntimeRunner(model) as ref_run, TorchRunner(model, device=args.device) as t_run:
-                fp32 = _summary(compare_runners(model, ref_run, model, t_run, holdout, settings))
-            say(f"{name:15s} {'fp32 (check)':14s} {0:>10d} | {'':46s} | {_fmt(fp32):46s} |")
+                fp32 = summarize(compare_runners(model, ref_run, model, t_run, holdout, settings))
+            say(f"{name:15s} {'fp32 (check)':14s} {0:>10d} | {'':56s} | {fmt(fp32):56s} |")
 
             builds = {"all_fp16": set(), "producer_only": producers, "plan": plan.fp32_names}
             for build, fp32_nodes in builds.items():
                 candidate = to_mixed_precision(model, set(fp32_nodes))
-                emu = _summary(verify(model, candidate, holdout, settings, emulate=True))
+                emu = summarize(verify(model, candidate, holdout, settings, emulate=True))
                 with OnnxRuntimeRunner(model) as ref_run, TorchRunner(candidate, device=args.device) as t_run:
-                    real = _summary(compare_runners(model, ref_run, candidate, t_run, holdout, settings))
-                agree = emu["passed"] == real["passed"] and (emu["nonfinite"] > 0) == (real["nonfinite"] > 0)
+                    real = summarize(compare_runners(model, ref_run, candidate, t_run, holdout, settings))
+                agree = agrees(emu, real)
                 disagreements += not agree
-                say(f"{name:15s} {build:14s} {len(fp32_nodes):>10d} | {_fmt(emu):46s} | {_fmt(real):46s} | {'yes' if agree else 'NO'}")
+                say(f"{name:15s} {build:14s} {len(fp32_nodes):>10d} | {fmt(emu):56s} | {fmt(real):56s} | {'yes' if agree else 'NO'}")
                 results.append({"model": name, "build": build, "fp32_nodes": sorted(fp32_nodes), "nodes": len(model.graph.node), "emulation": emu, "real_fp16": real, "agree": agree})
             results.append({"model": name, "build": "fp32 (interpreter check)", "real_fp16": fp32})
     say()

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -44,44 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-_COL = 56  # width of one side's figures in the table
-
-
-def summarize(report: dict) -> dict:
-    """Worst figures over the outputs of a verify/compare report.
-
-    Returns:
-        ``passed``, ``nonfinite`` (sum over float outputs), ``max_rel_error`` (max over float
-        outputs; inf when undefined), ``cosine`` (min; NaN when any float output holds NaN/inf),
-        ``mismatch`` (max mismatch fraction of integer/bool outputs; None when there are none),
-        ``reason``.
-    """
-    nonfinite, rel, cos, mismatch = 0, 0.0, 1.0, None
-    for fig in report["outputs"].values():
-        if fig.get("kind") == "exact":
-            mismatch = max(mismatch or 0.0, fig["mismatch_fraction"])
-            continue
-        if fig.get("kind") != "float":
-            continue
-        nonfinite += fig["nonfinite"]
-        r = fig["max_rel_error"]
-        rel = max(rel, math.inf if r is None else r)
-        cos = min(cos, fig["cosine"]) if fig["cosine"] is not None else math.nan
-    return {"passed": report["passed"], "nonfinite": nonfinite, "max_rel_error": rel, "cosine": cos, "mismatch": mismatch, "reason": report["reason"]}
-
-
-def fmt(s: dict) -> str:
-    """One side's figures as a fixed-width table cell."""
-    rel = "inf" if math.isinf(s["max_rel_error"]) else f"{s['max_rel_error']:.3g}"
-    cos = "n/a" if math.isnan(s["cosine"]) else f"{s['cosine']:.5f}"
-    mis = "-" if s["mismatch"] is None else f"{s['mismatch']:.3g}"
-    return f"{'PASS' if s['passed'] else 'FAIL':4s} nonfinite={s['nonfinite']:<6d} rel={rel:<9s} cos={cos:<8s} mism={mis:<5s}"
-
-
-def agrees(emu: dict, real: dict) -> bool:
-    """Same verdict, and NaN/inf on both sides or on neither."""
-    return emu["passed"] == real["passed"] and (emu["nonfinite"] > 0) == (real["nonfinite"] > 0)
-
+from gpu_common import COL, Log, agrees, configure_torch, fmt, summarize
 
 def _shard_dirs(models: list[str], given: list[str] | None, suffix: str) -> list[Path]:
     if given:
@@ -105,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     import onnxruntime
-    import torch
-
     from fp16guard import atomic
     from fp16guard.convert import to_mixed_precision
     from fp16guard.data import discover_shards
@@ -118,28 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     from fp16guard.torch_fp16 import TorchRunner, UnsupportedOpError
     from fp16guard.verify import compare_runners, verify
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("CUDA is not available to torch; use --device cpu to try the script", file=sys.stderr)
+    configured = configure_torch(args.device)
+    if configured is None:
         return 2
-    # Real FP16 GEMMs accumulate in FP32 (as tensor cores and TensorRT do); no TF32 in the FP32
-    # islands, so FP32 nodes are FP32.
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else (platform.processor() or "cpu")
+    torch, device_name = configured
+    log = Log()
+    say, lines = log.say, log.lines
     settings, plan_settings = VerifySettings(), PlanSettings()
     say(f"# fp16guard GPU check on unseen models: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
     say(f"# date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {platform.python_version()}, onnx {onnx.__version__}, numpy {np.__version__}")
     say(f"# tolerances: max_rel_error={settings.max_rel_error}, min_cosine={settings.min_cosine}, max_mismatch_fraction={settings.max_mismatch_fraction}; plan: default PlanSettings (threshold={plan_settings.threshold})")
     say()
-    header = f"{'model':10s} {'build':12s} {'fp32/nodes':>10s} | {'emulation (ORT CPU)':{_COL}s} | {'real FP16 (torch)':{_COL}s} | agree"
+    header = f"{'model':10s} {'build':12s} {'fp32/nodes':>10s} | {'emulation (ORT CPU)':{COL}s} | {'real FP16 (torch)':{COL}s} | agree"
     say(header)
     say("-" * len(header))
 
@@ -166,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             disagreements += 1
             continue
         record["fp32_check"] = fp32
-        say(f"{name:10s} {'fp32 check':12s} {f'0/{n_nodes}':>10s} | {'':{_COL}s} | {fmt(fp32):{_COL}s} |")
+        say(f"{name:10s} {'fp32 check':12s} {f'0/{n_nodes}':>10s} | {'':{COL}s} | {fmt(fp32):{COL}s} |")
         record["builds"] = {}
         for build, fp32_nodes in (("all_fp16", set()), ("plan", set(plan.fp32_names))):
             candidate = to_mixed_precision(model, fp32_nodes)
@@ -176,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = agrees(emu, real)
             disagreements += not ok
             cell = f"{len(fp32_nodes)}/{n_nodes}"
-            say(f"{name:10s} {build:12s} {cell:>10s} | {fmt(emu):{_COL}s} | {fmt(real):{_COL}s} | {'yes' if ok else 'NO'}")
+            say(f"{name:10s} {build:12s} {cell:>10s} | {fmt(emu):{COL}s} | {fmt(real):{COL}s} | {'yes' if ok else 'NO'}")
             record["builds"][build] = {"fp32_nodes": len(fp32_nodes), "emulation": emu, "real_fp16": real, "agree": ok}
         record["seconds"] = round(time.perf_counter() - start, 2)
         results.append(record)
