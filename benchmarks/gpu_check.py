@@ -28,7 +28,6 @@ Side effects: writes shards into a temporary folder; writes ``--out`` (text) and
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
 
-    from fp16guard import atomic, examples
+    from fp16guard import examples
     from fp16guard.convert import to_mixed_precision
     from fp16guard.data import discover_shards
     from fp16guard.plan import make_plan
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch, device_name = configured
     log = Log()
-    say, lines = log.say, log.lines
+    say = log.say
 
     import onnxruntime
 
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     say()
     builds_total = sum(1 for r in results if "agree" in r)
     say(f"verdicts agree on {builds_total - disagreements} of {builds_total} builds; interpreter FP32 check max rel error {max(r['real_fp16']['max_rel_error'] for r in results if 'agree' not in r):.3g}")
-    if args.out:
-        atomic.write_text(args.out, "\n".join(lines) + "\n")
-    if args.json:
-        atomic.write_text(args.json, json.dumps(results, indent=2, default=str) + "\n")
+    log.save(args.out, args.json, results)
     return 0 if disagreements == 0 else 1
 
 

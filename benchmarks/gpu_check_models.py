@@ -35,7 +35,6 @@ Exit status: 0 when every build agrees, 1 when one does not, 2 on a usage or set
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -67,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     import onnxruntime
-    from fp16guard import atomic
     from fp16guard.convert import to_mixed_precision
     from fp16guard.data import discover_shards
     from fp16guard.model_io import load_model
@@ -83,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch, device_name = configured
     log = Log()
-    say, lines = log.say, log.lines
+    say = log.say
     settings, plan_settings = VerifySettings(), PlanSettings()
     say(f"# fp16guard GPU check on unseen models: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
     say(f"# date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {platform.python_version()}, onnx {onnx.__version__}, numpy {np.__version__}")
@@ -145,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for build, b in r.get("builds", {}).items():
             if b["emulation"]["reason"] or b["real_fp16"]["reason"]:
                 say(f"  {r['model']}/{build}: {b['emulation']['reason']} | {b['real_fp16']['reason']}")
-    if args.out:
-        atomic.write_text(args.out, "\n".join(lines) + "\n")
-    if args.json:
-        atomic.write_text(args.json, json.dumps(results, indent=2, default=str) + "\n")
+    log.save(args.out, args.json, results)
     return 0 if disagreements == 0 else 1
 
 

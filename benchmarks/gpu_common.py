@@ -44,6 +44,17 @@ class Log:
         print(text, flush=True)
         self.lines.append(text)
 
+    def save(self, out: str | None, json_path: str | None, results: list) -> None:
+        """Write the table to ``out`` and ``results`` as JSON to ``json_path`` (each if given)."""
+        import json
+
+        from fp16guard import atomic
+
+        if out:
+            atomic.write_text(out, "\n".join(self.lines) + "\n")
+        if json_path:
+            atomic.write_text(json_path, json.dumps(results, indent=2, default=str) + "\n")
+
 
 def summarize(report: dict) -> dict:
     """Worst figures over the outputs of a verify/compare report.
