@@ -36,6 +36,8 @@ from fp16guard import atomic
 from fp16guard.errors import StoreError
 from fp16guard.hashing import sha256_file
 
+#: A staging folder untouched this long (seconds) belongs to a dead process: 2 days.
+STALE_STAGING_S = 2 * 24 * 3600.0
 _LOCK_TIMEOUT_S = 60.0  # a release decision takes milliseconds; a minute means a stuck process
 
 
@@ -104,9 +106,20 @@ class LocalFS:
         shutil.rmtree(self._p(rel), ignore_errors=True)
 
     def staging_dir(self, rel: str) -> Path:
-        """Create and return a fresh local folder under ``rel`` (same file system as the runs)."""
+        """Create and return a fresh local folder under ``rel`` (same file system as the runs).
+
+        Side effect: removes staging folders there untouched for :data:`STALE_STAGING_S` (left by
+        processes that were killed; a live run writes into its folder far more often).
+        """
         parent = self._p(rel)
         parent.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for old in parent.glob("run-*"):
+            try:
+                if now - old.stat().st_mtime > STALE_STAGING_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except FileNotFoundError:  # another process cleaned it first
+                pass
         return Path(tempfile.mkdtemp(prefix="run-", dir=parent))
 
     def publish_dir(self, local_dir: Path, rel: str) -> None:

@@ -225,3 +225,20 @@ def test_two_processes_racing_one_version(kind, tmp_path, request):
     for rid in ("p1", "p2"):
         assert store.verify_run("m", "1", rid) == []
         assert store.read_bytes("m", "1", rid, "model.mixed.onnx") == rid.encode() * 1000
+
+
+def test_stale_staging_folders_are_cleaned(tmp_path):
+    import os
+    import time
+
+    from fp16guard.store import Store
+    from fp16guard.store_fs import STALE_STAGING_S
+
+    store = Store(str(tmp_path / "store"))
+    dead = store.stage_run("m", "1")
+    (dead.path / "half.bin").write_bytes(b"x")
+    old = time.time() - STALE_STAGING_S - 60
+    os.utime(dead.path, (old, old))
+    live = store.stage_run("m", "1")
+    fresh = store.stage_run("m", "1")
+    assert not dead.path.exists() and live.path.exists() and fresh.path.exists()
