@@ -108,5 +108,6 @@ def calibrate(params: RunParameters) -> dict:
         released_file = "model.engine" if params.backend == "tensorrt" else "model.mixed.onnx"
         emit_release_asset(f"{result['run_dir']}/{released_file}", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
     if not verification["passed"]:
-        raise VerificationFailed(verification["reason"], verification)
+        # The run is stored (rejected); "_run" lets a caller report where it is.
+        raise VerificationFailed(verification["reason"], {**verification, "_run": result})
     return result

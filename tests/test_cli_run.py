@@ -54,7 +54,11 @@ def test_verification_failure_exits_1(prefect_api_url, demo_files, tmp_path):
     proc = run_cli([*_run_args(demo_files, tmp_path / "store"), "--max-rel-error", "1e-9", "--json"], api_url=prefect_api_url)
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["passed"] is False and summary["status"] == "rejected"
+    assert summary["passed"] is False and summary["status"] == "rejected" and summary["released"] is False
+    assert "relative error" in summary["reason"]
+    run_dir = Path(summary["run_dir"])
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "rejected"
+    assert json.loads((run_dir / "verification.json").read_text())["passed"] is False
 
 
 def _write_npz(path: Path, **arrays) -> Path:
