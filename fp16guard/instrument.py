@@ -28,6 +28,7 @@ from typing import Sequence
 import onnx
 from onnx import TensorProto, helper
 
+from fp16guard.graph import tensor_types as graph_tensor_types
 from fp16guard.model_io import FLOAT_TYPES
 
 #: Prefix of every name the instrumentation adds (outputs, nodes, initializers).
@@ -61,50 +62,15 @@ def output_names(info_index: int) -> tuple[str, str, str]:
     return f"{base}/min", f"{base}/max", f"{base}/nonfinite"
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the model for type inference: large initializers keep type and shape, not data."""
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    g = light.graph
-    src = model.graph
-    g.name = src.name
-    g.node.extend(src.node)
-    g.input.extend(src.input)
-    g.output.extend(src.output)
-    g.value_info.extend(src.value_info)
-    for init in src.initializer:
-        if init.ByteSize() <= 4096:
-            g.initializer.append(init)
-        else:
-            t = g.initializer.add()
-            t.name, t.data_type = init.name, init.data_type
-            t.dims.extend(init.dims)
-            t.data_location = TensorProto.EXTERNAL
-            entry = t.external_data.add()
-            entry.key, entry.value = "location", "fp16guard-skeleton-no-data"
-    return light
-
-
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor of the main graph (inputs, initializers, node outputs).
 
-    Runs ONNX type inference on a weightless copy (no copy of the weights is made). Tensors whose
-    type cannot be inferred (unknown custom ops) are missing from the result.
+    :func:`fp16guard.graph.tensor_types` (ONNX type inference on a weightless copy), plus the
+    outputs of Constant nodes typed by their value where inference left them untyped. Tensors
+    whose type cannot be inferred (unknown custom ops) are missing from the result.
     """
-    types: dict[str, int] = {}
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), check_type=False, strict_mode=False)
-        values = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
-    except Exception:  # inference is best effort: fall back on what the model declares
-        values = list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)
-    for value in values:
-        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
-            types.setdefault(value.name, value.type.tensor_type.elem_type)
-    for node in model.graph.node:  # Constant outputs are typed by their value even if inference failed
+    types = dict(graph_tensor_types(model).elem)
+    for node in model.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
