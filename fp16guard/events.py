@@ -48,10 +48,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from pydantic import ValidationError
 
 from fp16guard.errors import ConfigError, DataError, ModelError
-from fp16guard.settings import PlanSettings, RunParameters, check_segment
+from fp16guard.settings import PlanSettings, RunParameters, check_segment, parse_parameters
 
 #: Event a release pipeline emits when a model version needs an FP16 artifact.
 MODEL_REGISTERED = "fp16guard.model.registered"
@@ -138,10 +137,7 @@ def registration_event(
     """
     check_name_version(name, version)
     if threshold is not None:
-        try:
-            PlanSettings(threshold=threshold)
-        except ValidationError:
-            raise ConfigError(f"threshold {threshold} is out of range; expected a number in (0, 65504]") from None
+        parse_parameters(PlanSettings, {"threshold": threshold})
     if not calib:
         raise DataError("no calibration data given; expected one or more --calib locations")
     if not holdout:
@@ -209,11 +205,9 @@ def run_parameters(payload: dict[str, Any], trigger_event: dict[str, Any] | None
     if trigger_event is not None:
         values["trigger_event"] = trigger_event
     try:
-        return RunParameters(**values)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"registration payload: {where}: {first['msg']}") from None
+        return parse_parameters(RunParameters, values)
+    except ConfigError as exc:
+        raise ConfigError(f"registration payload: {exc}") from None
 
 
 def regression_event(name: str, version: str, run_id: str, reason: str, holdout: Sequence[str], recalibration: str | None = None) -> EventSpec:
