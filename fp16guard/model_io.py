@@ -98,11 +98,9 @@ def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
 
     path = Path(path)
     model = load_graph_only(path)
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            if not (path.parent / location).is_file():
-                raise ModelError(f"model {path} refers to external data that is missing: {path.parent / location}; expected the weight files beside the model")
+    for location in sorted(_external_locations(model)):
+        if not (path.parent / location).is_file():
+            raise ModelError(f"model {path} refers to external data that is missing: {path.parent / location}; expected the weight files beside the model")
     return normalize_model(model)
 
 
@@ -185,16 +183,24 @@ def model_digest(path: str | os.PathLike) -> str:
 
 
 def external_data_files(path: str | os.PathLike) -> list[Path]:
-    """The external-data files a model references, sorted, as paths (may not exist)."""
+    """The external-data files a model references, sorted, as paths (may not exist).
+
+    Reads the graph only (:func:`fp16guard.stats_weights.load_graph_only`): embedded weights are
+    not loaded, and the references it makes into the model file itself are not external files.
+    """
+    from fp16guard.stats_weights import load_graph_only
+
     path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
+    return sorted(path.parent / n for n in _external_locations(load_graph_only(path)) - {path.name})
+
+
+def _external_locations(model: onnx.ModelProto) -> set[str]:
+    """``location`` of every external-data tensor of the model, subgraphs included."""
     names: set[str] = set()
     for tensor in _all_tensors(model.graph):
         if tensor.data_location == TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    names.add(entry.value)
-    return sorted(path.parent / n for n in names)
+            names.update(e.value for e in tensor.external_data if e.key == "location")
+    return names
 
 
 def _all_tensors(graph: onnx.GraphProto):
