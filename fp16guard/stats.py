@@ -201,3 +201,15 @@ def reduce_stats(tables: Iterable[pa.Table]) -> pa.Table:
             cur["shards"] += 1
     ordered = sorted(rows.values(), key=lambda r: r["order"])
     return pa.Table.from_pylist(ordered, schema=STATS_SCHEMA)
+
+
+def write_stats_files(tables: list[pa.Table], stats_path: str | os.PathLike, shard_stats_path: str | os.PathLike | None = None) -> pa.Table:
+    """Reduce per-shard tables and write them: ``stats_path`` (STATS_SCHEMA) and, when given,
+    ``shard_stats_path`` (the shard tables concatenated, SHARD_SCHEMA). Each file is written
+    atomically, the per-shard one first. Returns the reduced table.
+    """
+    reduced = reduce_stats(tables)
+    if shard_stats_path is not None:
+        write_shard_stats(pa.concat_tables(tables), shard_stats_path)
+    write_stats(reduced, stats_path)
+    return reduced

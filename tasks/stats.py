@@ -60,8 +60,7 @@ def reduce_stats_task(shard_results: list[dict], out_dir: str) -> dict:
     """
     import pyarrow as pa
 
-    from fp16guard.stats import reduce_stats
-    from fp16guard.stats_schema import write_shard_stats, write_stats
+    from fp16guard.stats import write_stats_files
 
     tables = []
     for result in shard_results:
@@ -70,6 +69,5 @@ def reduce_stats_task(shard_results: list[dict], out_dir: str) -> dict:
         table = table.set_column(idx, table.schema.field(idx), pa.array([result["shard"]] * table.num_rows, pa.string()))
         tables.append(table)
     out = Path(out_dir)
-    write_stats(reduce_stats(tables), out / "stats.parquet")
-    write_shard_stats(pa.concat_tables(tables), out / "shard_stats.parquet")
+    write_stats_files(tables, out / "stats.parquet", out / "shard_stats.parquet")
     return {"stats": str(out / "stats.parquet"), "shard_stats": str(out / "shard_stats.parquet")}

@@ -9,7 +9,6 @@ shard succeeded, each atomically: an error leaves no partial output.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _positive_int(text: str) -> int:
@@ -41,11 +40,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``fp16guard stats``. Returns 0; raises UserError subclasses on bad input."""
-    import pyarrow as pa
-
     from fp16guard.data import discover_shards
     from fp16guard.progress import Progress
-    from fp16guard.stats import StatsSession, reduce_stats, write_shard_stats, write_stats
+    from fp16guard.stats import StatsSession, write_stats_files
 
     shards = discover_shards(args.calib, "calibration")
     tables = []
@@ -54,10 +51,7 @@ def run(args: argparse.Namespace) -> int:
             for ref in shards:
                 tables.append(session.run(ref))
                 bar.advance(ref.name)
-    reduced = reduce_stats(tables)
-    if args.shard_stats:
-        write_shard_stats(pa.concat_tables(tables), args.shard_stats)
-    write_stats(reduced, args.out)
+    reduced = write_stats_files(tables, args.out, args.shard_stats)
     print(summary(reduced, len(shards), args.top))
     print(f"wrote {args.out}" + (f" and {args.shard_stats}" if args.shard_stats else ""))
     return 0
