@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -58,14 +57,12 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def output_records(run_dir: str | os.PathLike, exclude: tuple[str, ...] = ("manifest.json",)) -> dict[str, dict]:
-    """sha256 and size of every file in ``run_dir`` (recursively), keyed by relative POSIX path."""
+    """sha256 and size of every file of a run folder (the files the store publishes, see
+    :func:`fp16guard.store.run_files`), keyed by relative POSIX path, minus ``exclude``."""
+    from fp16guard.store import run_files
+
     root = Path(run_dir)
-    records = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel not in exclude and not p.name.startswith("."):
-            records[rel] = file_record(p)
-    return records
+    return {rel: file_record(root / rel) for rel in run_files(root) if rel not in exclude}
 
 
 def build_manifest(

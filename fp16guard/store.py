@@ -61,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 from fp16guard.errors import StoreError
-from fp16guard.hashing import sha256_file
 from fp16guard.settings import check_segment
 from fp16guard.store_fs import LocalFS, RemoteFS, open_fs
 
@@ -345,7 +344,9 @@ class StagedRun:
         """
         if self.committed is not None:
             raise StoreError(f"run {self.run_id} is already committed; a committed run cannot be written again")
-        files = {rel: {"sha256": sha256_file(self.path / rel), "bytes": (self.path / rel).stat().st_size} for rel in _files(self.path) if rel != STATUS_FILE}
+        from fp16guard.lineage import output_records
+
+        files = output_records(self.path, exclude=(STATUS_FILE,))
         status = {
             "status": VERIFIED if verified else REJECTED,
             "reason": reason,
@@ -377,7 +378,7 @@ class StagedRun:
         return self.committed
 
 
-def _files(root: Path) -> list[str]:
+def run_files(root: Path) -> list[str]:
     """Relative '/'-joined paths of the files under ``root``, skipping names that start with '.'."""
     out = []
     for f in sorted(root.rglob("*")):
