@@ -204,8 +204,9 @@ def _first_provider(providers: list[str] | None) -> str:
     """The provider onnxruntime will put first: the first requested one it has, else CPU."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return next((p for p in (providers or [_CPU]) if p in available), _CPU)
+    from fp16guard.runners.onnxrt import usable_providers
+
+    return usable_providers(providers, ort.get_available_providers())[0]
 
 
 def _runner(model, providers):

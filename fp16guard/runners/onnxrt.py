@@ -35,18 +35,22 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str])
         requested: provider names in priority order; None or empty means CPU only.
         available: what ``onnxruntime.get_available_providers()`` reports.
     """
-    requested = list(requested or [_CPU])
-    missing = [p for p in requested if p not in available]
-    kept = [p for p in requested if p in available]
+    kept = usable_providers(requested, available)
+    missing = [p for p in (requested or []) if p not in available]
     if missing:
         print(
             f"fp16guard: warning: execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-            f"(it has {', '.join(available)}); falling back to {', '.join(kept + ([_CPU] if _CPU not in kept else []))}",
+            f"(it has {', '.join(available)}); falling back to {', '.join(kept)}",
             file=sys.stderr,
         )
-    if _CPU not in kept:
-        kept.append(_CPU)
     return kept
+
+
+def usable_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+    """The requested providers this onnxruntime build has, in order, ending with the CPU provider
+    (no message; :func:`resolve_providers` is the same with a warning for the missing ones)."""
+    kept = [p for p in (requested or [_CPU]) if p in available]
+    return kept if _CPU in kept else kept + [_CPU]
 
 
 class OnnxRuntimeRunner:
