@@ -52,6 +52,7 @@ from fp16guard.graph import (
     subgraphs,
     tensor_types,
 )
+from fp16guard.model_io import PROTOBUF_LIMIT
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _SUFFIX = {FLOAT: "fp32", FLOAT16: "fp16"}
@@ -199,7 +200,7 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
         if produced.get(vi.name) == FLOAT16 and vi.name not in renamed_outputs and vi.type.tensor_type.elem_type == FLOAT:
             vi.type.tensor_type.elem_type = FLOAT16
     graph.value_info.extend(new_value_info)
-    if check and result.ByteSize() < 2**31 - 1:
+    if check and result.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(result, full_check=True)
     return result
 

@@ -40,6 +40,7 @@ from fp16guard.graph import (
     inferred_skeleton,
     rename_outer_refs,
 )
+from fp16guard.model_io import PROTOBUF_LIMIT
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 #: Ops whose FLOAT outputs hold exactly the (already FP16) values of an attribute: no rounding.
@@ -71,7 +72,7 @@ def emulate_fp16_storage(model: onnx.ModelProto, check: bool = True) -> onnx.Mod
     inferred = inferred_skeleton(model)
     alloc = NameAllocator(all_names(model))
     _emulate_graph(result.graph, inferred.graph, alloc, main=True)
-    if check and result.ByteSize() < 2**31 - 1:
+    if check and result.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(result, full_check=True)
     return result
 
