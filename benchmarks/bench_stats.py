@@ -14,7 +14,7 @@ peak RSS of each child (``os.wait4`` rusage of that very child):
 
 * plain: ``python -c`` that creates an onnxruntime session from the model path (default
   options, CPU) and runs each shard once;
-* stats: ``python -m fp16guard.cli stats vgg19.onnx --calib <shards> --out ...``.
+* stats: ``python -m fp16guard.cli.main stats vgg19.onnx --calib <shards> --out ...``.
 
 It prints the medians and the ratios stats/plain for ``--shards`` shards (default 2), and
 the peak RSS of the stats process for 2 and for 8 shards (memory must not grow with shards).
@@ -51,8 +51,8 @@ for path in sys.argv[2:]:
 #: Where the time goes, inside one child process: session creation vs inference, both ways.
 DETAIL = r"""
 import sys, time, numpy as np, onnxruntime as ort
-from fp16guard.data import ShardRef
-from fp16guard.stats import StatsSession
+from fp16guard.io.shards import ShardRef
+from fp16guard.stats.collect import StatsSession
 model, shards = sys.argv[1], sys.argv[2:]
 feeds = []
 for p in shards:
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         return [py, "-c", PLAIN, str(model), *map(str, shards)]
 
     def stats_cmd(shards):
-        return [py, "-m", "fp16guard.cli", "stats", str(model), "--calib", *map(str, shards), "--out", str(work / "stats.parquet")]
+        return [py, "-m", "fp16guard.cli.main", "stats", str(model), "--calib", *map(str, shards), "--out", str(work / "stats.parquet")]
 
     shards = shards_all[: args.shards]
     results: dict[str, list[tuple[float, float]]] = {"plain": [], "stats": []}

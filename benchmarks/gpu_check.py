@@ -5,12 +5,12 @@ For every example model (``fp16guard.examples``) and three builds of it:
 - ``all_fp16``: every node FP16;
 - ``producer_only``: only nodes whose *output* exceeds the threshold stay FP32 (the recipe that
   NOTES #3 says is not enough);
-- ``plan``: the plan fp16guard makes (``fp16guard.plan.make_plan`` on in-graph statistics of the
+- ``plan``: the plan fp16guard makes (``fp16guard.plan.planner.make_plan`` on in-graph statistics of the
   calibration shards; input-or-output rule),
 
 it verifies the build against the FP32 model on holdout shards twice: through FP16 storage
-emulation on onnxruntime's CPU provider (what ``fp16guard.verify`` does), and by running the
-mixed model itself in PyTorch with real FP16 kernels (``fp16guard.torch_fp16``). The two must
+emulation on onnxruntime's CPU provider (what ``fp16guard.verify.compare`` does), and by running the
+mixed model itself in PyTorch with real FP16 kernels (``torch_fp16``). The two must
 give the same verdict (finite or not, pass or fail) and similar errors.
 
 Columns: verdict of the verify gate, NaN/inf count in the candidate outputs, max relative error
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
 
     from fp16guard import examples
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.data import discover_shards
-    from fp16guard.plan import make_plan
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.plan.planner import make_plan
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
     from fp16guard.settings import PlanSettings, VerifySettings
-    from fp16guard.stats import reduce_stats, shard_stats
-    from fp16guard.torch_fp16 import TorchRunner
-    from fp16guard.verify import compare_runners, verify
+    from fp16guard.stats.collect import reduce_stats, shard_stats
+    from torch_fp16 import TorchRunner
+    from fp16guard.verify.compare import compare_runners, verify
 
     configured = configure_torch(args.device)
     if configured is None:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             tmpdir = Path(tmp) / name
             model_path = examples.save_model(name, tmpdir / "model.onnx")
-            from fp16guard.model_io import load_model
+            from fp16guard.io.model import load_model
 
             model = load_model(model_path)
             half = args.calib_samples // 2

@@ -4,15 +4,15 @@
 the test suite has never seen (for instance PyTorch exports), with their own calibration and
 holdout shards. For each model:
 
-1. statistics of the calibration shards (``fp16guard.stats``), a plan with the default
-   :class:`~fp16guard.settings.PlanSettings` (``fp16guard.plan.make_plan``);
+1. statistics of the calibration shards (``fp16guard.stats.collect``), a plan with the default
+   :class:`~fp16guard.settings.PlanSettings` (``fp16guard.plan.planner.make_plan``);
 2. an interpreter check: the FP32 model in PyTorch against onnxruntime (the ground truth is only
    as good as the interpreter);
-3. two builds (``fp16guard.convert.to_mixed_precision``): ``all_fp16`` (no FP32 node) and
+3. two builds (``fp16guard.graph.convert.to_mixed_precision``): ``all_fp16`` (no FP32 node) and
    ``plan`` (the plan's FP32 nodes), each verified against the FP32 model on the holdout shards
-   twice: through FP16 storage emulation on onnxruntime's CPU provider (``fp16guard.verify.verify``,
+   twice: through FP16 storage emulation on onnxruntime's CPU provider (``fp16guard.verify.compare.verify``,
    what fp16guard ships) and by running the built model in PyTorch with real FP16 kernels
-   (``compare_runners`` with ``fp16guard.torch_fp16.TorchRunner``).
+   (``compare_runners`` with ``torch_fp16.TorchRunner``).
 
 Columns: verdict of the verify gate, NaN/inf count in the float outputs, max relative error over
 the float outputs (over finite candidate values), minimum cosine (n/a with NaN/inf), largest
@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     import onnxruntime
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.data import discover_shards
-    from fp16guard.model_io import load_model
-    from fp16guard.plan import make_plan
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.io.model import load_model
+    from fp16guard.plan.planner import make_plan
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
     from fp16guard.settings import PlanSettings, VerifySettings
-    from fp16guard.stats import reduce_stats, shard_stats
-    from fp16guard.torch_fp16 import TorchRunner, UnsupportedOpError
-    from fp16guard.verify import compare_runners, verify
+    from fp16guard.stats.collect import reduce_stats, shard_stats
+    from torch_fp16 import TorchRunner, UnsupportedOpError
+    from fp16guard.verify.compare import compare_runners, verify
 
     configured = configure_torch(args.device)
     if configured is None:

@@ -48,7 +48,7 @@ class Log:
         """Write the table to ``out`` and ``results`` as JSON to ``json_path`` (each if given)."""
         import json
 
-        from fp16guard import atomic
+        from fp16guard.io import atomic
 
         if out:
             atomic.write_text(out, "\n".join(self.lines) + "\n")

@@ -22,7 +22,7 @@ from tasks.ui import emit_release_asset, publish_ui_task
 from tasks.verify import verify_engine_task, verify_task
 
 #: Library modules whose code determines a verification result (part of its cache key).
-VERIFY_MODULES = ("fp16guard.verify", "fp16guard.emulate", "fp16guard.data")
+VERIFY_MODULES = ("fp16guard.verify.compare", "fp16guard.graph.emulate", "fp16guard.io.shards")
 
 
 # One worker: shards run one after another so a worker holds one ORT session (or one GPU
@@ -42,7 +42,7 @@ def calibrate(params: RunParameters) -> dict:
         VerificationFailed: the artifact does not match FP32; the run is kept, marked rejected.
     """
     from fp16guard.progress import Progress
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
 
     store = open_store(params.store)
     context = run_context_task(params.trigger_event)

@@ -62,7 +62,7 @@ def nightly(params: NightlyParameters = NightlyParameters()) -> dict:
     """
     from prefect.artifacts import create_table_artifact
 
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
     from tasks.releases import emit_regression_task, list_releases_task, reverify_release_task
 
     log = get_run_logger()

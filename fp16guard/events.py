@@ -1,7 +1,7 @@
 """The event contract between a model-release pipeline and fp16guard's deployments.
 
 This module only *builds and checks* events (plain dicts); it never imports Prefect. Sending
-happens in ``fp16guard register`` (``fp16guard.commands.register``) and in the nightly flow.
+happens in ``fp16guard register`` (``fp16guard.cli.commands.register``) and in the nightly flow.
 
 **Model registered** — emitted by a release pipeline (or ``fp16guard register``) when a new
 model version needs a verified FP16 artifact. The ``fp16guard-on-registration`` deployment
@@ -115,7 +115,7 @@ def registration_event(
 
     Local paths are made absolute. With ``check_local`` (default), local locations must exist
     on this machine: the model must be a file, calibration and holdout must each resolve to at
-    least one shard (``fp16guard.data.discover_shards``). URLs are not checked.
+    least one shard (``fp16guard.io.shards.discover_shards``). URLs are not checked.
 
     Args:
         model: FP32 ONNX model path.
@@ -148,7 +148,7 @@ def registration_event(
     if check_local:
         if not is_url(model) and not os.path.isfile(model):
             raise ModelError(f"model {model} does not exist or is not a file; expected an ONNX model file")
-        from fp16guard.data import discover_shards
+        from fp16guard.io.shards import discover_shards
 
         for role, locations in (("calibration", calib), ("holdout", holdout)):
             local = [loc for loc in locations if not is_url(loc)]

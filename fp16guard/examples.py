@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard import atomic
+from fp16guard.io import atomic
 
 #: Opset of every example (ReduceMean still takes ``axes`` as an attribute here).
 OPSET = 17

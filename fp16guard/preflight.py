@@ -8,8 +8,8 @@ FP32 activations are found later, by the statistics pass, which discards the sta
 
 from __future__ import annotations
 
-from fp16guard.data import check_layout, discover_shards, peek_shard
-from fp16guard.model_io import input_specs, load_graph
+from fp16guard.io.shards import check_layout, discover_shards, peek_shard
+from fp16guard.io.model import input_specs, load_graph
 from fp16guard.settings import RunParameters
 
 

@@ -19,8 +19,8 @@ def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
     Returns:
         ``{"path", "sha256"}`` of the artifact.
     """
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.model_io import load_model, model_digest, save_model
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.model import load_model, model_digest, save_model
 
     fp32 = {n["name"] for n in plan["fp32_nodes"]}
     target = save_model(to_mixed_precision(load_model(model_path), fp32), Path(out_dir) / "model.mixed.onnx")
@@ -51,7 +51,7 @@ def build_engine_task(
     """
     from fp16guard.backends.tensorrt import build_engine
     from fp16guard.backends.tensorrt.profiles import observed_shapes
-    from fp16guard.model_io import input_specs, load_graph
+    from fp16guard.io.model import input_specs, load_graph
 
     shapes = observed_shapes(shards, input_specs(load_graph(model_path)), batch_size)
     record = build_engine(

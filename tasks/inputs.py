@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from fp16guard.data import ShardRef, discover_shards, shard_digest
-from fp16guard.model_io import input_specs, load_graph, model_digest
+from fp16guard.io.shards import ShardRef, discover_shards, shard_digest
+from fp16guard.io.model import input_specs, load_graph, model_digest
 
 
 @task(name="fingerprint-model")

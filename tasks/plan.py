@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from fp16guard import atomic
+from fp16guard.io import atomic
 from fp16guard.settings import PlanSettings
 
 
@@ -17,9 +17,9 @@ def plan_task(model_path: str, stats_path: str, settings: PlanSettings, out_dir:
     Returns:
         The plan as written (``Plan.to_dict()``).
     """
-    from fp16guard.model_io import load_graph
-    from fp16guard.plan import make_plan
-    from fp16guard.stats_schema import read_stats
+    from fp16guard.io.model import load_graph
+    from fp16guard.plan.planner import make_plan
+    from fp16guard.stats.schema import read_stats
 
     model = load_graph(model_path)  # weights stay in the file; make_plan scans them from disk in chunks
     plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent).to_dict()

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import task
 
-from fp16guard import atomic
+from fp16guard.io import atomic
 from fp16guard.settings import RunParameters
 from tasks.inputs import calib_records
 
@@ -21,7 +21,7 @@ def stage_run_task(store_url: str, name: str, version: str) -> dict:
         ``{"store", "name", "version", "run_id", "dir"}`` (``dir``: the local folder every
         later task writes its files into).
     """
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
 
     staged = open_store(store_url).stage_run(name, version)
     return {"store": store_url, "name": name, "version": version, "run_id": staged.run_id, "dir": str(staged.path)}
@@ -62,8 +62,8 @@ def publish_run_task(
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
         "fp32_nodes", "worst_rel_error", "report"}``.
     """
-    from fp16guard.lineage import build_manifest, file_record, output_records
-    from fp16guard.store import StagedRun, open_store
+    from fp16guard.store.lineage import build_manifest, file_record, output_records
+    from fp16guard.store.runs import StagedRun, open_store
 
     out = Path(staged["dir"])
     passed = bool(verification.get("passed"))
@@ -115,8 +115,8 @@ def publish_run_task(
 
 def write_report(out: Path, plan: dict, verification: dict, manifest: dict) -> None:
     """Render ``report.html`` from the run's statistics, plan, verification and manifest."""
-    from fp16guard.report import render_report
-    from fp16guard.stats_schema import read_stats
+    from fp16guard.report.html import render_report
+    from fp16guard.stats.schema import read_stats
 
     html = render_report(read_stats(out / "stats.parquet"), plan, verification, manifest)
     atomic.write_text(out / "report.html", html)

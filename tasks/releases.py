@@ -15,7 +15,7 @@ def list_releases_task(store_url: str, names: list[str]) -> list[dict]:
     Returns:
         One ``{"name", "version", "run_id"}`` per released version, sorted.
     """
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
 
     store = open_store(store_url)
     wanted = set(names)
@@ -43,11 +43,11 @@ def reverify_release_task(store_url: str, release: dict, extra_holdout: list[str
         ``passed`` is False with a reason when the FP32 model changed or vanished since release.
     """
     from fp16guard.errors import UserError
-    from fp16guard.model_io import model_digest
-    from fp16guard.data import discover_shards
+    from fp16guard.io.model import model_digest
+    from fp16guard.io.shards import discover_shards
     from fp16guard.settings import VerifySettings
-    from fp16guard.store import open_store
-    from fp16guard.verify import verify
+    from fp16guard.store.runs import open_store
+    from fp16guard.verify.compare import verify
 
     store = open_store(store_url)
     name, version, run_id = release["name"], release["version"], release["run_id"]

@@ -8,10 +8,10 @@ from pathlib import Path
 from prefect import task
 from prefect.runtime import flow_run
 
-from fp16guard.data import ShardRef
+from fp16guard.io.shards import ShardRef
 
 #: Library modules whose code determines a shard's statistics (part of the cache key).
-STATS_MODULES = ("fp16guard.instrument", "fp16guard.stats", "fp16guard.stats_weights", "fp16guard.data", "fp16guard.model_io")
+STATS_MODULES = ("fp16guard.graph.instrument", "fp16guard.stats.collect", "fp16guard.io.lazy_weights", "fp16guard.io.shards", "fp16guard.io.model")
 
 
 @task(name="shard-stats", task_run_name="stats {shard.name}", tags=["fp16guard-gpu"])
@@ -33,7 +33,7 @@ def shard_stats_task(
         ``{"shard", "sha256", "table" (pyarrow, SHARD_SCHEMA), "computed_by" (flow run id),
         "computed_at" (UTC ISO time)}``. A cached result keeps the run that computed it.
     """
-    from fp16guard.stats import shard_stats
+    from fp16guard.stats.collect import shard_stats
 
     table = shard_stats(model_path, shard, batch_size=batch_size, providers=providers)
     return {
@@ -60,7 +60,7 @@ def reduce_stats_task(shard_results: list[dict], out_dir: str) -> dict:
     """
     import pyarrow as pa
 
-    from fp16guard.stats import write_stats_files
+    from fp16guard.stats.collect import write_stats_files
 
     tables = []
     for result in shard_results:

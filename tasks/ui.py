@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.assets import Asset, materialize
 
-from fp16guard.summary import artifact_key, summary_markdown, tensors_near_limit
+from fp16guard.report.summary import artifact_key, summary_markdown, tensors_near_limit
 
 
 @task(name="publish-ui-artifacts")
@@ -23,7 +23,7 @@ def publish_ui_task(store_url: str, name: str, version: str, result: dict, plan:
 
     import pyarrow.parquet as pq
 
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
 
     stats = pq.read_table(io.BytesIO(open_store(store_url).read_bytes(name, version, result["run_id"], "stats.parquet")))
     fp32 = {n["name"] for n in plan.get("fp32_nodes", [])}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from fp16guard.data import ShardRef
+from fp16guard.io.shards import ShardRef
 from fp16guard.settings import VerifySettings
 
 
@@ -31,7 +31,7 @@ def verify_task(
         The content of ``verification.json`` (``passed``, ``reason``, per-output figures).
         A failed verification is returned, not raised: the flow records it, then fails the run.
     """
-    from fp16guard.verify import verify
+    from fp16guard.verify.compare import verify
 
     return verify(model_path, artifact_path, holdout, settings, batch_size=batch_size, providers=providers or None)
 

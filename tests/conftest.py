@@ -34,13 +34,13 @@ def prefect_api_url():
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory) -> dict:
     """The built-in demo example (model, calibration and holdout folders), written once."""
-    from fp16guard.commands.demo import prepare
+    from fp16guard.cli.commands.demo import prepare
 
     return prepare("demo", tmp_path_factory.mktemp("demo"))
 
 
 def run_cli(args: list[str], env: dict | None = None, api_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m fp16guard.cli ARGS`` in a subprocess, as a user would run ``fp16guard``.
+    """Run ``python -m fp16guard.cli.main ARGS`` in a subprocess, as a user would run ``fp16guard``.
 
     Args:
         args: command-line arguments after ``fp16guard``.
@@ -53,6 +53,6 @@ def run_cli(args: list[str], env: dict | None = None, api_url: str | None = None
     if api_url:
         full_env["PREFECT_API_URL"] = api_url
     return subprocess.run(
-        [sys.executable, "-m", "fp16guard.cli", *args],
+        [sys.executable, "-m", "fp16guard.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fp16guard.hashing import sha256_file
+from fp16guard.io.hashing import sha256_file
 
 
 def write_run_files(folder: Path, *, passed: bool = True, fp32: int = 2, rel_error: float = 0.001, trigger: str = "manual", payload: bytes = b"onnx-bytes") -> None:
@@ -93,7 +93,7 @@ def s3_root(s3_server):
 
 def race_worker(root: str, name: str, version: str, run_id: str, barrier, results) -> None:
     """Child process of the concurrency test: write a run, wait for the other, then commit+release."""
-    from fp16guard.store import Store
+    from fp16guard.store.runs import Store
 
     store = Store(root)
     with store.stage_run(name, version, run_id) as staged:

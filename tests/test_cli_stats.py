@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.cli import main
+from fp16guard.cli.main import main
 from fp16guard.progress import Progress
-from fp16guard.stats import read_shard_stats, read_stats
+from fp16guard.stats.collect import read_shard_stats, read_stats
 
 REPO = Path(__file__).resolve().parents[1]
 F = TensorProto.FLOAT
@@ -101,7 +101,7 @@ def test_nonfinite_activation_exits_2_naming_the_tensor(tmp_path, capsys):
 def test_stats_command_does_not_import_prefect(case, tmp_path):
     model, calib = case
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "fp16guard.cli", "stats", str(model), "--calib", str(calib), "--out", str(tmp_path / "s.parquet")],
+        [sys.executable, "-X", "importtime", "-m", "fp16guard.cli.main", "stats", str(model), "--calib", str(calib), "--out", str(tmp_path / "s.parquet")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from fixtures_s3 import commit_run, s3_root, s3_server  # noqa: F401
-from fp16guard.cli import main
-from fp16guard.store import Store
+from fp16guard.cli.main import main
+from fp16guard.store.runs import Store
 
 
 @pytest.fixture(params=["local", "s3"])

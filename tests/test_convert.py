@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.convert import to_mixed_precision
+from fp16guard.graph.convert import to_mixed_precision
 from fp16guard.errors import ConfigError
-from fp16guard.model_io import load_model
+from fp16guard.io.model import load_model
 from onnx_helpers import init as _init, io as _io, make_model as _model, run_ort as _run
 
 F, H, D = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE

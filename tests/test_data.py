@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fp16guard.data import (
+from fp16guard.io.shards import (
     ShardRef,
     check_layout,
     discover_shards,
@@ -19,7 +19,7 @@ from fp16guard.data import (
     slice_size,
 )
 from fp16guard.errors import DataError, NonFiniteError
-from fp16guard.model_io import InputSpec
+from fp16guard.io.model import InputSpec
 
 SPECS = [InputSpec("x", np.dtype("float32"), ("batch", 4)), InputSpec("ids", np.dtype("int64"), ("batch",))]
 

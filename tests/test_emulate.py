@@ -1,6 +1,6 @@
 """FP16 storage emulation on the CPU provider, and the key end-to-end property of the plan.
 
-The integration test measures real statistics with ``fp16guard.stats`` on an FP32 model that
+The integration test measures real statistics with ``fp16guard.stats.collect`` on an FP32 model that
 overflows FP16 twice (a ~1e5 hidden activation and a T5-style RMSNorm whose Pow overflows),
 plans, converts and emulates: all-FP16 breaks, the plan holds, and pinning only the producers of
 large tensors (the seed recipe) does not (NOTES #3, #4).
@@ -14,12 +14,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.convert import to_mixed_precision
-from fp16guard.data import discover_shards
-from fp16guard.emulate import emulate_fp16_storage
-from fp16guard.plan import make_plan
+from fp16guard.graph.convert import to_mixed_precision
+from fp16guard.io.shards import discover_shards
+from fp16guard.graph.emulate import emulate_fp16_storage
+from fp16guard.plan.planner import make_plan
 from fp16guard.settings import PlanSettings
-from fp16guard.stats import reduce_stats, shard_stats
+from fp16guard.stats.collect import reduce_stats, shard_stats
 from onnx_helpers import io as _io, make_model as _model, run_ort as _run
 
 F, H = TensorProto.FLOAT, TensorProto.FLOAT16

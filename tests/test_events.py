@@ -8,7 +8,7 @@ import os
 import pytest
 
 from fp16guard import examples
-from fp16guard.cli import main
+from fp16guard.cli.main import main
 from fp16guard.errors import ConfigError, DataError, ModelError
 from fp16guard.events import (
     MODEL_REGISTERED,

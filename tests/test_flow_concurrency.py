@@ -13,7 +13,7 @@ from conftest import REPO
 
 def test_two_simultaneous_runs_both_finish_and_one_is_released(prefect_api_url, demo_files, tmp_path):
     store = tmp_path / "store"
-    args = [sys.executable, "-m", "fp16guard.cli", "run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"],
+    args = [sys.executable, "-m", "fp16guard.cli.main", "run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"],
             "--name", "race", "--version", "1", "--store", str(store), "--json"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api_url}
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO)) for _ in range(2)]
@@ -25,7 +25,7 @@ def test_two_simultaneous_runs_both_finish_and_one_is_released(prefect_api_url, 
     release = json.loads((store / "race" / "1" / "release.json").read_text())
     assert release["run_id"] == next(s["run_id"] for s in summaries if s["released"])
     # Both runs are complete and their files match their recorded hashes.
-    from fp16guard.store import open_store
+    from fp16guard.store.runs import open_store
 
     for s in summaries:
         assert open_store(str(store)).verify_run("race", "1", s["run_id"]) == []

@@ -12,13 +12,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fp16guard import examples
-from fp16guard.data import discover_shards
+from fp16guard.io.shards import discover_shards
 from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 from fp16guard.settings import VerifySettings
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (not an fp16guard dependency)")
 
-from fp16guard.torch_fp16 import TorchRunner, UnsupportedOpError  # noqa: E402
+from torch_fp16 import TorchRunner, UnsupportedOpError  # noqa: E402
 
 NAMES = sorted(examples.EXAMPLES)
 
@@ -117,12 +117,12 @@ def _gpu_available() -> bool:
 @pytest.mark.parametrize("name", NAMES)
 def test_real_fp16_matches_emulation(name, tmp_path):
     """All-FP16 and planned builds: torch on CUDA and ORT-CPU emulation give the same verdict."""
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.model_io import load_model
-    from fp16guard.plan import make_plan
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.model import load_model
+    from fp16guard.plan.planner import make_plan
     from fp16guard.settings import PlanSettings
-    from fp16guard.stats import reduce_stats, shard_stats
-    from fp16guard.verify import compare_runners, verify
+    from fp16guard.stats.collect import reduce_stats, shard_stats
+    from fp16guard.verify.compare import compare_runners, verify
 
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -341,7 +341,7 @@ def _export_style_model():
 
 
 def test_export_style_model_fp32_matches_and_fp16_overflows_on_cpu():
-    from fp16guard.convert import to_mixed_precision
+    from fp16guard.graph.convert import to_mixed_precision
 
     model = _export_style_model()
     x = np.random.default_rng(6).normal(size=(2, 3, 4)).astype(np.float32)
@@ -357,8 +357,8 @@ def test_export_style_model_fp32_matches_and_fp16_overflows_on_cpu():
 @pytest.mark.skipif(not _gpu_available(), reason="no CUDA device visible to torch")
 def test_export_style_ops_real_fp16_matches_emulation(tmp_path):
     """The new ops in real FP16 on CUDA and through ORT-CPU emulation: same verdicts, plan passes."""
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.verify import compare_runners, verify
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.verify.compare import compare_runners, verify
 
     model = _export_style_model()
     rng = np.random.default_rng(7)

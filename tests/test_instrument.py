@@ -5,8 +5,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.instrument import float_tensors, instrument, output_names
-from fp16guard.model_io import normalize_model
+from fp16guard.graph.instrument import float_tensors, instrument, output_names
+from fp16guard.io.model import normalize_model
 from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
 F = TensorProto.FLOAT

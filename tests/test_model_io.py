@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.convert import to_mixed_precision
+from fp16guard.graph.convert import to_mixed_precision
 from fp16guard.errors import ModelError
-from fp16guard.model_io import input_specs, load_model, model_digest
+from fp16guard.io.model import input_specs, load_model, model_digest
 
 
 def _model(ir3: bool = False) -> onnx.ModelProto:
@@ -66,7 +66,7 @@ def test_input_specs_describe_dynamic_dims(tmp_path):
 
 
 def test_save_model_small_and_with_external_weights(tmp_path, monkeypatch):
-    import fp16guard.model_io as model_io
+    import fp16guard.io.model as model_io
 
     small = model_io.save_model(_model(), tmp_path / "small.onnx")
     assert load_model(small).graph.node and not (tmp_path / "small.onnx.data").exists()

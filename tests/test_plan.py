@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fp16guard.errors import ConfigError, DataError
-from fp16guard.plan import REASONS, Plan, make_plan
+from fp16guard.plan.planner import REASONS, Plan, make_plan
 from fp16guard.settings import PlanSettings
 
 F = TensorProto.FLOAT
@@ -273,7 +273,7 @@ def test_bad_inputs_raise_user_errors():
 
 
 def test_external_weights_are_read_from_the_model_folder(tmp_path):
-    from fp16guard.model_io import load_model
+    from fp16guard.io.model import load_model
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((8, 8)).astype(np.float32)

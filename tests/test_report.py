@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from fp16guard.report import render_report
+from fp16guard.report.html import render_report
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """Statistics and plan of the demo example, computed by the real pipeline (onnxruntime)."""
     from fp16guard import examples
-    from fp16guard.data import discover_shards
-    from fp16guard.model_io import load_model
-    from fp16guard.plan import make_plan
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.io.model import load_model
+    from fp16guard.plan.planner import make_plan
     from fp16guard.settings import PlanSettings
-    from fp16guard.stats import reduce_stats, shard_stats
+    from fp16guard.stats.collect import reduce_stats, shard_stats
 
     d = tmp_path_factory.mktemp("demo")
     model_path = examples.save_model("demo", d / "model.onnx")

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.data import ShardRef
+from fp16guard.io.shards import ShardRef
 from fp16guard.errors import DataError, ModelError, NonFiniteError
-from fp16guard.stats import (
+from fp16guard.stats.collect import (
     SHARD_SCHEMA,
     STATS_SCHEMA,
     StatsSession,
@@ -20,7 +20,7 @@ from fp16guard.stats import (
     write_shard_stats,
     write_stats,
 )
-from fp16guard.stats_weights import load_graph_only
+from fp16guard.io.lazy_weights import load_graph_only
 
 F = TensorProto.FLOAT
 W = np.linspace(-40, 40, 16 * 32, dtype=np.float32).reshape(16, 32)  # 2 KiB: stored as a file reference

@@ -10,7 +10,7 @@ import pytest
 
 from fixtures_s3 import commit_run, race_worker, s3_root, s3_server, write_run_files  # noqa: F401 (pytest fixtures)
 from fp16guard.errors import StoreError
-from fp16guard.store import DEFAULT_STORE, Store, history, resolve_root, verify_run
+from fp16guard.store.runs import DEFAULT_STORE, Store, history, resolve_root, verify_run
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -154,8 +154,8 @@ def _tiny_model(path: Path, scale: float = 2.0) -> None:
 
 
 def test_verify_reports_missing_output_and_checks_inputs(tmp_path):
-    from fp16guard.data import ShardRef, shard_digest
-    from fp16guard.model_io import model_digest
+    from fp16guard.io.shards import ShardRef, shard_digest
+    from fp16guard.io.model import model_digest
 
     store = Store(tmp_path / "s")
     model, feeds = tmp_path / "model.onnx", tmp_path / "feeds.json"
@@ -231,8 +231,8 @@ def test_stale_staging_folders_are_cleaned(tmp_path):
     import os
     import time
 
-    from fp16guard.store import Store
-    from fp16guard.store_fs import STALE_STAGING_S
+    from fp16guard.store.runs import Store
+    from fp16guard.store.fs import STALE_STAGING_S
 
     store = Store(str(tmp_path / "store"))
     dead = store.stage_run("m", "1")

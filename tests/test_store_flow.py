@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from fixtures_s3 import s3_root, s3_server  # noqa: F401
-from fp16guard.cli import main
+from fp16guard.cli.main import main
 from fp16guard.settings import RunParameters
-from fp16guard.store import Store
+from fp16guard.store.runs import Store
 
 
 @pytest.mark.slow

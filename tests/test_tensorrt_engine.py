@@ -17,7 +17,7 @@ from fp16guard.backends.tensorrt.choose import choose_mode, parse_version
 from fp16guard.backends.tensorrt.env import gpu_name, require_tensorrt
 from fp16guard.backends.tensorrt.errors import UNAVAILABLE_HINT
 from fp16guard.errors import UserError
-from fp16guard.hashing import sha256_file
+from fp16guard.io.hashing import sha256_file
 
 from tensorrt_models import PLAN_NODES, plan_dict, tiny_model
 
@@ -87,7 +87,7 @@ def test_weak_build_pins_every_layer_and_runs(tmp_path):
     trt, gpu = _tensorrt_or_skip()
     if parse_version(trt.__version__) >= (11, 0, 0):
         pytest.skip(f"TensorRT {trt.__version__} has no weak typing")
-    from fp16guard.backends.tensorrt.runtime import TensorRTRunner
+    from fp16guard.runners.tensorrt import TensorRTRunner
 
     fp32 = _write(tmp_path)
     record = build_engine(fp32, None, plan_dict(), tmp_path / "out", SHAPES, mode="weak", timing_cache_dir=tmp_path / "cache")
@@ -116,9 +116,9 @@ def test_strong_build_from_mixed_model(tmp_path):
     trt, _ = _tensorrt_or_skip()
     if parse_version(trt.__version__)[:2] < (10, 12):
         pytest.skip(f"TensorRT {trt.__version__} predates strongly typed builds on request (10.12)")
-    from fp16guard.backends.tensorrt.runtime import run_holdout
-    from fp16guard.data import discover_shards
-    from fp16guard.model_io import input_specs
+    from fp16guard.runners.tensorrt import run_holdout
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.io.model import input_specs
 
     fp32 = _write(tmp_path)
     mixed = _write(tmp_path, mixed=True)
@@ -138,7 +138,7 @@ def test_strong_build_from_mixed_model(tmp_path):
 def test_overflow_stays_finite_when_plan_nodes_run_in_fp32(tmp_path):
     """/fc2/MatMul produces values near 1e5 (FP16 overflows); pinned to FP32, softmax stays finite."""
     trt, _ = _tensorrt_or_skip()
-    from fp16guard.backends.tensorrt.runtime import TensorRTRunner
+    from fp16guard.runners.tensorrt import TensorRTRunner
 
     fp32 = _write(tmp_path, scale_w2=3e4)
     mixed = _write(tmp_path, mixed=True, scale_w2=3e4)
@@ -158,15 +158,15 @@ def test_full_pipeline_on_an_example_passes_verification(tmp_path):
     _tensorrt_or_skip()
     from fp16guard import examples
     from fp16guard.backends.tensorrt.profiles import observed_shapes
-    from fp16guard.backends.tensorrt.runtime import TensorRTRunner
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.data import discover_shards
-    from fp16guard.model_io import input_specs, load_model
-    from fp16guard.plan import make_plan
+    from fp16guard.runners.tensorrt import TensorRTRunner
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.io.model import input_specs, load_model
+    from fp16guard.plan.planner import make_plan
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
     from fp16guard.settings import PlanSettings, VerifySettings
-    from fp16guard.stats import reduce_stats, shard_stats
-    from fp16guard.verify import compare_runners
+    from fp16guard.stats.collect import reduce_stats, shard_stats
+    from fp16guard.verify.compare import compare_runners
 
     model_path = examples.save_model("mlp", tmp_path / "model.onnx")
     examples.write_shards("mlp", tmp_path / "calib", 2, 4, seed=0)

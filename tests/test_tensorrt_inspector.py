@@ -14,7 +14,7 @@ from fp16guard.backends.tensorrt.inspector import (
 )
 from fp16guard.backends.tensorrt.mapping import node_table
 from fp16guard.errors import ConfigError, VerificationFailed
-from fp16guard.hashing import sha256_bytes
+from fp16guard.io.hashing import sha256_bytes
 
 from tensorrt_models import PLAN_NODES, fixture_text, plan_dict, tiny_model
 

@@ -1,7 +1,7 @@
 """Layer <-> ONNX node mapping on synthetic layer descriptions shaped like TensorRT's (NOTES #9)."""
 
 from fp16guard.backends.tensorrt.mapping import LayerDesc, map_layers, metadata_nodes, name_candidates, node_table
-from fp16guard.model_io import normalize_model
+from fp16guard.io.model import normalize_model
 
 from tensorrt_models import tiny_model
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fp16guard.backends.tensorrt.profiles import check_within, derive_profile, is_dynamic, observed_shapes, slice_shapes
-from fp16guard.data import discover_shards
+from fp16guard.io.shards import discover_shards
 from fp16guard.errors import DataError
-from fp16guard.model_io import InputSpec, input_specs
+from fp16guard.io.model import InputSpec, input_specs
 
 from tensorrt_models import tiny_model
 

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.data import ShardRef
+from fp16guard.io.shards import ShardRef
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
 from fp16guard.settings import VerifySettings
-from fp16guard.verify import gate, has_fp16, verify
+from fp16guard.verify.compare import gate, has_fp16, verify
 
 
 def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
@@ -244,7 +244,7 @@ def test_has_fp16():
 
 
 def test_fp16_candidate_is_emulated_on_cpu(tmp_path):
-    pytest.importorskip("fp16guard.emulate", reason="fp16guard.emulate (teammate's module) has not landed")
+    pytest.importorskip("fp16guard.graph.emulate", reason="fp16guard.graph.emulate (teammate's module) has not landed")
     refs = _shards(tmp_path, [np.array([[1.0, 2.0, 100.0, 3.0]], np.float32)])
     k = numpy_helper.from_array(np.array(1000.0, np.float32), "k")
     ref = _model([helper.make_node("Mul", ["x", "k"], ["y"], name="mul")], [_fin("x", 4)], [_fin("y", 4)], [k])
@@ -256,10 +256,10 @@ def test_fp16_candidate_is_emulated_on_cpu(tmp_path):
 
 
 def test_verify_mixed_builds_and_emulates(tmp_path):
-    pytest.importorskip("fp16guard.convert", reason="fp16guard.convert (teammate's module) has not landed")
+    pytest.importorskip("fp16guard.graph.convert", reason="fp16guard.graph.convert (teammate's module) has not landed")
     from fp16guard import examples
-    from fp16guard.data import discover_shards
-    from fp16guard.verify import verify_mixed
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.verify.compare import verify_mixed
 
     model = examples.build_model("rmsnorm")
     examples.write_shards("rmsnorm", tmp_path, 2, [3, 4], seed=2)

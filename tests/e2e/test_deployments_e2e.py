@@ -152,7 +152,7 @@ def test_registration_event_and_nightly_run_on_a_real_worker(stack):
 
     # 5. The release pipeline's side: one command, prints the event id.
     reg = subprocess.run(
-        [sys.executable, "-m", "fp16guard.cli", "register", str(data / "mlp.onnx"), "--name", "mlp", "--version", "1.0",
+        [sys.executable, "-m", "fp16guard.cli.main", "register", str(data / "mlp.onnx"), "--name", "mlp", "--version", "1.0",
          "--calib", str(data / "calib"), "--holdout", str(data / "holdout")],
         cwd=stack["tmp"], env=stack["env"], capture_output=True, text=True, timeout=60,
     )

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from fp16guard import atomic
+from fp16guard.io import atomic
 from fp16guard.backends.tensorrt.choose import choose_mode
 from fp16guard.backends.tensorrt.env import cache_key, gpu_name, require_tensorrt
 from fp16guard.backends.tensorrt.errors import EngineBuildError, EnginePrecisionError
@@ -28,8 +28,8 @@ from fp16guard.backends.tensorrt.inspector import check_fp32_nodes, parse_engine
 from fp16guard.backends.tensorrt.mapping import describe_network, map_layers, node_table
 from fp16guard.backends.tensorrt.profiles import derive_profile, is_dynamic
 from fp16guard.errors import ConfigError
-from fp16guard.hashing import sha256_file
-from fp16guard.model_io import input_specs, load_model
+from fp16guard.io.hashing import sha256_file
+from fp16guard.io.model import input_specs, load_model
 
 ENGINE_NAME = "model.engine"
 INSPECT_NAME = "model.engine.inspect.json"

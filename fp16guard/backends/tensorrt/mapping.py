@@ -38,7 +38,7 @@ class NodeDesc:
     """One ONNX node of the main graph.
 
     Attributes:
-        name: node name (normalised by :func:`fp16guard.model_io.load_model`).
+        name: node name (normalised by :func:`fp16guard.io.model.load_model`).
         op_type: ONNX op type.
         inputs: input tensor names ('' for omitted optional inputs).
         outputs: output tensor names, every index.
@@ -101,7 +101,7 @@ class LayerMapping:
 
 def node_table(model) -> dict[str, NodeDesc]:
     """Describe the main-graph nodes of an ONNX ``ModelProto`` (names must be unique: load it
-    with :func:`fp16guard.model_io.load_model`)."""
+    with :func:`fp16guard.io.model.load_model`)."""
     return {
         node.name: NodeDesc(node.name, node.op_type, tuple(node.input), tuple(node.output), order)
         for order, node in enumerate(model.graph.node)

@@ -3,7 +3,7 @@
 An engine built for dynamic inputs accepts only shapes inside its profile, and is tuned for the
 ``opt`` shape. The shapes come from the calibration and holdout shards as they will be fed:
 shards larger than the model's static batch or ``--batch-size`` run in slices, so the shapes are
-those of the slices (:func:`fp16guard.data.iter_slices`), not of whole shards.
+those of the slices (:func:`fp16guard.io.shards.iter_slices`), not of whole shards.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 from fp16guard.errors import DataError
-from fp16guard.model_io import InputSpec
+from fp16guard.io.model import InputSpec
 
 
 def derive_profile(specs: Sequence[InputSpec], observed: Iterable[Mapping[str, Sequence[int]]]) -> dict[str, dict[str, list[int]]]:
@@ -23,7 +23,7 @@ def derive_profile(specs: Sequence[InputSpec], observed: Iterable[Mapping[str, S
     (ties go to the larger size, which TensorRT tunes for without penalising smaller ones).
 
     Args:
-        specs: the model's graph inputs (:func:`fp16guard.model_io.input_specs`).
+        specs: the model's graph inputs (:func:`fp16guard.io.model.input_specs`).
         observed: one mapping per inference call, input name -> shape fed.
 
     Returns:
@@ -88,7 +88,7 @@ def check_within(profile: Mapping[str, Mapping[str, Sequence[int]]], feed: Mappi
 
 
 def slice_shapes(feeds: Mapping[str, "object"], size: int) -> list[dict[str, tuple[int, ...]]]:
-    """Shapes of the slices :func:`fp16guard.data.iter_slices` would feed (no arrays copied)."""
+    """Shapes of the slices :func:`fp16guard.io.shards.iter_slices` would feed (no arrays copied)."""
     if not feeds:
         return []
     total = next(iter(feeds.values())).shape[0]
@@ -103,14 +103,14 @@ def observed_shapes(refs, specs: Sequence[InputSpec], batch_size: int | None = N
     """Load each shard once (one at a time) and list the shapes its slices will have.
 
     Args:
-        refs: :class:`fp16guard.data.ShardRef` objects (calibration and holdout together).
-        specs: the model's inputs; each shard is checked against them (:func:`fp16guard.data.prepare_feeds`).
-        batch_size: ``--batch-size``; the model's static batch wins (:func:`fp16guard.data.slice_size`).
+        refs: :class:`fp16guard.io.shards.ShardRef` objects (calibration and holdout together).
+        specs: the model's inputs; each shard is checked against them (:func:`fp16guard.io.shards.prepare_feeds`).
+        batch_size: ``--batch-size``; the model's static batch wins (:func:`fp16guard.io.shards.slice_size`).
 
     Raises:
         DataError: a shard does not fit the model.
     """
-    from fp16guard.data import batch_count, load_shard, prepare_feeds, slice_size
+    from fp16guard.io.shards import batch_count, load_shard, prepare_feeds, slice_size
 
     shapes: list[dict[str, tuple[int, ...]]] = []
     for ref in refs:

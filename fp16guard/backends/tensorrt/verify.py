@@ -1,12 +1,12 @@
 """Verify a TensorRT engine against the FP32 model with the same figures and gate as the
-onnxruntime backend (:func:`fp16guard.verify.compare_runners`)."""
+onnxruntime backend (:func:`fp16guard.verify.compare.compare_runners`)."""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-from fp16guard.data import ShardRef
+from fp16guard.io.shards import ShardRef
 from fp16guard.settings import VerifySettings
 
 
@@ -22,17 +22,17 @@ def verify_engine(
     holdout sample.
 
     Returns:
-        The content of ``verification.json`` (see :func:`fp16guard.verify.verify`), with
+        The content of ``verification.json`` (see :func:`fp16guard.verify.compare.verify`), with
         ``execution`` naming the TensorRT version.
 
     Raises:
         TensorRTUnavailable: no tensorrt module or GPU.
     """
     from fp16guard.backends.tensorrt.env import require_tensorrt
-    from fp16guard.backends.tensorrt.runtime import TensorRTRunner
-    from fp16guard.model_io import load_model
+    from fp16guard.runners.tensorrt import TensorRTRunner
+    from fp16guard.io.model import load_model
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
-    from fp16guard.verify import compare_runners
+    from fp16guard.verify.compare import compare_runners
 
     trt = require_tensorrt()
     settings = settings or VerifySettings()

@@ -56,8 +56,8 @@ from onnx import numpy_helper
 
 from fp16guard import FP16_MAX
 from fp16guard.errors import ConfigError, DataError
-from fp16guard.graph import TypeInfo, fp16_slots, opset_map, outer_refs, tensor_types
-from fp16guard.model_io import FLOAT_TYPES
+from fp16guard.graph.info import TypeInfo, fp16_slots, opset_map, outer_refs, tensor_types
+from fp16guard.io.model import FLOAT_TYPES
 from fp16guard.settings import PlanSettings
 
 STRUCTURAL = ("has_subgraph", "custom_domain", "unknown_type", "no_fp16_kernel")
@@ -95,7 +95,7 @@ class Plan:
 
     @property
     def fp32_names(self) -> set[str]:
-        """Names of the nodes that stay FP32 (what :func:`fp16guard.convert.to_mixed_precision` takes)."""
+        """Names of the nodes that stay FP32 (what :func:`fp16guard.graph.convert.to_mixed_precision` takes)."""
         return {entry["name"] for entry in self.fp32_nodes}
 
     def to_dict(self) -> dict:
@@ -196,7 +196,7 @@ def make_plan(
     """Apply the rules in the module docstring to every node of the main graph.
 
     Args:
-        model: the FP32 model (node names normalised by :func:`fp16guard.model_io.load_model`).
+        model: the FP32 model (node names normalised by :func:`fp16guard.io.model.load_model`).
         stats: reduced statistics, one row per float tensor; only ``tensor``, ``max_abs`` and
             ``nonfinite`` are read.
         settings: threshold and user overrides.

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from fp16guard.errors import ModelError
-from fp16guard.hashing import sha256_file
+from fp16guard.io.hashing import sha256_file
 
 #: ONNX element types treated as floating point (statistics and precision apply to these).
 FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
@@ -84,7 +84,7 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
 
 def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
     """Load a model's graph cheaply: large initializers stay in the file as external-data
-    references (:func:`fp16guard.stats_weights.load_graph_only`), node names normalised as in
+    references (:func:`fp16guard.io.lazy_weights.load_graph_only`), node names normalised as in
     :func:`load_model`. For input specs, plans and lineage, where the weights' bytes are not
     needed (their values are read from the file on demand; see ``plan.make_plan(weights_dir=)``).
 
@@ -94,7 +94,7 @@ def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
     Raises:
         ModelError: the file is missing, not a ModelProto, or names a missing weights file.
     """
-    from fp16guard.stats_weights import load_graph_only
+    from fp16guard.io.lazy_weights import load_graph_only
 
     path = Path(path)
     model = load_graph_only(path)
@@ -145,7 +145,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     import shutil
     import tempfile
 
-    from fp16guard import atomic
+    from fp16guard.io import atomic
 
     path = Path(path)
     if model.ByteSize() < PROTOBUF_LIMIT:
@@ -185,10 +185,10 @@ def model_digest(path: str | os.PathLike) -> str:
 def external_data_files(path: str | os.PathLike) -> list[Path]:
     """The external-data files a model references, sorted, as paths (may not exist).
 
-    Reads the graph only (:func:`fp16guard.stats_weights.load_graph_only`): embedded weights are
+    Reads the graph only (:func:`fp16guard.io.lazy_weights.load_graph_only`): embedded weights are
     not loaded, and the references it makes into the model file itself are not external files.
     """
-    from fp16guard.stats_weights import load_graph_only
+    from fp16guard.io.lazy_weights import load_graph_only
 
     path = Path(path)
     return sorted(path.parent / n for n in _external_locations(load_graph_only(path)) - {path.name})

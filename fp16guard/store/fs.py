@@ -1,10 +1,10 @@
 """The store's file-system layer: one small interface over a local folder or any fsspec URL.
 
-The store (``fp16guard.store``) needs six things from a file system, and each has a stated
+The store (``fp16guard.store.runs``) needs six things from a file system, and each has a stated
 atomicity guarantee here:
 
 - ``write_bytes(path, data)``: a reader sees the old object or the whole new one. Local: temporary
-  file + fsync + rename (``fp16guard.atomic``). Object stores: one PUT, which is atomic.
+  file + fsync + rename (``fp16guard.io.atomic``). Object stores: one PUT, which is atomic.
 - ``create_exclusive(path, data) -> bool``: create ``path`` with ``data`` only if it does not
   exist; returns False when it already did. Local: temporary file + ``os.link`` (fails if the
   target exists, so the file appears complete or not at all). S3: a conditional PUT
@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from fp16guard import atomic
+from fp16guard.io import atomic
 from fp16guard.errors import StoreError
-from fp16guard.hashing import sha256_file
+from fp16guard.io.hashing import sha256_file
 
 #: A staging folder untouched this long (seconds) belongs to a dead process: 2 days.
 STALE_STAGING_S = 2 * 24 * 3600.0

@@ -1,4 +1,4 @@
-"""The ``fp16guard`` command line: a thin dispatcher over ``fp16guard.commands.*``.
+"""The ``fp16guard`` command line: a thin dispatcher over ``fp16guard.cli.commands.*``.
 
 Each command module exposes ``register(subparsers)``, which adds its parser and sets
 ``func(args) -> int``. Command modules import heavy libraries (prefect, onnxruntime, pyarrow)
@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"fp16guard.commands.{name}")
+            module = importlib.import_module(f"fp16guard.cli.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"fp16guard.commands.{name}":
+            if exc.name == f"fp16guard.cli.commands.{name}":
                 continue  # command not built yet
             raise
         module.register(sub)

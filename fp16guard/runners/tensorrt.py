@@ -92,7 +92,7 @@ def infer_shard(runner, feeds: Mapping[str, np.ndarray], size: int) -> dict[str,
 
     Works with any runner with ``infer(feeds)`` (TensorRT or onnxruntime).
     """
-    from fp16guard.data import iter_slices
+    from fp16guard.io.shards import iter_slices
 
     parts: dict[str, list[np.ndarray]] = {}
     for chunk in iter_slices(dict(feeds), size):
@@ -106,11 +106,11 @@ def run_holdout(engine_path: str | os.PathLike, refs: Sequence, specs, batch_siz
 
     Args:
         engine_path: the engine to run.
-        refs: :class:`fp16guard.data.ShardRef` objects.
-        specs: the model's inputs (feeds are checked and cast by :func:`fp16guard.data.prepare_feeds`).
+        refs: :class:`fp16guard.io.shards.ShardRef` objects.
+        specs: the model's inputs (feeds are checked and cast by :func:`fp16guard.io.shards.prepare_feeds`).
         batch_size: ``--batch-size``; the model's static batch wins.
     """
-    from fp16guard.data import batch_count, load_shard, prepare_feeds, slice_size
+    from fp16guard.io.shards import batch_count, load_shard, prepare_feeds, slice_size
 
     with TensorRTRunner(engine_path) as runner:
         for ref in refs:

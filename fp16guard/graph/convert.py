@@ -8,9 +8,9 @@ longer map onto the artifact by name.
 Contract of :func:`to_mixed_precision`:
 
 * Requires a valid model whose weights are loaded (FLOAT initializers read by FP16 nodes are
-  converted); node names unique (as :func:`fp16guard.model_io.load_model` makes them).
+  converted); node names unique (as :func:`fp16guard.io.model.load_model` makes them).
 * Returns a new model; the input model is not modified.
-* A node runs in FP16 when it is not in ``fp32_nodes`` and :func:`fp16guard.graph.fp16_slots`
+* A node runs in FP16 when it is not in ``fp32_nodes`` and :func:`fp16guard.graph.info.fp16_slots`
   allows it (subgraph holders, custom domains, untyped values and ops whose schema excludes
   float16 stay FP32 whatever the caller asks). Shape/Size follow their producer's precision.
 * Only FLOAT tensors change type; FLOAT16, BFLOAT16 and DOUBLE tensors are left alone. An FP16
@@ -42,7 +42,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from fp16guard.errors import ConfigError, ModelError
-from fp16guard.graph import (
+from fp16guard.graph.info import (
     NameAllocator,
     all_names,
     fp16_slots,
@@ -52,7 +52,7 @@ from fp16guard.graph import (
     subgraphs,
     tensor_types,
 )
-from fp16guard.model_io import PROTOBUF_LIMIT
+from fp16guard.io.model import PROTOBUF_LIMIT
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 _SUFFIX = {FLOAT: "fp32", FLOAT16: "fp16"}

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Print the run's records; returns 0."""
     from fp16guard.errors import StoreError
-    from fp16guard.store import Store
+    from fp16guard.store.runs import Store
 
     store = Store(args.store)
     name, version = args.name, args.model_version

@@ -14,7 +14,7 @@ The gate fails when any candidate output is non-finite, ``max_rel_error`` exceed
 
 FP16 on the CPU provider (NOTES #1-2): onnxruntime's CPU provider computes most FP16 nodes in
 FP32 and so hides overflow. When the candidate holds FP16 tensors and runs on the CPU provider,
-it is verified through FP16 storage emulation (``fp16guard.emulate.emulate_fp16_storage``): an
+it is verified through FP16 storage emulation (``fp16guard.graph.emulate.emulate_fp16_storage``): an
 FP32 graph whose formerly-FP16 tensors are rounded through FP16, which reproduces overflow. The
 report's ``execution`` field says which was done.
 """
@@ -30,9 +30,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from fp16guard.data import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, shard_context, slice_size
+from fp16guard.io.shards import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, shard_context, slice_size
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
-from fp16guard.model_io import input_specs, load_model
+from fp16guard.io.model import input_specs, load_model
 from fp16guard.settings import VerifySettings
 
 _CPU = "CPUExecutionProvider"
@@ -194,8 +194,8 @@ def _graph_and_source(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.
     path itself for onnxruntime."""
     if isinstance(model, onnx.ModelProto):
         return model, model
-    from fp16guard.model_io import normalize_model
-    from fp16guard.stats_weights import load_graph_only
+    from fp16guard.io.model import normalize_model
+    from fp16guard.io.lazy_weights import load_graph_only
 
     return normalize_model(load_graph_only(model)), str(model)
 
@@ -265,7 +265,7 @@ def verify(
     on_cpu = first == _CPU
     do_emulate = (fp16 and on_cpu) if emulate is None else bool(emulate and fp16)
     if do_emulate:
-        from fp16guard.emulate import emulate_fp16_storage
+        from fp16guard.graph.emulate import emulate_fp16_storage
 
         # No ONNX checker pass here: onnxruntime validates the graph as it loads it a moment
         # later, and the full check costs seconds and a copy of the weights on large models.
@@ -299,7 +299,7 @@ def compare_runners(
     """The comparison loop of :func:`verify`, for any two active runners.
 
     A runner is anything with ``.output_names`` and ``.infer(feeds, output_names) -> dict``
-    (the onnxruntime runner, or :class:`fp16guard.torch_fp16.TorchRunner` for real FP16 on a
+    (the onnxruntime runner, or :class:`torch_fp16.TorchRunner` for real FP16 on a
     GPU). Feeds are prepared against each model's own input specs.
 
     Returns:
@@ -387,7 +387,7 @@ def verify_mixed(
     Returns:
         ``(mixed_model, report)``; the report as from :func:`verify`.
     """
-    from fp16guard.convert import to_mixed_precision
+    from fp16guard.graph.convert import to_mixed_precision
 
     ref_model = _as_model(reference)
     mixed = to_mixed_precision(ref_model, set(fp32_nodes))

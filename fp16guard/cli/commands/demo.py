@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fp16guard.commands.run import add_run_arguments
+from fp16guard.cli.commands.run import add_run_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,10 +41,10 @@ def prepare(example: str, workdir: str | Path) -> dict:
 
 def naive_fp16_verdict(model_path: str, holdout: str) -> dict:
     """Verify the all-FP16 build of the model (what a plain converter gives) on ``holdout``."""
-    from fp16guard.convert import to_mixed_precision
-    from fp16guard.data import discover_shards
-    from fp16guard.model_io import load_model
-    from fp16guard.verify import verify
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.io.model import load_model
+    from fp16guard.verify.compare import verify
 
     model = load_model(model_path)
     return verify(model, to_mixed_precision(model, set()), discover_shards([holdout], "holdout"))
@@ -52,7 +52,7 @@ def naive_fp16_verdict(model_path: str, holdout: str) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     """Prepare the example, run the flow, print where everything is."""
-    from fp16guard.commands.run import execute
+    from fp16guard.cli.commands.run import execute
     from fp16guard.settings import RunParameters, parse_parameters
 
     paths = prepare(args.example, args.workdir)

@@ -37,7 +37,7 @@ def _num(value, fmt: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Print the history; returns 0."""
-    from fp16guard.store import Store
+    from fp16guard.store.runs import Store
 
     store = Store(args.store)
     rows = store.history(args.name, args.model_version)

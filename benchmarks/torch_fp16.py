@@ -6,7 +6,7 @@ PyTorch. Every tensor keeps the element type the graph gives it: FP16 initialize
 ``Cast`` changes types, and each op runs on the dtypes of its inputs, so on CUDA an FP16 node runs
 real FP16 kernels (cuBLAS half GEMMs round their outputs to FP16 and overflow to inf) and an FP32
 island runs in FP32. That is what a mixed-precision model does on an FP16 runtime, and what FP16
-storage emulation (``fp16guard.emulate``) claims to reproduce on the CPU.
+storage emulation (``fp16guard.graph.emulate``) claims to reproduce on the CPU.
 
 Scope: the main graph of models built from the ops in :data:`SUPPORTED_OPS` (the examples and
 typical CNN/MLP/transformer graphs as PyTorch exports them, including Mod, ArgMax/ArgMin, Einsum,
@@ -35,7 +35,7 @@ def _torch():
     try:
         import torch
     except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise ImportError("fp16guard.torch_fp16 needs PyTorch (pip install torch); it is not an fp16guard dependency") from exc
+        raise ImportError("torch_fp16 needs PyTorch (pip install torch); it is not an fp16guard dependency") from exc
     return torch
 
 
@@ -674,7 +674,7 @@ class TorchRunner:
         self.model = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
         bad = unsupported_ops(self.model)
         if bad:
-            raise UnsupportedOpError(f"fp16guard.torch_fp16 cannot run {len(bad)} node(s): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+            raise UnsupportedOpError(f"torch_fp16 cannot run {len(bad)} node(s): {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
         self.device = device
         self._consts: dict | None = None
         self._ctx: _Context | None = None

@@ -10,7 +10,7 @@ it away at any optimisation level (``tests/test_emulate.py`` checks level "all")
 Contract of :func:`emulate_fp16_storage`:
 
 * Requires a valid model (weights loaded); typically the output of
-  :func:`fp16guard.convert.to_mixed_precision`. Returns a new model; the input is not modified.
+  :func:`fp16guard.graph.convert.to_mixed_precision`. Returns a new model; the input is not modified.
 * FLOAT16 initializers, Constant/ConstantOfShape values and ``dtype`` attributes become FLOAT
   (exact: every FP16 value is an FP32 value).
 * Every FLOAT16 tensor produced by a node is now produced in FLOAT under the name
@@ -33,14 +33,14 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from fp16guard.errors import ModelError
-from fp16guard.graph import (
+from fp16guard.graph.info import (
     NameAllocator,
     all_names,
     graph_elem_types,
     inferred_skeleton,
     rename_outer_refs,
 )
-from fp16guard.model_io import PROTOBUF_LIMIT
+from fp16guard.io.model import PROTOBUF_LIMIT
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 #: Ops whose FLOAT outputs hold exactly the (already FP16) values of an attribute: no rounding.

@@ -62,7 +62,7 @@ from typing import Any
 
 from fp16guard.errors import StoreError
 from fp16guard.settings import check_segment
-from fp16guard.store_fs import LocalFS, RemoteFS, open_fs
+from fp16guard.store.fs import LocalFS, RemoteFS, open_fs
 
 STORE_ENV = "FP16GUARD_STORE"
 DEFAULT_STORE = "./fp16guard-store"
@@ -288,14 +288,14 @@ class Store:
 
     # ----------------------------------------------------------------- audit
     def verify_run(self, name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
-        """Re-hash a run's files; see :func:`fp16guard.store_audit.verify_run`."""
-        from fp16guard.store_audit import verify_run
+        """Re-hash a run's files; see :func:`fp16guard.store.audit.verify_run`."""
+        from fp16guard.store.audit import verify_run
 
         return verify_run(self, name, version, run_id, check_inputs=check_inputs)
 
     def history(self, name: str, version: str | None = None) -> list[dict]:
-        """Rows describing every run; see :func:`fp16guard.store_audit.history`."""
-        from fp16guard.store_audit import history
+        """Rows describing every run; see :func:`fp16guard.store.audit.history`."""
+        from fp16guard.store.audit import history
 
         return history(self, name, version)
 
@@ -344,7 +344,7 @@ class StagedRun:
         """
         if self.committed is not None:
             raise StoreError(f"run {self.run_id} is already committed; a committed run cannot be written again")
-        from fp16guard.lineage import output_records
+        from fp16guard.store.lineage import output_records
 
         files = output_records(self.path, exclude=(STATUS_FILE,))
         status = {
@@ -359,7 +359,7 @@ class StagedRun:
         store, run_dir = self.store, self.store._run_dir(self.name, self.version, self.run_id)
         taken = StoreError(f"run {self.name}/{self.version}/{self.run_id} already exists in {store.url}; runs are never overwritten")
         if isinstance(store.fs, LocalFS):
-            from fp16guard import atomic
+            from fp16guard.io import atomic
 
             atomic.write_bytes(self.path / STATUS_FILE, _json_bytes(status))
             try:

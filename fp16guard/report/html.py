@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page per run that people would rather look at than read.
 
 The page has no external URL (no scripts, fonts, styles or images fetched): the chart is an inline
-SVG (``fp16guard.report_chart``), the styles are inline. Sections: verdict and key figures; the
+SVG (``fp16guard.report.chart``), the styles are inline. Sections: verdict and key figures; the
 chart of max |x| per tensor in graph order (log scale, threshold and 65504 marked, tensors touching
 FP32 nodes highlighted); the FP32 nodes with their reasons; the tensors nearest the limit; the
 verification table; lineage (inputs, versions, device) with the full manifest folded away.
@@ -16,7 +16,7 @@ from html import escape
 from typing import Any
 
 from fp16guard import FP16_MAX
-from fp16guard.report_chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
+from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
 
 _QUOTED = re.compile(r"input '([^']+)'")  # plan details name the inputs that triggered a rule
 _TOP_TENSORS = 15

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from fp16guard.errors import StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fp16guard.store import Store
+    from fp16guard.store.runs import Store
 
 _STATUS_WORDS = {"verified": "passed", "rejected": "rejected"}
 
@@ -129,13 +129,13 @@ def _hash_location(location: str) -> str:
     if "://" not in base or base.startswith("file://"):
         path = base[len("file://") :] if base.startswith("file://") else base
         if index:
-            from fp16guard.data import ShardRef, shard_digest
+            from fp16guard.io.shards import ShardRef, shard_digest
 
             if not os.path.exists(path):
                 raise FileNotFoundError(path)
             return shard_digest(ShardRef(name=location, path=path, index=int(index)))
         if path.endswith(".onnx"):
-            from fp16guard.model_io import model_digest
+            from fp16guard.io.model import model_digest
 
             if not os.path.exists(path):
                 raise FileNotFoundError(path)

@@ -15,11 +15,11 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
-from fp16guard import data
+from fp16guard.io import shards as data
 from fp16guard.errors import NonFiniteError
-from fp16guard.instrument import TensorInfo, float_tensors, instrument, output_names
-from fp16guard.model_io import input_specs, normalize_model
-from fp16guard.stats_schema import (  # noqa: F401  (re-exported: the public stats API lives here)
+from fp16guard.graph.instrument import TensorInfo, float_tensors, instrument, output_names
+from fp16guard.io.model import input_specs, normalize_model
+from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public stats API lives here)
     SHARD_SCHEMA,
     STATS_SCHEMA,
     read_shard_stats,
@@ -34,7 +34,7 @@ class StatsSession:
     """One instrumented onnxruntime session that measures many shards.
 
     The model's weights are never copied into Python: the graph is read with
-    :func:`fp16guard.stats_weights.load_graph_only` and onnxruntime reads the weights from the
+    :func:`fp16guard.io.lazy_weights.load_graph_only` and onnxruntime reads the weights from the
     model file (see that module for why).
 
     Args:
@@ -49,7 +49,7 @@ class StatsSession:
     """
 
     def __init__(self, model_path: str | os.PathLike, batch_size: int | None = None, providers: list[str] | None = None):
-        from fp16guard.stats_weights import load_graph_only
+        from fp16guard.io.lazy_weights import load_graph_only
 
         self.model_path = Path(model_path)
         self.batch_size = batch_size

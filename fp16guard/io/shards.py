@@ -19,8 +19,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fp16guard.errors import DataError, NonFiniteError
-from fp16guard.hashing import sha256_file
-from fp16guard.model_io import InputSpec
+from fp16guard.io.hashing import sha256_file
+from fp16guard.io.model import InputSpec
 
 
 @dataclass(frozen=True)

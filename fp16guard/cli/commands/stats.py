@@ -40,9 +40,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``fp16guard stats``. Returns 0; raises UserError subclasses on bad input."""
-    from fp16guard.data import discover_shards
+    from fp16guard.io.shards import discover_shards
     from fp16guard.progress import Progress
-    from fp16guard.stats import StatsSession, write_stats_files
+    from fp16guard.stats.collect import StatsSession, write_stats_files
 
     shards = discover_shards(args.calib, "calibration")
     tables = []

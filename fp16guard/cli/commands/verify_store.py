@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Print the verdict; returns 0 (all match) or 1 (problems)."""
-    from fp16guard.store import Store
+    from fp16guard.store.runs import Store
 
     store = Store(args.store)
     run_id = args.run_id or (store.current_release(args.name, args.model_version) or {}).get("run_id")

@@ -28,8 +28,8 @@ from typing import Sequence
 import onnx
 from onnx import TensorProto, helper
 
-from fp16guard.graph import tensor_types as graph_tensor_types
-from fp16guard.model_io import FLOAT_TYPES
+from fp16guard.graph.info import tensor_types as graph_tensor_types
+from fp16guard.io.model import FLOAT_TYPES
 
 #: Prefix of every name the instrumentation adds (outputs, nodes, initializers).
 PREFIX = "fp16guard_stats"
@@ -65,7 +65,7 @@ def output_names(info_index: int) -> tuple[str, str, str]:
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every typed tensor of the main graph (inputs, initializers, node outputs).
 
-    :func:`fp16guard.graph.tensor_types` (ONNX type inference on a weightless copy), plus the
+    :func:`fp16guard.graph.info.tensor_types` (ONNX type inference on a weightless copy), plus the
     outputs of Constant nodes typed by their value where inference left them untyped. Tensors
     whose type cannot be inferred (unknown custom ops) are missing from the result.
     """

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fp16guard.hashing import sha256_file
+from fp16guard.io.hashing import sha256_file
 
 #: Bumped when the manifest's shape changes incompatibly.
 MANIFEST_SCHEMA = 1
@@ -58,8 +58,8 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def output_records(run_dir: str | os.PathLike, exclude: tuple[str, ...] = ("manifest.json",)) -> dict[str, dict]:
     """sha256 and size of every file of a run folder (the files the store publishes, see
-    :func:`fp16guard.store.run_files`), keyed by relative POSIX path, minus ``exclude``."""
-    from fp16guard.store import run_files
+    :func:`fp16guard.store.runs.run_files`), keyed by relative POSIX path, minus ``exclude``."""
+    from fp16guard.store.runs import run_files
 
     root = Path(run_dir)
     return {rel: file_record(root / rel) for rel in run_files(root) if rel not in exclude}

@@ -13,7 +13,7 @@ import os
 
 import pyarrow as pa
 
-from fp16guard.atomic import atomic_path
+from fp16guard.io.atomic import atomic_path
 from fp16guard.errors import DataError
 
 _TENSOR_FIELDS = [
