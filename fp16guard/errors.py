@@ -49,3 +49,15 @@ class VerificationFailed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.report = report or {}
+
+
+class EnvironmentFailure(Exception):
+    """The environment failed, not the model or the data (exit status 3).
+
+    A Prefect server that does not start or stops answering, a store that cannot be read or
+    written (read-only, disk full, a path that is a file), a lock held by a process that is gone
+    and cannot be cleared. The CLI prints the message on one line and exits with status 3, so a
+    CI job never reads an infrastructure problem as a rejected model (status 1) or bad input (2).
+    """
+
+    exit_code = 3

@@ -5,7 +5,7 @@ Each command module exposes ``register(subparsers)``, which adds its parser and 
 inside ``func``, so ``fp16guard stats`` never pays for importing Prefect.
 
 Exit status: 0 success / verified, 1 verification failed, 2 bad input (one line on stderr,
-no traceback, no artifact).
+no traceback, no artifact), 3 environment failure (Prefect server or store unavailable; one line).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script. Returns (and exits with) the exit status."""
-    from fp16guard.errors import UserError
+    from fp16guard.errors import EnvironmentFailure, UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with one usage line on bad flags
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
-    except UserError as exc:
+    except (UserError, EnvironmentFailure) as exc:
         print(f"fp16guard: error: {exc}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
