@@ -18,7 +18,7 @@ from typing import Any
 from fp16guard import FP16_MAX
 from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
 
-_QUOTED = re.compile(r"input '([^']+)'")  # plan details name the inputs that triggered a rule
+_QUOTED = re.compile(r"input '([^']+)'")  # how plans without "inputs" named the inputs that triggered a rule
 _TOP_TENSORS = 15
 
 _CSS = """
@@ -61,8 +61,10 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
     threshold = plan.get("threshold")
     fp32_nodes = [n for n in plan.get("fp32_nodes") or [] if isinstance(n, dict)]
     fp32_out = {o for n in fp32_nodes for o in n.get("outputs") or []}
+    # Plans record every input of an FP32 node ("inputs"); plans written before that only named
+    # the inputs that triggered a rule, in their sentences.
     fp32_in = {i for n in fp32_nodes for i in (n.get("inputs") or [])}
-    fp32_in |= {m for n in fp32_nodes for d in n.get("details") or [] for m in _QUOTED.findall(str(d))}
+    fp32_in |= {m for n in fp32_nodes if "inputs" not in n for d in n.get("details") or [] for m in _QUOTED.findall(str(d))}
     fp32_in -= fp32_out
 
     title = " / ".join(str(manifest[k]) for k in ("name", "version") if manifest.get(k)) or "fp16guard run"
