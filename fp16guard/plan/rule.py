@@ -47,7 +47,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import onnx
 import pyarrow as pa
@@ -137,6 +137,7 @@ class PlanContext:
         graph_inputs: names of the graph inputs.
         initializers: float initializers that are not graph inputs, by name.
         constants: Constant/ConstantOfShape nodes by the name of their output.
+        producers: every main-graph node by the name of each of its outputs.
         columns: the statistics table's column names.
     """
 
@@ -159,11 +160,13 @@ class PlanContext:
         self.graph_inputs = {v.name for v in graph.input}
         self.initializers = {t.name: t for t in graph.initializer if t.name not in self.graph_inputs and t.data_type in FLOAT_TYPES}
         self.constants = {o: n for n in graph.node if n.op_type in CONSTANT_OPS for o in n.output if o}
+        self.producers = {o: n for n in graph.node for o in n.output if o}
         self.columns = list(stats.column_names)
         self._stats = {row["tensor"]: row for row in stats.to_pylist()}
         self._values: dict[str, ValueSummary | None] = {}
         self._slots: dict[int, Fp16Slots] = {}
         self._regex: dict[str, re.Pattern] = {}
+        self._memo: dict[tuple, Any] = {}
 
     def stats(self, name: str) -> TensorStats | None:
         """The statistics row of tensor ``name``; None when it was not measured."""
@@ -206,6 +209,15 @@ class PlanContext:
         if key not in self._values:
             self._values[key] = constant_value(self.constants[output])
         return self._values[key]
+
+    def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` for this plan (rules share results across nodes).
+
+        Keys should start with the rule's module name to stay apart from other rules' keys.
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
 
     def regex(self, pattern: str) -> re.Pattern:
         """``re.compile(pattern)``, cached."""

@@ -11,6 +11,7 @@ from typing import Sequence
 from fp16guard.plan.rule import Rule
 from fp16guard.plan.rules.activation_range import ActivationRangeRule
 from fp16guard.plan.rules.initializer_range import InitializerRangeRule
+from fp16guard.plan.rules.initializer_underflow import InitializerUnderflowRule
 from fp16guard.plan.rules.structural import StructuralRule
 from fp16guard.plan.rules.user_overrides import UserOverridesRule
 
@@ -22,6 +23,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     UserOverridesRule(),
     InitializerRangeRule(),
     ActivationRangeRule(),
+    InitializerUnderflowRule(),
 )
 
 
