@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
-
 from prefect import task
 
 from fp16guard.io import atomic
+from fp16guard.records import Manifest, VerificationReport, write_json
 from fp16guard.settings import RunParameters
 from tasks.inputs import calib_records
 
@@ -35,8 +34,9 @@ def discard_run(staged: dict) -> None:
 
 @task(name="write-verification")
 def write_verification_task(verification: dict, out_dir: str) -> str:
-    """Write ``verification.json`` (atomically) and return its path."""
-    return str(atomic.write_json(Path(out_dir) / "verification.json", verification))
+    """Write ``verification.json`` (atomically, strict JSON, through its typed record) and
+    return its path."""
+    return str(write_json(Path(out_dir) / "verification.json", VerificationReport.from_dict(verification)))
 
 
 @task(name="publish-run")
@@ -60,17 +60,19 @@ def publish_run_task(
 
     Returns:
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
-        "fp32_nodes", "worst_rel_error", "report"}``.
+        "fp32_nodes", "worst_rel_error", "report"}``; ``worst_rel_error`` as
+        :func:`fp16guard.records.worst_rel_error` defines it (``inf`` when an output is NaN/inf).
     """
     from fp16guard.store.lineage import build_manifest, file_record, output_records
     from fp16guard.store.runs import StagedRun, open_store
 
     out = Path(staged["dir"])
-    passed = bool(verification.get("passed"))
+    record = VerificationReport.from_dict(verification)
+    passed = record.passed
     calibration = [
         {**rec, "computed_by": r["computed_by"], "computed_at": r["computed_at"]} for rec, r in zip(calib_records(calib), shard_results)
     ]
-    manifest = build_manifest(
+    manifest = Manifest.from_dict(build_manifest(
         run_id=staged["run_id"],
         name=params.name,
         version=params.version,
@@ -85,12 +87,12 @@ def publish_run_task(
         trigger=context["trigger"],
         backend=backend,
         providers=verification.get("providers"),
-    )
+    ))
     # The report shows the lineage, so it is rendered from the manifest; its own hash is then
     # added to the manifest's outputs (and status.json records every file as well).
-    write_report(out, plan, verification, manifest)
-    manifest["outputs"]["report.html"] = file_record(out / "report.html")
-    atomic.write_json(out / "manifest.json", manifest)
+    write_report(out, plan, record.to_dict(), manifest.to_dict())
+    manifest.add_output("report.html", file_record(out / "report.html"))
+    write_json(out / "manifest.json", manifest)
 
     store = open_store(store_url)
     run = StagedRun(store, staged["name"], staged["version"], staged["run_id"], out)
@@ -108,7 +110,7 @@ def publish_run_task(
         "release_reason": release_reason,
         "reason": verification.get("reason"),
         "fp32_nodes": len(plan.get("fp32_nodes", [])),
-        "worst_rel_error": _worst(verification),
+        "worst_rel_error": record.worst_rel_error,
         "report": f"{ref.url}/report.html",
     }
 
@@ -121,7 +123,3 @@ def write_report(out: Path, plan: dict, verification: dict, manifest: dict) -> N
     html = render_report(read_stats(out / "stats.parquet"), plan, verification, manifest)
     atomic.write_text(out / "report.html", html)
 
-
-def _worst(verification: dict) -> Any:
-    errors = [o.get("max_rel_error") for o in verification.get("outputs", {}).values() if o.get("max_rel_error") is not None]
-    return max(errors) if errors else None

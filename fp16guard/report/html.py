@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from fp16guard import FP16_MAX
+from fp16guard.records.verification import VerificationReport, worst_rel_error
 from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
 
 _QUOTED = re.compile(r"input '([^']+)'")  # how plans without "inputs" named the inputs that triggered a rule
@@ -56,7 +57,10 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
     Returns:
         The HTML document as a string (the caller writes it, atomically).
     """
-    plan, verification, manifest = plan or {}, verification or {}, manifest or {}
+    plan, manifest = plan or {}, manifest or {}
+    # Through the typed record: a NaN output shows no error figure, and the worst error is the
+    # one definition every view uses.
+    verification = VerificationReport.from_dict(verification).to_dict() if verification else {}
     rows = _rows(stats_table)
     threshold = plan.get("threshold")
     fp32_nodes = [n for n in plan.get("fp32_nodes") or [] if isinstance(n, dict)]
@@ -147,13 +151,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def _cards(rows: list[dict], plan: dict, fp32_nodes: list, verification: dict, threshold: Any) -> str:
     finite = [r["max_abs"] for r in rows if isinstance(r.get("max_abs"), (int, float)) and math.isfinite(r["max_abs"])]
     above = sum(1 for v in finite if threshold and v > threshold)
-    errors = [o.get("max_rel_error") for o in (verification.get("outputs") or {}).values() if isinstance(o, dict) and isinstance(o.get("max_rel_error"), (int, float))]
+    worst = worst_rel_error(verification)
     cards = [
         (len(rows), "tensors measured"),
         (f"{max(finite):.4g}" if finite else "—", "largest max |x|"),
         (above, f"tensors above threshold {threshold:g}" if threshold else "tensors above threshold"),
         (len(fp32_nodes), f"FP32 nodes (of {plan['counts'].get('fp32', 0) + plan['counts'].get('fp16', 0)} with float tensors)" if isinstance(plan.get("counts"), dict) and "fp16" in plan["counts"] else "FP32 nodes"),
-        (f"{max(errors):.3g}" if errors else "—", "worst relative error"),
+        ("—" if worst is None else f"{worst:.3g}", "worst relative error"),
     ]
     return '<div class="cards">' + "".join(f"<div class=card><b>{escape(str(v))}</b><span>{escape(label)}</span></div>" for v, label in cards) + "</div>"
 

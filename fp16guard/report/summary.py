@@ -9,6 +9,7 @@ import re
 import pyarrow as pa
 
 from fp16guard import FP16_MAX
+from fp16guard.records.verification import VerificationReport
 
 
 def artifact_key(name: str, version: str, kind: str) -> str:
@@ -43,7 +44,9 @@ def tensors_near_limit(stats: pa.Table, threshold: float, fp32_nodes: set[str], 
 def summary_markdown(name: str, version: str, result: dict, plan: dict, verification: dict, stats: pa.Table) -> str:
     """Markdown summary of one run: verdict, release, FP32 nodes with reasons, worst tensors,
     verification figures."""
-    verdict = "✅ verified" if verification.get("passed") else "❌ rejected"
+    record = VerificationReport.from_dict(verification)
+    verdict = "✅ verified" if record.passed else "❌ rejected"
+    worst = record.worst_rel_error
     lines = [
         f"# {name} {version} — {verdict}",
         "",
@@ -52,11 +55,12 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
         f"- threshold: {plan.get('threshold')} (FP16 max {FP16_MAX:g})",
         f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes', '?')}",
     ]
-    if verification.get("reason"):
-        lines.append(f"- reason: {verification['reason']}")
+    lines.append(f"- worst relative error: {_fmt(worst)}")
+    if record.reason:
+        lines.append(f"- reason: {record.reason}")
     lines += ["", "## Verification against FP32", "", "| output | max abs error | max rel error | cosine | non-finite |", "|---|---|---|---|---|"]
-    for out, fig in verification.get("outputs", {}).items():
-        lines.append(f"| `{out}` | {_fmt(fig.get('max_abs_error'))} | {_fmt(fig.get('max_rel_error'))} | {_fmt(fig.get('cosine'))} | {fig.get('nonfinite', 0)} |")
+    for out, fig in record.outputs.items():
+        lines.append(f"| `{out}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} |")
     lines += ["", "## Nodes kept in FP32", "", "| node | op | reason |", "|---|---|---|"]
     for node in plan.get("fp32_nodes", [])[:50]:
         detail = "; ".join(node.get("details", [])[:2])

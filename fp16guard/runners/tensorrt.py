@@ -15,15 +15,18 @@ import numpy as np
 
 from fp16guard.backends.tensorrt.env import require_tensorrt
 from fp16guard.errors import DataError, ModelError
+from fp16guard.runners.base import RunnerBase
+
+__all__ = ["TensorRTRunner", "infer_shard", "run_holdout"]
 
 
-class TensorRTRunner:
+class TensorRTRunner(RunnerBase):
     """One deserialized engine and execution context, opened and closed as a context manager.
 
     Args:
         engine_path: a ``model.engine`` written by :func:`.build.build_engine`.
 
-    Raises (on enter):
+    Raises (on activate / enter):
         TensorRTUnavailable: no tensorrt module.
         ModelError: the file is missing or not an engine this TensorRT can load.
     """
@@ -34,7 +37,10 @@ class TensorRTRunner:
         self.output_names: list[str] = []
         self.input_names: list[str] = []
 
-    def __enter__(self) -> "TensorRTRunner":
+    def activate(self) -> None:
+        """Deserialize the engine and create its execution context (idempotent)."""
+        if self._runner is not None:
+            return
         trt = require_tensorrt()
         from polygraphy.backend.trt import EngineFromPath, TrtRunner
         from polygraphy.exception import PolygraphyException
@@ -51,9 +57,9 @@ class TensorRTRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
+        """Release the engine and its device buffers (idempotent)."""
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
