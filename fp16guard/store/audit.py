@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -198,17 +197,11 @@ def _row(store: "Store", name: str, version: str, run_id: str, current: str | No
 
 
 def worst_rel_error(verification: dict) -> float | None:
-    """Largest ``max_rel_error`` over the outputs of a verification report (inf if any is non-finite)."""
-    worst = None
-    for figures in (verification.get("outputs") or {}).values():
-        if not isinstance(figures, dict):
-            continue
-        value = figures.get("max_rel_error")
-        if figures.get("nonfinite"):
-            value = math.inf
-        if isinstance(value, (int, float)) and (worst is None or not value <= worst):
-            worst = float(value)
-    return worst
+    """The run's worst relative error, as :func:`fp16guard.records.worst_rel_error` defines it
+    for every view (``inf`` when an output is NaN/inf or could not be compared)."""
+    from fp16guard.records.verification import worst_rel_error as _worst
+
+    return _worst(verification)
 
 
 def _safe_json(store: "Store", name: str, version: str, run_id: str, filename: str) -> dict:

@@ -3,9 +3,11 @@
 Figures per output (accumulated shard by shard and slice by slice, so memory does not grow with
 the number of shards or samples):
 
-- float outputs: ``max_abs_error`` (over finite candidate values), ``max_rel_error`` =
-  max_abs_error / max |fp32| of that output over all samples, ``cosine`` similarity of the
-  flattened outputs (all samples), ``nonfinite`` values in the candidate, ``ref_max_abs``.
+- float outputs: ``max_abs_error``, ``max_rel_error`` = max_abs_error / max |fp32| of that
+  output over all samples, ``cosine`` similarity of the flattened outputs (all samples),
+  ``nonfinite`` values in the candidate, ``ref_max_abs``. A candidate holding any NaN/inf has no
+  bounded error: its ``max_abs_error``, ``max_rel_error`` and ``cosine`` are None (JSON null),
+  never a finite number (:class:`fp16guard.records.OutputFigures`).
 - integer and boolean outputs: ``mismatch_fraction`` (elements that differ / elements).
 
 The gate fails when any candidate output is non-finite, ``max_rel_error`` exceeds
@@ -33,6 +35,7 @@ from onnx import TensorProto
 from fp16guard.io.shards import ShardRef, batch_count, iter_slices, load_shard, prepare_feeds, shard_context, slice_size
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
 from fp16guard.io.model import input_specs, load_model
+from fp16guard.records.verification import OutputFigures, VerificationReport
 from fp16guard.settings import VerifySettings
 
 _CPU = "CPUExecutionProvider"
@@ -75,27 +78,28 @@ class _FloatStats:
             self.cand_sq += float(np.dot(c, c))
 
     def figures(self) -> dict:
+        # A candidate holding NaN/inf has no bounded error: OutputFigures sets max_abs_error,
+        # max_rel_error and cosine to None for it (a figure over the finite values alone would
+        # read 0.0, perfect, for an all-NaN output).
         rel = self.max_abs_error / self.ref_max_abs if self.ref_max_abs > 0 else (0.0 if self.max_abs_error == 0 else math.inf)
-        if self.nonfinite:
-            cosine = None  # undefined: the candidate holds NaN/inf
-        elif self.ref_sq == 0 and self.cand_sq == 0:
+        if self.ref_sq == 0 and self.cand_sq == 0:
             cosine = 1.0
         elif self.ref_sq == 0 or self.cand_sq == 0:
             cosine = 0.0
         else:
             cosine = self.dot / math.sqrt(self.ref_sq * self.cand_sq)
             cosine = max(-1.0, min(1.0, cosine))
-        return {
-            "kind": "float",
-            "dtype": self.dtype,
-            "elements": self.elements,
-            "nonfinite": self.nonfinite,
-            "max_abs_error": self.max_abs_error,
-            "max_rel_error": _json_float(rel),
-            "cosine": cosine,
-            "ref_max_abs": self.ref_max_abs,
-            "candidate_max_abs": self.cand_max_abs,
-        }
+        return OutputFigures(
+            kind="float",
+            dtype=self.dtype,
+            elements=self.elements,
+            nonfinite=self.nonfinite,
+            max_abs_error=self.max_abs_error,
+            max_rel_error=rel,
+            cosine=cosine,
+            ref_max_abs=self.ref_max_abs,
+            candidate_max_abs=self.cand_max_abs,
+        ).to_dict()
 
 
 @dataclass
@@ -120,11 +124,6 @@ class _ExactStats:
         }
 
 
-def _json_float(value: float) -> float | None:
-    # verification.json must be strict JSON: no Infinity/NaN tokens.
-    return value if math.isfinite(value) else None
-
-
 # --------------------------------------------------------------------------------------------
 # gate
 
@@ -145,7 +144,8 @@ def _judge(name: str, fig: dict, settings: VerifySettings) -> list[tuple[float, 
     if rel is None or rel > settings.max_rel_error:
         shown = "inf" if rel is None else f"{rel:.4g}"
         ratio = 1e9 if rel is None else rel / settings.max_rel_error
-        fails.append((1e9 + ratio, f"output '{name}': max relative error {shown} > {settings.max_rel_error:g} (max abs error {fig['max_abs_error']:.4g}, FP32 max |x| {fig['ref_max_abs']:.4g})"))
+        abs_err = "inf" if fig["max_abs_error"] is None else f"{fig['max_abs_error']:.4g}"
+        fails.append((1e9 + ratio, f"output '{name}': max relative error {shown} > {settings.max_rel_error:g} (max abs error {abs_err}, FP32 max |x| {fig['ref_max_abs']:.4g})"))
     cos = fig["cosine"]
     if cos is not None and cos < settings.min_cosine:
         fails.append((1e9 + (1 - cos) / max(1e-12, 1 - settings.min_cosine), f"output '{name}': cosine similarity {cos:.6g} < {settings.min_cosine:g}"))
@@ -346,14 +346,15 @@ def compare_runners(
     reason = None
     if failures:
         reason = failures[0][1] + (f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else "")
-    return {
+    # Through the typed record, so verification.json has one shape and one non-finite rule.
+    return VerificationReport.from_dict({
         "passed": not failures,
         "reason": reason,
         "outputs": outputs,
         "samples": samples,
         "shards": [r.name for r in holdout],
         "tolerances": settings.model_dump(),
-    }
+    }).to_dict()
 
 
 def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray) -> None:

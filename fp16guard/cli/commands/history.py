@@ -8,7 +8,6 @@ relative error, trigger), then the release history of each version. ``--json`` p
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
 
@@ -20,13 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
     p.set_defaults(func=main)
-
-
-def _jsonable(value):
-    # JSON has no inf/NaN; a non-finite worst error (an output went non-finite) is written as a string.
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def _num(value, fmt: str) -> str:
@@ -44,7 +36,10 @@ def main(args: argparse.Namespace) -> int:
     versions = sorted({r["version"] for r in rows}) if not args.model_version else [args.model_version]
     releases = {v: store.release_history(args.name, v) for v in versions}
     if args.json:
-        print(json.dumps({"store": store.url, "name": args.name, "runs": [{k: _jsonable(v) for k, v in r.items()} for r in rows], "releases": releases}, indent=2))
+        from fp16guard.records import dumps
+
+        # Strict JSON: a non-finite worst error (an output went NaN/inf) is the string "inf".
+        print(dumps({"store": store.url, "name": args.name, "runs": rows, "releases": releases}, indent=2, sort_keys=False))
         return 0
     if not rows:
         print(f"{args.name}/{args.model_version}: no runs in {store.url}")

@@ -7,7 +7,6 @@ With ``--json`` the last line on stdout is a JSON object with at least ``run_dir
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -99,7 +98,10 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     summary = {k: v for k, v in result.items() if not k.startswith("_")}
     print_summary(summary)
     if as_json:
-        print(json.dumps(summary, sort_keys=True, default=str))
+        from fp16guard.records import dumps
+
+        # Strict JSON: an unbounded worst error is the string "inf", never Infinity or a number.
+        print(dumps(summary))
     return 0 if summary.get("passed") else 1
 
 
