@@ -92,7 +92,9 @@ def model_resource(kind: str, name: str, version: str) -> dict[str, str]:
 
 def is_url(location: str) -> bool:
     """True for fsspec-style URLs (``s3://...``), which are passed on unchecked."""
-    return "://" in location
+    from fp16guard.io.urls import has_scheme
+
+    return has_scheme(location)
 
 
 def _absolute(location: str) -> str:

@@ -1,22 +1,272 @@
-"""Cache policies for fp16guard tasks: keys from content digests, never from paths.
+"""Cache policies for fp16guard tasks: keys from content digests, results that cannot run code,
+locks that cannot outlive their holder.
 
-NOTES #11–12: Prefect's DEFAULT policy includes the run id (no reuse across runs), a ``Path``
-argument is hashed by its string, and concurrent identical runs all execute unless the policy is
-SERIALIZABLE with a lock manager. So every cached task here takes content digests as arguments,
-excludes the path-like arguments from the key, adds the task's source, and locks on the key.
+Prefect facts this rests on (docs/ARCHITECTURE.md, measured on Prefect 3.9): the DEFAULT policy
+includes the run id (no reuse across runs), a ``Path`` argument is hashed by its string, and
+concurrent identical runs all execute unless the policy is SERIALIZABLE with a lock manager. So
+every cached task here takes content digests as arguments, excludes the path-like arguments from
+the key, adds the task's source and the source of the library code it runs (:func:`code_digest`),
+and locks on the key.
+
+Three things Prefect does not give us, built here:
+
+- **No code from the cache.** Prefect stores a result as a payload plus a metadata record that
+  *names the serializer* used to read it back; its default is cloudpickle, and even its JSON
+  serializer loads an encoder/decoder by qualified name taken from that record. Anyone who can
+  write to a shared store could make every worker run code. Here results are written by
+  :class:`SafeSerializer` (JSON, with Arrow tables as Arrow IPC streams: data only), and the
+  metadata records are read through :class:`_VerifiedRecords`, which refuses any record that
+  names another serializer or whose payload's sha256 differs from the one recorded beside the
+  key. A refused record reads as a cache miss (logged), so the result is recomputed and the
+  entry rewritten.
+- **Locks that end with their holder.** :class:`LeaseLockManager` adapts
+  :class:`fp16guard.store.locks.LeaseLocks` (holder pid, host and start time; an expiry renewed
+  while the holder lives; a bounded wait that says what it waits for).
+- **Keys that see every dependency.** :func:`code_digest` hashes the source of every
+  ``fp16guard`` module in the static import closure of the modules named.
 """
 
 from __future__ import annotations
 
+import ast
+import base64
 import hashlib
-import importlib
-import inspect
+import importlib.util
+import json
+import logging
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
+from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.cache_policies import TASK_SOURCE, Inputs
-from prefect.locking.filesystem import FileSystemLockManager
+from prefect.exceptions import SerializationError
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.locking.protocol import LockManager
+from prefect.serializers import Serializer
+
+from fp16guard.io.urls import is_remote, local_path, protocol
+from fp16guard.store.locks import LeaseLocks
+
+__all__ = ["cached", "code_digest", "import_closure", "lock_dir_for", "LeaseLockManager", "SafeSerializer", "DIGEST_FIELD"]
+
+_log = logging.getLogger("fp16guard.cache")
+
+#: Field added to each cache metadata record: sha256 of the result payload it points to.
+DIGEST_FIELD = "fp16guard_payload_sha256"
+_SERIALIZER_TYPE = "fp16guard-json"
+_ARROW_TAG = "__fp16guard_arrow_ipc__"
 
 
+def _report(message: str) -> None:
+    """Log on the task run's logger when there is one (the UI shows it), else on ours."""
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # noqa: BLE001 — outside a run context
+        _log.warning(message)
+
+
+# ---------------------------------------------------------------------------------- serializer
+class SafeSerializer(Serializer):
+    """Results as JSON; ``pyarrow.Table`` values as base64 Arrow IPC streams. Reading never
+    imports or calls anything named by the data, so a tampered payload can at worst fail to parse.
+
+    Supports dict (str keys), list, tuple (read back as list), str, int, float (NaN/inf kept),
+    bool, None, numpy scalars and arrays (read back as Python numbers / lists), pyarrow tables.
+    Anything else raises ``SerializationError`` and the result is simply not cached.
+    """
+
+    type: Literal["fp16guard-json"] = _SERIALIZER_TYPE  # type: ignore[assignment]
+
+    def dumps(self, obj: Any) -> bytes:
+        try:
+            return json.dumps(_encode(obj), allow_nan=True, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"result cannot be cached as data: {exc}") from exc
+
+    def loads(self, blob: bytes) -> Any:
+        return json.loads(blob, object_hook=_decode)
+
+
+def _encode(obj: Any) -> Any:
+    import numpy as np
+
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj
+    if isinstance(obj, dict):
+        if not all(isinstance(k, str) for k in obj):
+            raise TypeError("dict keys must be strings")
+        if _ARROW_TAG in obj:
+            raise TypeError(f"key {_ARROW_TAG!r} is reserved")
+        return {k: _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _encode(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _encode(obj.tolist())
+    import pyarrow as pa
+
+    if isinstance(obj, pa.Table):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, obj.schema) as writer:
+            writer.write_table(obj)
+        return {_ARROW_TAG: base64.b64encode(sink.getvalue().to_pybytes()).decode("ascii")}
+    raise TypeError(f"{type(obj).__name__} is not a supported result type")
+
+
+def _decode(obj: dict) -> Any:
+    if _ARROW_TAG in obj and len(obj) == 1:
+        import pyarrow as pa
+
+        with pa.ipc.open_stream(pa.py_buffer(base64.b64decode(obj[_ARROW_TAG]))) as reader:
+            return reader.read_all()
+    return obj
+
+
+# ---------------------------------------------------------------------------------- records
+def _check_record(content: bytes, read_payload) -> str | None:
+    """Why a cache metadata record must not be used, or None when it is sound.
+
+    ``read_payload(storage_key) -> bytes`` reads the payload it points to."""
+    try:
+        record = json.loads(content)
+    except ValueError as exc:
+        return f"the record is not JSON ({exc})"
+    if not isinstance(record, dict):
+        return "the record is not a JSON object"
+    serializer = record.get("serializer")
+    if not isinstance(serializer, dict) or serializer.get("type") != _SERIALIZER_TYPE or set(serializer) - {"type"}:
+        return f"the record names the serializer {serializer!r}; only {{'type': {_SERIALIZER_TYPE!r}}} is accepted"
+    expected, key = record.get(DIGEST_FIELD), record.get("storage_key")
+    if not isinstance(expected, str) or not isinstance(key, str):
+        return "the record carries no payload digest"
+    try:
+        actual = hashlib.sha256(read_payload(key)).hexdigest()
+    except Exception as exc:  # noqa: BLE001 — a missing or unreadable payload is a miss
+        return f"its payload cannot be read ({type(exc).__name__}: {exc})"
+    if actual != expected:
+        return f"its payload's sha256 {actual[:12]}… differs from the recorded {expected[:12]}…"
+    return None
+
+
+def _with_digest(content: bytes, read_payload) -> bytes:
+    """The metadata record plus the sha256 of the payload it points to (already written: Prefect
+    writes the payload first, then the record)."""
+    record = json.loads(content)
+    record[DIGEST_FIELD] = hashlib.sha256(read_payload(record["storage_key"])).hexdigest()
+    return json.dumps(record).encode("utf-8")
+
+
+class _VerifiedRecordsMixin:
+    """Cache metadata storage that adds a payload digest on write and refuses unsound records
+    on read (raising makes Prefect treat the key as absent: a cache miss)."""
+
+    def _payloads(self):
+        raise NotImplementedError
+
+    def _read_payload(self, key: str) -> bytes:
+        return self._payloads().read_path(key, _sync=True)
+
+    def _checked(self, path: str, content: bytes) -> bytes:
+        why = _check_record(content, self._read_payload)
+        if why is not None:
+            _report(f"fp16guard: cache entry {path} not used ({why}); recomputing")
+            raise ValueError(f"cache entry {path} refused: {why}")
+        return content
+
+
+class _VerifiedLocalRecords(_VerifiedRecordsMixin, LocalFileSystem):
+    _block_type_slug = "fp16guard-verified-local-records"
+    results_basepath: str = ""
+
+    def _payloads(self):
+        return LocalFileSystem(basepath=self.results_basepath)
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path, _sync=True)
+
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes:
+        return self._checked(path, LocalFileSystem.read_path(self, path, _sync=True))
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content, _sync=True)
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:
+        return LocalFileSystem.write_path(self, path, _with_digest(content, self._read_payload), _sync=True)
+
+
+class _VerifiedRemoteRecords(_VerifiedRecordsMixin, RemoteFileSystem):
+    _block_type_slug = "fp16guard-verified-remote-records"
+    results_basepath: str = ""
+
+    def _payloads(self):
+        return RemoteFileSystem(basepath=self.results_basepath, settings=self.settings)
+
+    async def aread_path(self, path: str) -> bytes:
+        return self.read_path(path, _sync=True)
+
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes:
+        return self._checked(path, RemoteFileSystem.read_path(self, path, _sync=True))
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        return self.write_path(path, content, _sync=True)
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:
+        return RemoteFileSystem.write_path(self, path, _with_digest(content, self._read_payload), _sync=True)
+
+
+# ---------------------------------------------------------------------------------- locks
+class LeaseLockManager(LockManager):
+    """Prefect's ``LockManager`` over :class:`fp16guard.store.locks.LeaseLocks`.
+
+    ``acquire_lock`` with no timeout waits at most ``$FP16GUARD_LOCK_WAIT_S`` (default 1 h) for a
+    *live* holder and then raises :class:`fp16guard.store.locks.LockTimeout` (an
+    ``EnvironmentFailure``: exit status 3); a holder that died or stopped renewing is removed at
+    once. Waiting messages go to the task run's log.
+    """
+
+    def __init__(self, lock_files_directory: Path, what: str = "") -> None:
+        self.locks = LeaseLocks(lock_files_directory, report=_report)
+        self.what = what
+
+    def __eq__(self, other: object) -> bool:  # the policy compares managers when combined
+        return isinstance(other, LeaseLockManager) and other.locks.folder == self.locks.folder
+
+    def __hash__(self) -> int:
+        return hash(self.locks.folder)
+
+    def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        return self.locks.acquire(key, holder, timeout=acquire_timeout, what=self.what)
+
+    async def aacquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
+        return self.acquire_lock(key, holder, acquire_timeout, hold_timeout)
+
+    def release_lock(self, key: str, holder: str) -> None:
+        self.locks.release(key, holder)
+
+    def is_locked(self, key: str) -> bool:
+        return self.locks.is_locked(key)
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        return self.locks.is_holder(key, holder)
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return self.locks.wait(key, timeout)
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        return self.wait_for_lock(key, timeout)
+
+
+# ---------------------------------------------------------------------------------- policy
 def cached(store_url: str, name: str, exclude: list[str]) -> dict:
     """Options for ``task.with_options(**cached(...))``: a content-keyed, locked cache whose
     records *and* result payloads live in the store, so every worker that shares the store shares
@@ -30,32 +280,34 @@ def cached(store_url: str, name: str, exclude: list[str]) -> dict:
             not change the result such as the batch size).
 
     Returns:
-        ``{"cache_policy", "result_storage", "persist_result"}``. The policy is keyed on the
-        inputs minus ``exclude`` plus the task's source, and SERIALIZABLE: two runs that need the
-        same key at once compute it once (lock files are local to a host, see
-        :func:`lock_dir_for`).
+        ``{"cache_policy", "result_storage", "result_serializer", "persist_result"}``. The policy
+        is keyed on the inputs minus ``exclude`` plus the task's source, SERIALIZABLE with a
+        :class:`LeaseLockManager` (two runs that need the same key at once compute it once; lock
+        files are local to a host, see :func:`lock_dir_for`); payloads are written by
+        :class:`SafeSerializer` and records checked by their digest.
     """
-    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
-
     locks = lock_dir_for(store_url) / name
     locks.mkdir(parents=True, exist_ok=True)
-    if _is_local(store_url):
-        root = Path(store_url.removeprefix("file://")) / ".cache" / name
+    if not is_remote(store_url):
+        root = Path(local_path(store_url)) / ".cache" / name
         (root / "records").mkdir(parents=True, exist_ok=True)
-        records, results = LocalFileSystem(basepath=str(root / "records")), LocalFileSystem(basepath=str(root / "results"))
+        (root / "results").mkdir(parents=True, exist_ok=True)
+        results = LocalFileSystem(basepath=str(root / "results"))
+        records = _VerifiedLocalRecords(basepath=str(root / "records"), results_basepath=str(root / "results"))
     else:
         base = f"{store_url.rstrip('/')}/.cache/{name}"
         options = _remote_options(store_url)
-        records, results = RemoteFileSystem(basepath=f"{base}/records", settings=options), RemoteFileSystem(basepath=f"{base}/results", settings=options)
+        results = RemoteFileSystem(basepath=f"{base}/results", settings=options)
+        records = _VerifiedRemoteRecords(basepath=f"{base}/records", settings=options, results_basepath=f"{base}/results")
     # Prefect resolves result storage server-side, so the block is saved under a name derived
     # from its location (idempotent; the same store gives the same block on every worker).
     results = _saved(results, "fp16guard-cache-" + hashlib.sha256(f"{store_url}|{name}".encode()).hexdigest()[:16])
     policy = (Inputs(exclude=list(exclude)) + TASK_SOURCE).configure(
         key_storage=records,
-        lock_manager=FileSystemLockManager(lock_files_directory=locks),
+        lock_manager=LeaseLockManager(locks, what=f"{name} cache entry"),
         isolation_level="SERIALIZABLE",
     )
-    return {"cache_policy": policy, "result_storage": results, "persist_result": True}
+    return {"cache_policy": policy, "result_storage": results, "result_serializer": SafeSerializer(), "persist_result": True}
 
 
 def _saved(block, name: str):
@@ -78,13 +330,9 @@ def lock_dir_for(store_url: str) -> Path:
     """Where cache lock files live: ``<store>/.cache/locks`` for a local store; for a remote one,
     a per-user folder keyed by the URL (locks then serialise runs on one host only; two hosts may
     both compute a missing shard, and either result is correct)."""
-    if _is_local(store_url):
-        return Path(store_url.removeprefix("file://")) / ".cache" / "locks"
+    if not is_remote(store_url):
+        return Path(local_path(store_url)) / ".cache" / "locks"
     return Path.home() / ".cache" / "fp16guard" / hashlib.sha256(store_url.encode()).hexdigest()[:16] / "locks"
-
-
-def _is_local(store_url: str) -> bool:
-    return "://" not in store_url or store_url.startswith("file://")
 
 
 def _remote_options(store_url: str) -> dict:
@@ -93,17 +341,77 @@ def _remote_options(store_url: str) -> dict:
 
     options: dict = {}
     endpoint = os.environ.get("FP16GUARD_S3_ENDPOINT_URL")
-    if store_url.split("://", 1)[0] in ("s3", "s3a") and endpoint:
+    if protocol(store_url) in ("s3", "s3a") and endpoint:
         options["endpoint_url"] = endpoint
     return options
 
 
+# ---------------------------------------------------------------------------------- code digest
 def code_digest(*module_names: str) -> str:
-    """sha256 over the source of library modules, so a change in how a result is computed
-    invalidates its cache even when the task wrapper itself did not change."""
+    """sha256 over the source of every ``fp16guard`` module in the import closure of
+    ``module_names`` (see :func:`import_closure`), so a change anywhere in how a result is
+    computed invalidates its cache, even in a module the caller did not think to name."""
     h = hashlib.sha256()
-    for name in sorted(module_names):
-        module = importlib.import_module(name)
-        h.update(name.encode())
-        h.update(inspect.getsource(module).encode())
+    for name in sorted(import_closure(*module_names)):
+        h.update(name.encode() + b"\0")
+        h.update(_source(name) + b"\0")
     return h.hexdigest()
+
+
+def import_closure(*module_names: str, package: str = "fp16guard") -> set[str]:
+    """Names of the ``package`` modules reachable from ``module_names`` through ``import``
+    statements anywhere in their source (module level and inside functions, relative imports
+    included), found by reading the source (static: no module is executed). Parent packages of
+    each module are included (their ``__init__`` runs on import)."""
+    seen: set[str] = set()
+    todo = list(module_names)
+    while todo:
+        name = todo.pop()
+        if name in seen or not (name == package or name.startswith(package + ".")):
+            continue
+        if _find(name) is None:
+            continue
+        seen.add(name)
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        todo.extend(_imports_of(name))
+    return seen
+
+
+@lru_cache(maxsize=None)
+def _find(name: str):
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def _source(name: str) -> bytes:
+    spec = _find(name)
+    if spec is None or not spec.origin or not spec.has_location:
+        return b""
+    return Path(spec.origin).read_bytes()
+
+
+def _imports_of(name: str) -> list[str]:
+    spec = _find(name)
+    source = _source(name)
+    if not source:
+        return []
+    is_package = bool(spec.submodule_search_locations)
+    tree = ast.parse(source)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_package else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append(module)
+            # ``from pkg import mod`` may name a submodule rather than an attribute.
+            found.extend(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")
+    return [f for f in found if f]

@@ -48,4 +48,6 @@ def emit_release_asset(artifact_url: str, model_location: str, shard_locations: 
 
 def _as_url(location: str) -> str:
     """Asset keys and links need a URI: local paths become ``file://`` URLs."""
-    return location if "://" in location else f"file://{location}"
+    from fp16guard.io.urls import as_uri
+
+    return as_uri(location)
