@@ -149,10 +149,3 @@ def test_tensorrt_backend_without_tensorrt_is_bad_input(demo_files, tmp_path):
     proc = run_cli([*_run_args(demo_files, store), "--backend", "tensorrt"], env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     _assert_one_line_error(proc, "tensorrt")
     assert _store_is_empty(store)
-
-
-def test_unreachable_prefect_api_is_bad_input(demo_files, tmp_path):
-    store = tmp_path / "store"
-    proc = run_cli(_run_args(demo_files, store), env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    _assert_one_line_error(proc, "127.0.0.1:9", "does not answer")
-    assert _store_is_empty(store)

@@ -1,6 +1,7 @@
 """``fp16guard run``: the whole flow on one model version.
 
-Exit status: 0 verified, 1 verification failed (run kept, marked rejected), 2 bad input.
+Exit status: 0 verified, 1 verification failed (run kept, marked rejected), 2 bad input,
+3 environment failure (no Prefect server answers; see :mod:`fp16guard.cli.server`).
 With ``--json`` the last line on stdout is a JSON object with at least ``run_dir`` and ``passed``.
 """
 
@@ -87,15 +88,32 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
 
     preflight(params)
     quiet_prefect_console(verbose)
-    require_reachable_api()
+    from fp16guard.cli.server import ensure_api
+
+    api_url, local = ensure_api()  # EnvironmentFailure (exit 3) when no server answers
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
     from fp16guard.errors import VerificationFailed
     from flows.calibrate import calibrate
 
-    try:
-        result = calibrate(params)
-    except VerificationFailed as exc:
-        result = {"passed": False, "status": "rejected", "reason": exc.reason, **exc.report.get("_run", {})}
+    seen: dict = {}
+
+    def _announce(flow, flow_run, state) -> None:
+        # Printed as the flow starts, so the user can follow the run in the UI while it works.
+        ui = PREFECT_UI_URL.value()
+        seen["flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run.id}" if ui else None
+        if seen["flow_run_url"]:
+            print(f"flow run: {seen['flow_run_url']}", flush=True)
+
+    # Prefect reads its environment once, at import: the local server is installed as a setting.
+    with temporary_settings({PREFECT_API_URL: api_url} if local else {}):
+        try:
+            result = calibrate.with_options(on_running=[_announce])(params)
+        except VerificationFailed as exc:
+            result = {"passed": False, "status": "rejected", "reason": exc.reason, **exc.report.get("_run", {})}
     summary = {k: v for k, v in result.items() if not k.startswith("_")}
+    if seen.get("flow_run_url"):
+        summary["flow_run_url"] = seen["flow_run_url"]
     print_summary(summary)
     if as_json:
         from fp16guard.records import dumps
@@ -103,29 +121,6 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
         # Strict JSON: an unbounded worst error is the string "inf", never Infinity or a number.
         print(dumps(summary))
     return 0 if summary.get("passed") else 1
-
-
-def require_reachable_api(timeout_s: float = 10.0) -> None:
-    """When a Prefect API is configured (``PREFECT_API_URL`` or the active profile), check that
-    it answers before any work starts; with none configured, Prefect starts an embedded server.
-
-    Raises:
-        ConfigError: the configured server does not answer its health check.
-    """
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    from fp16guard.errors import ConfigError
-
-    url = PREFECT_API_URL.value()
-    if not url:
-        return
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
-    except httpx.HTTPError as exc:
-        raise ConfigError(
-            f"the Prefect API at {url} does not answer ({type(exc).__name__}: {exc}); expected a running server — start it, or unset PREFECT_API_URL to run on an embedded one"
-        ) from None
 
 
 def print_summary(result: dict) -> None:
@@ -140,6 +135,7 @@ def print_summary(result: dict) -> None:
         ("fp32 nodes", result.get("fp32_nodes")),
         ("worst relative error", f"{worst:.3g}" if isinstance(worst, (int, float)) else worst),
         ("report", result.get("report")),
+        ("flow run", result.get("flow_run_url")),
     ]
     for label, value in rows:
         if value is not None:
@@ -163,7 +159,7 @@ def quiet_prefect_console(verbose: bool) -> None:
         return
     for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS", "CONSOLE_TASK_RUNS"):
         os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "CRITICAL")
-    # The embedded server (no PREFECT_API_URL) lives only for this command: no telemetry notice
-    # or reporting from it. A configured server keeps its own setting.
+    # The local server fp16guard starts (no PREFECT_API_URL) sends no telemetry; a configured
+    # server keeps its own setting.
     if not os.environ.get("PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

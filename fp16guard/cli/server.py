@@ -1,0 +1,309 @@
+"""The Prefect server a CLI run talks to: the configured one, or one shared local server.
+
+Without ``PREFECT_API_URL`` (environment or active Prefect profile), Prefect would start an
+embedded server inside every ``fp16guard run``: ~20-30 s each time on 2 cores, and a
+``RuntimeError`` when that takes longer than its 20 s limit on a busy machine (docs/SERVER.md).
+Instead, the first run starts ``prefect server start`` as a detached background process on
+127.0.0.1 with a free port; its URL and pid are recorded in ``<PREFECT_HOME>/fp16guard-server.json``
+and later runs reuse it after a health check (seconds), so the runs stay visible in its UI.
+``fp16guard server status|start|stop`` shows, starts and stops it.
+
+One server per Prefect home: the server keeps its database in ``PREFECT_HOME`` (default
+``~/.prefect``), so a fresh ``PREFECT_HOME`` gets a fresh server. Starting is serialised by an
+``flock`` on ``<PREFECT_HOME>/fp16guard-server.lock``: two runs started at once share one server.
+
+A server that cannot be reached or started raises
+:class:`fp16guard.errors.EnvironmentFailure` (exit status 3, one line).
+
+Prefect is imported lazily (only to read the configured API URL and Prefect home): this module
+belongs to the CLI, never to the library.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fp16guard.errors import EnvironmentFailure
+
+__all__ = [
+    "DEFAULT_STARTUP_TIMEOUT_S",
+    "LocalServer",
+    "configured_api_url",
+    "ensure_api",
+    "healthy",
+    "local_server",
+    "startup_timeout",
+]
+
+#: Seconds a new local server may take to answer its health check. A cold start measured 30 s
+#: on 2 lightly loaded cores (2026-12-01); under load 6-8 it takes several times longer.
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
+#: Environment variable overriding :data:`DEFAULT_STARTUP_TIMEOUT_S` (seconds).
+TIMEOUT_ENV = "FP16GUARD_SERVER_STARTUP_TIMEOUT"
+STATE_FILE = "fp16guard-server.json"
+LOG_FILE = "fp16guard-server.log"
+LOCK_FILE = "fp16guard-server.lock"
+
+
+def startup_timeout() -> float:
+    """The start-up timeout in seconds: ``$FP16GUARD_SERVER_STARTUP_TIMEOUT`` or 120.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    from fp16guard.errors import ConfigError
+
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={text!r} is not accepted; expected a positive number of seconds")
+    return value
+
+
+def healthy(api_url: str, timeout_s: float = 10.0) -> bool:
+    """True when ``GET <api_url>/health`` answers 2xx within ``timeout_s`` seconds."""
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` from the environment or the active Prefect profile, else None."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def prefect_home() -> Path:
+    """The Prefect home folder (``$PREFECT_HOME`` or the profile's; default ``~/.prefect``)."""
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()).expanduser()
+
+
+class LocalServer:
+    """The shared local Prefect server of one Prefect home.
+
+    Args:
+        home: the Prefect home; its database and the state, log and lock files live there.
+    """
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.state_path = self.home / STATE_FILE
+        self.log_path = self.home / LOG_FILE
+        self.lock_path = self.home / LOCK_FILE
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def state(self) -> dict | None:
+        """The recorded ``{"api_url", "ui_url", "pid", "port", "started_at"}``, or None."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and {"api_url", "pid"} <= state.keys() else None
+
+    def running(self) -> dict | None:
+        """The state if its process is alive, is a Prefect server, and answers; else None."""
+        state = self.state()
+        if state and _is_server_process(int(state["pid"])) and healthy(state["api_url"]):
+            return state
+        return None
+
+    # -- start / stop --------------------------------------------------------------------------
+
+    def ensure(self, timeout_s: float | None = None) -> dict:
+        """Return the running server's state, starting one first when none answers.
+
+        Args:
+            timeout_s: seconds a new server may take to answer (default :func:`startup_timeout`).
+
+        Raises:
+            EnvironmentFailure: the server did not start or answer within the timeout.
+        """
+        timeout_s = startup_timeout() if timeout_s is None else timeout_s
+        state = self.running()
+        if state:
+            return state
+        with self._locked(timeout_s):
+            state = self.running()  # another run may have started it while we waited
+            if state:
+                return state
+            self.stop()  # a recorded process that does not answer: replace it
+            return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> dict:
+        port = _free_port()
+        api_url = f"http://127.0.0.1:{port}/api"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_")}
+        env.update(PREFECT_HOME=str(self.home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        env.pop("PREFECT_API_URL", None)
+        cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            # A session of its own: Ctrl-C on the run that started it does not stop the server.
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
+        state = {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "pid": proc.pid, "port": port, "started_at": time.time(), "log": str(self.log_path)}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise EnvironmentFailure(
+                    f"the local Prefect server exited with status {proc.returncode} while starting (log: {self.log_path}); set PREFECT_API_URL to a running server instead"
+                )
+            if healthy(api_url, timeout_s=5.0):
+                _write_json(self.state_path, state)
+                return state
+            time.sleep(0.5)
+        _terminate(proc.pid)
+        raise EnvironmentFailure(
+            f"the local Prefect server did not answer within {timeout_s:g} s (log: {self.log_path}); "
+            f"raise {TIMEOUT_ENV} on a busy machine, or set PREFECT_API_URL to a running server"
+        )
+
+    def stop(self) -> bool:
+        """Stop the recorded server (SIGTERM, then SIGKILL after 10 s) and forget it.
+
+        Returns:
+            True when a running server process was stopped.
+        """
+        state = self.state()
+        stopped = False
+        if state and _is_server_process(int(state["pid"])):
+            _terminate(int(state["pid"]))
+            stopped = True
+        try:
+            self.state_path.unlink()
+        except FileNotFoundError:
+            pass
+        return stopped
+
+    @contextmanager
+    def _locked(self, timeout_s: float):
+        """Hold the start-up lock (bounded wait: the start-up timeout plus 30 s)."""
+        import fcntl
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as fh:
+            deadline = time.monotonic() + timeout_s + 30
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EnvironmentFailure(f"another process has been starting the local Prefect server for over {timeout_s + 30:g} s (lock {self.lock_path})") from None
+                    time.sleep(0.5)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def local_server() -> LocalServer:
+    """The shared local server of the current Prefect home."""
+    return LocalServer(prefect_home())
+
+
+def ensure_api(timeout_s: float | None = None) -> tuple[str, bool]:
+    """The Prefect API URL this command will use, checked to answer.
+
+    A configured ``PREFECT_API_URL`` must answer its health check; otherwise the shared local
+    server is reused or started.
+
+    Returns:
+        ``(api_url, local)``: ``local`` is True for the shared local server, which the caller
+        must install with ``prefect.settings.temporary_settings`` (Prefect reads its
+        environment once, at import).
+
+    Raises:
+        EnvironmentFailure: no server answers (exit status 3).
+    """
+    url = configured_api_url()
+    if url:
+        if not healthy(url, timeout_s=10.0):
+            raise EnvironmentFailure(
+                f"the Prefect API at {url} does not answer; expected a running server — start it, or unset PREFECT_API_URL to use a local one"
+            )
+        return url, False
+    return local_server().ensure(timeout_s)["api_url"], True
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _is_server_process(pid: int) -> bool:
+    """True when ``pid`` is alive and (where /proc exists) runs ``prefect server start``.
+
+    The command-line check keeps a recycled pid from being taken for the server (or killed).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process: not ours to use or stop
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"prefect" in b" ".join(args) and b"server" in args and b"start" in args
+    return True
+
+
+def _terminate(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group of ``pid`` (its own session), then SIGKILL after ``grace_s``."""
+    def _signal(sig: int) -> bool:
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            os.kill(pid, sig)
+        return True
+
+    if not _signal(signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+            if done:
+                return
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.2)
+    _signal(signal.SIGKILL)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from fp16guard.io.atomic import write_json
+
+    write_json(path, data)
