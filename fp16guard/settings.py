@@ -42,6 +42,14 @@ class PlanSettings(BaseModel):
     force_fp32_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches always stay FP32.")
     force_fp32_ops: list[str] = Field(default_factory=list, description="Op types that always stay FP32, e.g. ['Softmax', 'LayerNormalization'].")
     force_fp16_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches are built in FP16 even when a rule says FP32.")
+    repair: bool = Field(
+        True,
+        description="Check the plan on calibration data with the verification gate before holdout; when it fails, keep FP32 the nodes that add the most FP16 error until it passes (a plan that passes is never changed).",
+    )
+    repair_max_iterations: int = Field(8, ge=0, le=100, description="Repair: most rebuild-and-check iterations after the first check (the FP32 set grows geometrically, so 8 covers ~256x the first step).")
+    repair_max_seconds: float = Field(600.0, gt=0, le=86400, description="Repair: no new iteration starts after this many seconds.")
+    repair_samples: int = Field(32, ge=1, le=100_000, description="Repair: calibration samples used for the checks and the per-node error attribution (the first ones).")
+
 
     @field_validator("force_fp32_nodes", "force_fp16_nodes")
     @classmethod
