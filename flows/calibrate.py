@@ -67,7 +67,8 @@ def calibrate(params: RunParameters) -> dict:
                 shard_results.append(future.result())
                 progress.advance(shard_results[-1]["shard"])
         files = reduce_stats_task(shard_results, staged["dir"])
-        plan = plan_task(params.model, files["stats"], params.plan, staged["dir"])
+        # Repair checks the plan on calibration data with the run's gate; holdout stays independent.
+        plan = plan_task(params.model, files["stats"], params.plan, staged["dir"], [c["shard"] for c in calib], params.verify, params.batch_size)
         artifact = build_mixed_onnx_task(params.model, plan, staged["dir"])
         holdout_refs = [h["shard"] for h in holdout]
         if params.backend == "tensorrt":

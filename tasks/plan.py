@@ -1,4 +1,4 @@
-"""Plan task: which nodes stay FP32 and why."""
+"""Plan task: which nodes stay FP32 and why (rules, then repair on calibration data)."""
 
 from __future__ import annotations
 
@@ -7,21 +7,47 @@ from pathlib import Path
 from prefect import task
 
 from fp16guard.io import atomic
-from fp16guard.settings import PlanSettings
+from fp16guard.io.shards import ShardRef
+from fp16guard.settings import PlanSettings, VerifySettings
 
 
 @task(name="make-plan")
-def plan_task(model_path: str, stats_path: str, settings: PlanSettings, out_dir: str) -> dict:
-    """Derive the precision plan from the reduced statistics and write ``plan.json``.
+def plan_task(
+    model_path: str,
+    stats_path: str,
+    settings: PlanSettings,
+    out_dir: str,
+    calibration: list[ShardRef] | None = None,
+    verify_settings: VerifySettings | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """Derive the precision plan from the reduced statistics, repair it, write ``plan.json``.
+
+    Args:
+        model_path: the FP32 model.
+        stats_path: ``stats.parquet``.
+        settings: plan settings (rules and repair budget).
+        out_dir: the run folder (``plan.json`` is written there, atomically).
+        calibration: calibration shards for repair's checks (:func:`fp16guard.plan.repair.repair_plan`);
+            None: no repair, and no ``repair`` record in the plan.
+        verify_settings: the numeric gate repair aims at (the run's verification settings);
+            default ``VerifySettings()``.
+        batch_size: samples per inference call during repair.
 
     Returns:
         The plan as written (``Plan.to_dict()``).
     """
-    from fp16guard.io.model import load_graph
+    from fp16guard.io.model import load_graph, load_model
     from fp16guard.plan.planner import make_plan
+    from fp16guard.plan.repair import repair_plan
     from fp16guard.stats.schema import read_stats
 
     model = load_graph(model_path)  # weights stay in the file; make_plan scans them from disk in chunks
-    plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent).to_dict()
-    atomic.write_json(Path(out_dir) / "plan.json", plan)
-    return plan
+    plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent)
+    if calibration is not None:
+        # Repair builds and runs candidates: it needs the weights. A plan that passes is unchanged.
+        full = load_model(model_path) if settings.repair else model
+        plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size)
+    data = plan.to_dict()
+    atomic.write_json(Path(out_dir) / "plan.json", data)
+    return data

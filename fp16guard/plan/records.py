@@ -238,6 +238,9 @@ class RepairRecord:
         )
 
 
+_PLAN_KEYS = frozenset({"threshold", "fp32_nodes", "forced_fp16", "counts", "repair"})
+
+
 @dataclass
 class Plan:
     """Which nodes stay FP32, and why.
@@ -250,6 +253,8 @@ class Plan:
         forced_fp16: one :class:`ForcedFP16` per node matched by ``force_fp16_nodes``.
         counts: ``nodes`` (main graph), ``fp32``, ``fp16``, ``neutral``.
         repair: what automatic repair did (None: repair did not run; absent from ``plan.json``).
+        extra: top-level ``plan.json`` keys written by plan strategies (e.g. ``strategy``,
+            ``folding``), kept as they are through :meth:`from_dict` and :meth:`to_dict`.
     """
 
     threshold: float
@@ -257,6 +262,7 @@ class Plan:
     forced_fp16: list[ForcedFP16] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     repair: RepairRecord | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fp32_names(self) -> set[str]:
@@ -271,6 +277,7 @@ class Plan:
             "forced_fp16": [e.to_dict() for e in self.forced_fp16],
             "counts": dict(self.counts),
         }
+        data.update({k: v for k, v in self.extra.items() if k not in data and k != "repair"})
         if self.repair is not None:
             data["repair"] = self.repair.to_dict()
         return data
@@ -297,4 +304,5 @@ class Plan:
             forced_fp16=[ForcedFP16.from_dict(e) for e in data.get("forced_fp16") or []],
             counts={str(k): int(v) for k, v in counts.items()},
             repair=RepairRecord.from_dict(data["repair"]) if data.get("repair") is not None else None,
+            extra={k: v for k, v in data.items() if k not in _PLAN_KEYS},
         )
