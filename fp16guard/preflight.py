@@ -11,6 +11,7 @@ from __future__ import annotations
 from fp16guard.io.shards import check_layout, discover_shards, peek_shard
 from fp16guard.io.model import input_specs, load_graph
 from fp16guard.settings import RunParameters
+from fp16guard.verify.task_checks import check_gate_outputs
 
 
 def preflight(params: RunParameters) -> None:
@@ -19,7 +20,10 @@ def preflight(params: RunParameters) -> None:
         from fp16guard.backends.tensorrt.env import require_tensorrt
 
         require_tensorrt()  # TensorRTUnavailable names what to install, before any work is done
-    specs = input_specs(load_graph(params.model))
+    graph = load_graph(params.model)
+    specs = input_specs(graph)
+    # A --gate naming an output the model lacks is bad input, found before any work.
+    check_gate_outputs(params.verify, [o.name for o in graph.graph.output])
     for role, paths in (("calibration", params.calib), ("holdout", params.holdout)):
         for ref in discover_shards(paths, role):
             check_layout(ref, peek_shard(ref), specs)

@@ -42,6 +42,10 @@ class PlanSettings(BaseModel):
     force_fp32_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches always stay FP32.")
     force_fp32_ops: list[str] = Field(default_factory=list, description="Op types that always stay FP32, e.g. ['Softmax', 'LayerNormalization'].")
     force_fp16_nodes: str | None = Field(None, description="Regular expression: nodes whose name matches are built in FP16 even when a rule says FP32.")
+    strategy: Literal["auto", "pin", "fold"] = Field(
+        "auto",
+        description="pin: keep FP32 every node the rules name (the range rule). fold: first fold power-of-two scales into weights where that is exact (fp16guard.plan.strategies.fold), then the rules on the folded model. auto: fold when that keeps fewer Conv/Gemm/MatMul nodes FP32, else pin.",
+    )
     repair: bool = Field(
         True,
         description="Check the plan on calibration data with the verification gate before holdout; when it fails, keep FP32 the nodes that add the most FP16 error until it passes (a plan that passes is never changed).",
@@ -62,6 +66,20 @@ class PlanSettings(BaseModel):
         return value
 
 
+class OutputGate(BaseModel):
+    """How one output is judged, when not by the numeric figures (fp16guard.verify.task_checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gate: Literal["numeric", "top1", "topk", "threshold"] = Field(
+        "numeric",
+        description="numeric: max relative error and cosine (the default, strict); top1: the candidate's arg-max over the last axis equals FP32's; topk: FP32's top class is in the candidate's k highest scores; threshold: values on the same side of `threshold` as FP32 (detection/segmentation maps). NaN/inf in the candidate always fails.",
+    )
+    k: int = Field(5, ge=1, le=1000, description="Classes the topk gate and the reported top-k agreement look at.")
+    threshold: float = Field(0.5, ge=-1e30, le=1e30, description="Cut of the threshold gate and the reported thresholded-map agreement (value > threshold is on).")
+    min_agreement: float = Field(1.0, ge=0, le=1, description="Smallest fraction of positions (top1/topk) or elements (threshold) that must agree with FP32.")
+
+
 class VerifySettings(BaseModel):
     """When the built artifact counts as equivalent to the FP32 model."""
 
@@ -74,6 +92,18 @@ class VerifySettings(BaseModel):
     max_mismatch_fraction: float = Field(
         0.0, ge=0, le=1, description="For integer/boolean outputs: largest allowed fraction of elements that differ from FP32."
     )
+    output_gates: dict[str, OutputGate] = Field(
+        default_factory=dict,
+        description="Per output name, a gate other than the numeric one (e.g. {'probs': {'gate': 'top1'}}). Outputs not named keep the numeric gate. Task checks (top-1/top-k, thresholded agreement) are reported for every float output either way.",
+    )
+
+    @field_validator("output_gates", mode="before")
+    @classmethod
+    def _gate_shorthand(cls, value: Any) -> Any:
+        # {"probs": "top1"} is short for {"probs": {"gate": "top1"}}.
+        if isinstance(value, dict):
+            return {k: ({"gate": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
 
 
 class RunParameters(BaseModel):

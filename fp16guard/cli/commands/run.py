@@ -37,9 +37,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
     p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
     p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
+    p.add_argument(
+        "--gate", action="append", default=[], metavar="OUTPUT=KIND[:PARAM][@MIN]",
+        help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, with @MIN the fraction that must agree (default 1.0); e.g. --gate probs=top1 --gate mask=threshold:0.5@0.999",
+    )
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
     add_run_arguments(p)
     p.set_defaults(func=main)
+
+
+def parse_gates(specs: list[str]) -> dict[str, dict]:
+    """``--gate`` values (``OUTPUT=KIND[:PARAM][@MIN]``) as ``VerifySettings.output_gates``.
+
+    Raises:
+        ConfigError: a value is not of that form (bounds are checked by the settings model).
+    """
+    from fp16guard.errors import ConfigError
+
+    gates: dict[str, dict] = {}
+    for spec in specs:
+        name, sep, rest = spec.rpartition("=")
+        kind, _, minimum = rest.partition("@")
+        kind, _, param = kind.partition(":")
+        try:
+            if not sep or not name or kind not in ("numeric", "top1", "topk", "threshold") or (param and kind not in ("topk", "threshold")):
+                raise ValueError
+            gate: dict = {"gate": kind}
+            if param:
+                gate["k" if kind == "topk" else "threshold"] = int(param) if kind == "topk" else float(param)
+            if minimum:
+                gate["min_agreement"] = float(minimum)
+        except ValueError:
+            raise ConfigError(f"--gate {spec!r} is not accepted; expected OUTPUT=KIND[:PARAM][@MIN] with KIND numeric, top1, topk[:K] or threshold[:T], e.g. probs=top1 or mask=threshold:0.5@0.99") from None
+        gates[name] = gate
+    return gates
 
 
 def parameters_from_args(args: argparse.Namespace):
@@ -66,7 +97,7 @@ def parameters_from_args(args: argparse.Namespace):
                 "force_fp32_ops": args.force_fp32_ops,
                 "force_fp16_nodes": args.force_fp16_nodes,
             },
-            "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine},
+            "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
             "promote": args.promote,
         },
     )
