@@ -137,7 +137,7 @@ def test_nan_candidate_in_ui_summary(nan_report):
     stats = pa.table({"tensor": ["y"], "producer": ["sqrt"], "op_type": ["Sqrt"], "max_abs": [1.0]})
     md = summary_markdown("m", "1", {"run_id": "r"}, {"threshold": 10000.0, "fp32_nodes": []}, nan_report, stats)
     assert "❌ rejected" in md and "- worst relative error: inf" in md
-    assert "| `y` | — | — | — | 12 |" in md
+    assert "| `y` | — | — | — | 12 | 0 | 0 | 0 | numeric |" in md  # NaN never agrees
 
 
 def test_nan_candidate_in_history(nan_report, tmp_path, capsys):

@@ -56,11 +56,23 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
         f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes', '?')}",
     ]
     lines.append(f"- worst relative error: {_fmt(worst)}")
+    if result.get("speed"):  # fp16guard.backends.profile.speed_summary
+        lines.append(f"- speed: {result['speed']}")
+    if verification.get("execution"):
+        lines.append(f"- checked with: {verification['execution']}")
     if record.reason:
         lines.append(f"- reason: {record.reason}")
-    lines += ["", "## Verification against FP32", "", "| output | max abs error | max rel error | cosine | non-finite |", "|---|---|---|---|---|"]
+    lines += [
+        "", "## Verification against FP32", "",
+        "| output | max abs error | max rel error | cosine | non-finite | top-1 agree | top-k agree | agree at threshold | gate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for out, fig in record.outputs.items():
-        lines.append(f"| `{out}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} |")
+        c = fig.checks
+        lines.append(
+            f"| `{out}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} "
+            f"| {_fmt(c.get('top1_agreement'))} | {_fmt(c.get('topk_agreement'))} | {_fmt(c.get('threshold_agreement'))} | {fig.gate or 'numeric'} |"
+        )
     lines += ["", "## Nodes kept in FP32", "", "| node | op | reason |", "|---|---|---|"]
     for node in plan.get("fp32_nodes", [])[:50]:
         detail = "; ".join(node.get("details", [])[:2])

@@ -12,7 +12,10 @@ the number of shards or samples):
 
 The gate fails when any candidate output is non-finite, ``max_rel_error`` exceeds
 ``settings.max_rel_error``, ``cosine`` falls below ``settings.min_cosine``, or
-``mismatch_fraction`` exceeds ``settings.max_mismatch_fraction``.
+``mismatch_fraction`` exceeds ``settings.max_mismatch_fraction``. Every float output also
+carries ``checks`` (top-1/top-k agreement over the last axis, thresholded-map agreement; see
+:mod:`fp16guard.verify.task_checks`), and an output named in ``settings.output_gates`` is judged
+by the gate chosen there instead (``gate`` in its figures says which judged it).
 
 FP16 on the CPU provider (NOTES #1-2): onnxruntime's CPU provider computes most FP16 nodes in
 FP32 and so hides overflow. When the candidate holds FP16 tensors and runs on the CPU provider,
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -36,6 +39,7 @@ from fp16guard.io.shards import ShardRef, batch_count, iter_slices, load_shard, 
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
 from fp16guard.io.model import input_specs, load_model
 from fp16guard.records.verification import OutputFigures, VerificationReport
+from fp16guard.verify.task_checks import TaskChecks, check_gate_outputs, judge_task_gate
 from fp16guard.settings import VerifySettings
 
 _CPU = "CPUExecutionProvider"
@@ -58,8 +62,10 @@ class _FloatStats:
     dot: float = 0.0
     ref_sq: float = 0.0
     cand_sq: float = 0.0
+    checks: TaskChecks = field(default_factory=TaskChecks)
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
+        self.checks.update(ref, cand)  # top-1/top-k and thresholded agreement, before flattening
         r = np.asarray(ref, dtype=np.float64).ravel()
         c = np.asarray(cand, dtype=np.float64).ravel()
         finite = np.isfinite(c)
@@ -99,6 +105,7 @@ class _FloatStats:
             cosine=cosine,
             ref_max_abs=self.ref_max_abs,
             candidate_max_abs=self.cand_max_abs,
+            checks=self.checks.figures(),
         ).to_dict()
 
 
@@ -134,6 +141,9 @@ def _judge(name: str, fig: dict, settings: VerifySettings) -> list[tuple[float, 
     if "error" in fig:
         fails.append((4e9, f"output '{name}': {fig['error']}"))
         return fails
+    gate = settings.output_gates.get(name)
+    if gate is not None and gate.gate != "numeric":
+        return judge_task_gate(name, fig, gate)  # the user chose what this output must get right
     if fig["kind"] == "exact":
         if fig["mismatch_fraction"] > settings.max_mismatch_fraction:
             fails.append((2e9 + fig["mismatch_fraction"], f"output '{name}': {fig['mismatches']} of {fig['elements']} elements differ from FP32 (fraction {fig['mismatch_fraction']:.4g} > {settings.max_mismatch_fraction:g})"))
@@ -312,6 +322,7 @@ def compare_runners(
     errors: dict[str, str] = {}
     samples = 0
     ref_names = list(ref_run.output_names)
+    check_gate_outputs(settings, ref_names)
     cand_names = set(cand_run.output_names)
     wanted = [n for n in ref_names if n in cand_names]
     for n in ref_names:
@@ -329,7 +340,7 @@ def compare_runners(
                 r_out = ref_run.infer(ref_slice, wanted)
                 c_out = cand_run.infer(cand_slice, wanted)
             for name in wanted:
-                _accumulate(stats, errors, ref, name, r_out[name], c_out[name])
+                _accumulate(stats, errors, ref, name, r_out[name], c_out[name], settings)
         samples += n
 
     outputs: dict[str, dict] = {}
@@ -339,6 +350,7 @@ def compare_runners(
         if name in errors:
             fig["error"] = errors[name]
         fails = _judge(name, fig, settings)
+        fig["gate"] = settings.output_gates[name].gate if name in settings.output_gates else "numeric"
         fig["passed"] = not fails
         outputs[name] = fig
         failures.extend(fails)
@@ -357,7 +369,7 @@ def compare_runners(
     }).to_dict()
 
 
-def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray) -> None:
+def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray, settings: VerifySettings | None = None) -> None:
     r, c = np.asarray(r), np.asarray(c)
     if r.dtype.kind == "f" and not np.isfinite(r).all():
         bad = int(r.size - np.count_nonzero(np.isfinite(r)))
@@ -371,7 +383,8 @@ def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.nd
         exact = r.dtype.kind in "biuUSO" and c.dtype.kind in "biuUSO"
         if r.dtype.kind == "f" or c.dtype.kind == "f":
             exact = False
-        stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype))
+        gate = settings.output_gates.get(name) if settings is not None else None
+        stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype), checks=TaskChecks.for_gate(gate))
     stats[name].update(r, c)
 
 
