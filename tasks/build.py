@@ -21,9 +21,12 @@ def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
     """
     from fp16guard.graph.convert import to_mixed_precision
     from fp16guard.io.model import load_model, model_digest, save_model
+    from fp16guard.plan.strategies import model_for_plan
 
     fp32 = {n["name"] for n in plan["fp32_nodes"]}
-    target = save_model(to_mixed_precision(load_model(model_path), fp32), Path(out_dir) / "model.mixed.onnx")
+    # A folded plan is for the folded model: replay its recorded passes, so the weights carry the scales.
+    model = model_for_plan(load_model(model_path), plan)
+    target = save_model(to_mixed_precision(model, fp32), Path(out_dir) / "model.mixed.onnx")
     return {"path": str(target), "sha256": model_digest(target)}
 
 

@@ -38,15 +38,19 @@ def plan_task(
         The plan as written (``Plan.to_dict()``).
     """
     from fp16guard.io.model import load_graph, load_model
-    from fp16guard.plan.planner import make_plan
+    from fp16guard.plan.records import Plan
     from fp16guard.plan.repair import repair_plan
+    from fp16guard.plan.strategies import plan_model
     from fp16guard.stats.schema import read_stats
 
-    model = load_graph(model_path)  # weights stay in the file; make_plan scans them from disk in chunks
-    plan = make_plan(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent)
+    # pin reads the graph only (make_plan scans weights from disk in chunks); fold/auto rewrite
+    # weights, so they load them. The plan is for `planned` (the folded model when folding won).
+    model = load_graph(model_path) if settings.strategy == "pin" else load_model(model_path)
+    data, planned = plan_model(model, read_stats(stats_path), settings, weights_dir=Path(model_path).parent)
+    plan = Plan.from_dict(data)
     if calibration is not None:
         # Repair builds and runs candidates: it needs the weights. A plan that passes is unchanged.
-        full = load_model(model_path) if settings.repair else model
+        full = load_model(model_path) if settings.repair and settings.strategy == "pin" else planned
         plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size)
     data = plan.to_dict()
     atomic.write_json(Path(out_dir) / "plan.json", data)
