@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
     p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32")
     p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "pin", "fold"),
+        default="auto",
+        help="pin: keep FP32 every node the rules name; fold: first fold power-of-two scales into the weights where exact; auto (default): fold when it keeps fewer Conv/Gemm/MatMul nodes FP32, else pin",
+    )
     p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
     p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
     p.add_argument(
@@ -96,6 +102,7 @@ def parameters_from_args(args: argparse.Namespace):
                 "force_fp32_nodes": args.force_fp32_nodes,
                 "force_fp32_ops": args.force_fp32_ops,
                 "force_fp16_nodes": args.force_fp16_nodes,
+                "strategy": getattr(args, "strategy", "auto"),
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
             "promote": args.promote,
