@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fp16guard.graph.instrument import float_tensors, instrument, output_names
+from fp16guard.graph.instrument import FP16_MIN_NORMAL, constant_model, constant_tensors, float_tensors, instrument, output_names, underflow_names, underflow_supported
 from fp16guard.io.model import normalize_model
 from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
@@ -66,21 +66,92 @@ def test_instrumented_statistics_match_numpy(opset):
     ref = _reference(x)
     with OnnxRuntimeRunner(inst) as runner:
         out = runner.infer({"x": x, "ids": np.zeros(5, np.int64)})
-    assert len(out) == 3 * len(tensors)
+    assert len(out) == 9 * len(tensors)  # min, max, flag + six underflow figures
     for k, t in enumerate(tensors):
         mn, mx, nf = (out[n] for n in output_names(k))
         assert mn.shape == () and mx.shape == () and nf.shape == ()
         assert float(mn) == pytest.approx(float(ref[t.name].min()), rel=1e-5, abs=1e-5), t.name
         assert float(mx) == pytest.approx(float(ref[t.name].max()), rel=1e-5, abs=1e-5), t.name
         assert np.isfinite(nf)
+        _check_underflow(out, k, ref[t.name])
+
+
+def _check_underflow(out, k, arr):
+    """The five underflow figures of tensor k against numpy on ``arr``."""
+    nz, below, below_sum, abs_sum, min_nz, elements = (float(out[n]) for n in underflow_names(k))
+    assert elements == arr.size
+    a = np.abs(arr.astype(np.float64)).ravel()
+    small = a[(a > 0) & (a < FP16_MIN_NORMAL)]
+    assert nz == np.count_nonzero(a)
+    assert below == np.count_nonzero(a < FP16_MIN_NORMAL)  # zeros included
+    assert below_sum == pytest.approx(small.sum(), rel=1e-5, abs=1e-30)
+    assert abs_sum == pytest.approx(a.sum(), rel=1e-5)
+    assert min_nz == (a[a > 0].min() if np.any(a > 0) else np.inf)
 
 
 def test_relu_statistics_are_derived_from_its_input_without_reductions():
     model = _mixed_model(18)
     tensors = float_tensors(model)
     inst = instrument(model, tensors)
-    reduced = {n.input[0] for n in inst.graph.node if n.op_type.startswith("Reduce")}
-    assert "a" in reduced and "r" not in reduced
+    ranged = {n.input[0] for n in inst.graph.node if n.op_type in ("ReduceMin", "ReduceMax")}
+    assert "a" in ranged and "r" not in ranged
+    assert not any(n.op_type == "Abs" and n.input[0] == "r" for n in inst.graph.node)  # non-negative already
+
+
+@pytest.mark.parametrize("opset", [9, 13, 18])
+def test_underflow_figures_are_exact_at_the_fp16_normal_boundary(opset):
+    t = np.float32(FP16_MIN_NORMAL)
+    below = np.nextafter(t, np.float32(0))
+    x = np.array([[0.0, t, -below, below, 1e-30, -3e-8, 7e-5, -5e-5, 2.0, 0.0, -t, 65504.0]], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["n"], name="neg"), helper.make_node("Relu", ["n"], ["r"], name="relu")],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", 12])],
+        [helper.make_tensor_value_info("r", F, ["N", 12])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    tensors = float_tensors(model)
+    with OnnxRuntimeRunner(instrument(model, tensors)) as runner:
+        out = runner.infer({"x": x})
+    for k, arr in enumerate([x, -x, np.maximum(-x, 0)]):
+        _check_underflow(out, k, arr)
+    assert float(out[underflow_names(0)[1]]) == 2 + 5  # two zeros, five tiny non-zero values
+
+
+def test_models_before_opset_9_get_no_underflow_figures():
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["n"], name="neg")], "g", [helper.make_tensor_value_info("x", F, [2])], [helper.make_tensor_value_info("n", F, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    assert not underflow_supported(model)
+    inst = instrument(model, float_tensors(model))
+    assert len(inst.graph.output) == 3 * 2
+    with OnnxRuntimeRunner(inst) as runner:
+        runner.infer({"x": np.ones(2, np.float32)})
+
+
+def test_constant_tensors_and_their_model_run_without_feeds():
+    shape = numpy_helper.from_array(np.array([3, 4], np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["w"], name="fill", value=numpy_helper.from_array(np.array([1e-6], np.float32))),
+        helper.make_node("Transpose", ["w"], ["wt"], name="transpose"),
+        helper.make_node("MatMul", ["x", "wt"], ["y"], name="matmul"),
+        helper.make_node("Shape", ["x"], ["xs"], name="shape_of_x"),  # depends on the input
+        helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=[2]),  # not reproducible
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", F, ["N", 4])], [helper.make_tensor_value_info("y", F, ["N", 3])], [shape]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert constant_tensors(model) == {"w", "wt"}
+    tensors = [t for t in float_tensors(model) if t.name in constant_tensors(model)]
+    cm = constant_model(model, tensors)
+    assert not cm.graph.input and {n.name for n in cm.graph.node if not n.name.startswith("fp16guard")} == {"fill", "transpose"}
+    with OnnxRuntimeRunner(cm) as runner:
+        out = runner.infer({})
+    for k, t in enumerate(tensors):
+        assert float(out[output_names(k)[1]]) == pytest.approx(1e-6)
+        _check_underflow(out, k, np.full((3, 4), 1e-6, np.float32))
+    with pytest.raises(ValueError, match="depend on graph inputs"):
+        constant_model(model, float_tensors(model))
 
 
 def test_original_model_is_untouched_and_outputs_are_scalars_only():

@@ -90,8 +90,12 @@ def test_slices_give_exactly_the_same_statistics(tmp_path):
     model = _save(tmp_path)
     ref, _ = _shard(tmp_path, "s0", 7, 1)
     whole = shard_stats(model, ref)
+    sums = ["abs_sum", "subnormal_abs_sum"]  # float sums: the order of addition differs
     for size in (1, 2, 3):
-        assert shard_stats(model, ref, batch_size=size).equals(whole)
+        sliced = shard_stats(model, ref, batch_size=size)
+        assert sliced.drop(sums).equals(whole.drop(sums))
+        for col in sums:
+            np.testing.assert_allclose(sliced[col].to_numpy(), whole[col].to_numpy(), rtol=1e-5)
 
 
 def test_static_batch_smaller_than_the_shard_runs_in_slices(tmp_path):
@@ -143,7 +147,7 @@ def test_session_runs_shards_of_different_batch_sizes_and_reduces(tmp_path):
     assert [r["order"] for r in rows] == [0, 1, 2, 3]
 
 
-def test_nan_in_an_activation_names_shard_and_first_tensor(tmp_path):
+def test_nan_in_an_output_names_shard_output_and_first_tensor(tmp_path):
     graph = helper.make_graph(
         [helper.make_node("Log", ["x"], ["l"], name="log"), helper.make_node("Sqrt", ["l"], ["s"], name="sqrt")],
         "g",
@@ -158,7 +162,7 @@ def test_nan_in_an_activation_names_shard_and_first_tensor(tmp_path):
     np.savez(bad, x=np.array([[5.0, 0.0, 0.5], [1.0, 2.0, 3.0]], np.float32))  # log(0) = -inf, log(0.5) < 0
     with StatsSession(path) as session:
         session.run(ShardRef(str(good), str(good)))
-        with pytest.raises(NonFiniteError, match=r"bad\.npz.*'l'.*log.*1 NaN/inf"):
+        with pytest.raises(NonFiniteError, match=r"bad\.npz: FP32 output 's' holds 2 NaN/inf.*first seen in 'l'.*'log'"):
             session.run(ShardRef(str(bad), str(bad)))
 
 

@@ -15,9 +15,31 @@ A ``Relu`` whose input is instrumented gets its statistics from its input's scal
 (min = max(min_in, 0), max = max(max_in, 0); finite in, finite out), which saves three passes
 over every post-activation tensor.
 
+With ``underflow=True`` (the default) six more scalars per tensor say how much of it falls below
+FP16's normal range (smallest normal ``T`` = 2**-14 ≈ 6.10e-5; docs/NUMERICS.md), all exact:
+
+* ``nonzero`` = ReduceSum(Sign(|t|)): elements != 0;
+* ``below`` = ReduceSum(HardSigmoid(|t|; alpha=-2**38, beta=2**24)): elements with |x| < T, zeros
+  included. The affine map is exact in float32 (a power-of-two scale; 2**24 - 1 is the image of
+  the float just below T), so the clip is a step at T: 1 below, 0 from T up (tested against numpy);
+* ``below_abs_sum`` = ReduceSum(|t| * that step) and ``abs_sum`` = ReduceSum(|t|);
+* ``min_nonzero_abs`` = ReduceMin(Where(|t| > 0, |t|, +inf));
+* ``elements`` = Size(t) (int64, no pass over the data).
+
+Sign and Where need opset 9; models of older opsets get no underflow figures.
+That is one Abs, Sign, HardSigmoid, Mul, Greater and Where per tensor: each allocates a temporary of
+the tensor's size that the priority-based execution order frees right after its reduction, so
+the peak grows by a few activations, not with their number. A Relu output is non-negative, so
+its Abs is skipped. Float32 sums of 0/1 are exact up to 2**24 per lane and onnxruntime reduces in
+blocks (a sum of 5e7 ones came back exact).
+
 Reductions are written without ``axes`` (all axes) and with ``keepdims=0``, which means the same
 from opset 1 to the newest, so no opset-specific form (attribute before 18, input from 18) is
 needed.
+
+:func:`constant_tensors` finds the tensors that do not depend on any graph input (weights made by
+ConstantOfShape, transposed or dequantised weights, shape arithmetic): the statistics pass
+measures them once per session instead of on every slice (:mod:`fp16guard.stats.collect`).
 """
 
 from __future__ import annotations
@@ -31,8 +53,30 @@ from onnx import TensorProto, helper
 from fp16guard.graph.info import tensor_types as graph_tensor_types
 from fp16guard.io.model import FLOAT_TYPES
 
+__all__ = [
+    "PREFIX",
+    "FP16_MIN_NORMAL",
+    "TensorInfo",
+    "output_names",
+    "underflow_names",
+    "underflow_supported",
+    "tensor_types",
+    "float_tensors",
+    "constant_tensors",
+    "constant_model",
+    "instrument",
+]
+
 #: Prefix of every name the instrumentation adds (outputs, nodes, initializers).
 PREFIX = "fp16guard_stats"
+#: FP16's smallest positive normal value, 2**-14: below it FP16 keeps fewer than 11 bits.
+FP16_MIN_NORMAL = 2.0**-14
+#: HardSigmoid(|x|; alpha, beta) = clip(beta + alpha*|x|, 0, 1) is exactly 1 for |x| < 2**-14 and
+#: 0 from 2**-14 up: |x| * 2**38 is exact, and the float just below 2**-14 maps to 2**24 - 1.
+_STEP_ALPHA = -(2.0**38)
+_STEP_BETA = 2.0**24
+#: Ops whose result differs between runs on the same input: never treated as constant.
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
 
 
 @dataclass(frozen=True)
@@ -60,6 +104,20 @@ def output_names(info_index: int) -> tuple[str, str, str]:
     """Names of the (min, max, flag-or-count) outputs of the ``info_index``-th tensor."""
     base = f"{PREFIX}/{info_index}"
     return f"{base}/min", f"{base}/max", f"{base}/nonfinite"
+
+
+def underflow_names(info_index: int) -> tuple[str, str, str, str, str, str]:
+    """Names of the (nonzero, below, below_abs_sum, abs_sum, min_nonzero_abs, elements) outputs
+    of the ``info_index``-th tensor (see the module docstring); ``elements`` is int64, the rest
+    float32."""
+    base = f"{PREFIX}/{info_index}"
+    return f"{base}/nonzero", f"{base}/below", f"{base}/below_abs_sum", f"{base}/abs_sum", f"{base}/min_nonzero_abs", f"{base}/elements"
+
+
+def underflow_supported(model: onnx.ModelProto) -> bool:
+    """Whether :func:`instrument` can add underflow figures: the default-domain opset is >= 9."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return version >= 9
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -107,13 +165,67 @@ def float_tensors(model: onnx.ModelProto) -> list[TensorInfo]:
     return found
 
 
-def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False) -> onnx.ModelProto:
+def constant_tensors(model: onnx.ModelProto) -> set[str]:
+    """Outputs of main-graph nodes whose value does not depend on any graph input.
+
+    A node is constant when it is in the default ONNX domain, has no subgraph, is not a random
+    op, and every input is empty, an initializer that is not a graph input, or a constant
+    node's output. Constant/ConstantOfShape outputs, weight transposes, DequantizeLinear of
+    stored weights and shape arithmetic on them qualify; anything reading a graph input does not.
+    """
+    graph = model.graph
+    inputs = {v.name for v in graph.input}
+    known = {t.name for t in graph.initializer if t.name not in inputs}
+    found: set[str] = set()
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS:
+            continue
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if all(not name or name in known for name in node.input):
+            outs = {o for o in node.output if o}
+            known |= outs
+            found |= outs
+    return found
+
+
+def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False) -> onnx.ModelProto:
+    """The statistics model of constant ``tensors`` alone: :func:`instrument` of them, without
+    graph inputs and without the nodes their values do not need, so it runs with no feeds.
+
+    Raises:
+        ValueError: a tensor depends on a graph input (see :func:`constant_tensors`).
+    """
+    const = constant_tensors(model)
+    loose = [t.name for t in tensors if t.name not in const]
+    if loose:
+        raise ValueError(f"tensors {loose[:3]} depend on graph inputs; expected constant tensors only")
+    out = instrument(model, tensors, exact_counts=exact_counts)
+    graph = out.graph
+    needed = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    for node in reversed(list(graph.node)):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(n for n in node.input if n)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    inits = {t.name for t in graph.initializer}
+    kept_inputs = [v for v in graph.input if v.name in inits]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    return out
+
+
+def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False, underflow: bool = True) -> onnx.ModelProto:
     """Return a copy of ``model`` whose only outputs are per-tensor statistics (scalars).
 
     For tensor ``k`` of ``tensors`` the outputs are named by :func:`output_names` ``(k)``:
     ``min`` and ``max`` (float32 scalars) and ``nonfinite``: with ``exact_counts=False`` a float32
     flag, non-finite iff the tensor may hold NaN/inf; with ``exact_counts=True`` the exact int64
     number of NaN/inf elements (allocates full-size boolean temporaries; use for diagnosis only).
+    With ``underflow=True`` (ignored when ``exact_counts``) the six scalars named by
+    :func:`underflow_names` ``(k)`` come too (see the module docstring).
 
     The original graph outputs are dropped: a caller wants the statistics, and keeping outputs
     would keep their buffers. The input model is not modified; its weights are shared by
@@ -131,6 +243,11 @@ def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_coun
     if zero in taken:
         raise ValueError(f"model already has a tensor named {zero}")
     graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
+    inf = f"{PREFIX}/inf"
+    # Sign and Where exist from opset 9 on; older models get no underflow figures (null).
+    underflow = underflow and not exact_counts and underflow_supported(model)
+    if underflow:
+        graph.initializer.append(helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]))
 
     producers = {name: node for node in graph.node for name in node.output}
     by_name = {t.name: k for k, t in enumerate(tensors)}
@@ -147,25 +264,39 @@ def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_coun
         mn, mx, nf = output_names(k)
         src = producers.get(info.name)
         relu_input = src.input[0] if src is not None and src.op_type == "Relu" and src.domain in ("", "ai.onnx") else None
+        x = info.name
+        if info.elem_type != TensorProto.FLOAT:
+            x = node("Cast", [x], f"{PREFIX}/{k}/as_float", to=TensorProto.FLOAT)
         if not exact_counts and relu_input in by_name and tensors[by_name[relu_input]].elem_type == TensorProto.FLOAT:
             imn, imx, inf_ = output_names(by_name[relu_input])
             node("Max", [imn, zero], mn)
             node("Max", [imx, zero], mx)
             node("Identity", [inf_], nf)
         else:
-            x = info.name
-            if info.elem_type != TensorProto.FLOAT:
-                x = node("Cast", [x], f"{PREFIX}/{k}/as_float", to=TensorProto.FLOAT)
             node("ReduceMin", [x], mn, keepdims=0)
             node("ReduceMax", [x], mx, keepdims=0)
             if exact_counts:
-                nan = node("IsNaN", [x], f"{PREFIX}/{k}/isnan")
-                inf = node("IsInf", [x], f"{PREFIX}/{k}/isinf")
-                bad = node("Or", [nan, inf], f"{PREFIX}/{k}/bad")
+                is_nan = node("IsNaN", [x], f"{PREFIX}/{k}/isnan")
+                is_inf = node("IsInf", [x], f"{PREFIX}/{k}/isinf")
+                bad = node("Or", [is_nan, is_inf], f"{PREFIX}/{k}/bad")
                 as_int = node("Cast", [bad], f"{PREFIX}/{k}/bad_int", to=TensorProto.INT64)
                 node("ReduceSum", [as_int], nf, keepdims=0)
             else:
                 node("ReduceSum", [x], nf, keepdims=0)
+        if underflow:
+            nz, below, below_sum, abs_sum, min_nz, elements = underflow_names(k)
+            node("Size", [info.name], elements)
+            # A Relu output is already non-negative: |x| is x.
+            a = x if relu_input is not None else node("Abs", [x], f"{PREFIX}/{k}/abs")
+            node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], nz, keepdims=0)
+            step = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
+            node("ReduceSum", [step], below, keepdims=0)
+            node("ReduceSum", [node("Mul", [a, step], f"{PREFIX}/{k}/below_abs")], below_sum, keepdims=0)
+            node("ReduceSum", [a], abs_sum, keepdims=0)
+            is_nonzero = node("Greater", [a, zero], f"{PREFIX}/{k}/is_nonzero")
+            node("ReduceMin", [node("Where", [is_nonzero, a, inf], f"{PREFIX}/{k}/nonzero_abs")], min_nz, keepdims=0)
+            outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in underflow_names(k)[:5])
+            outputs.append(helper.make_tensor_value_info(elements, TensorProto.INT64, []))
         outputs.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
         outputs.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
         outputs.append(helper.make_tensor_value_info(nf, TensorProto.INT64 if exact_counts else TensorProto.FLOAT, []))

@@ -3,6 +3,20 @@
 :class:`StatsSession` opens the instrumented model once and measures shard after shard;
 :func:`shard_stats` measures one shard; :func:`reduce_stats` folds per-shard tables into one row
 per tensor. Memory is one shard's feeds plus the model: statistics are scalars.
+
+Two kinds of tensor are measured differently:
+
+* **constant** tensors (no dependence on any graph input: ConstantOfShape weights, transposed or
+  dequantised weights, shape arithmetic; :func:`fp16guard.graph.instrument.constant_tensors`)
+  are measured once, when the session opens, by a small model of their own that runs without
+  feeds and is closed before the per-shard model is created. Every shard's table repeats those
+  figures, so the tables keep one row per float tensor;
+* every other float tensor is measured on every slice by the per-shard model.
+
+Non-finite values (docs/NUMERICS.md): NaN/inf in an FP32 tensor that is *not* a graph output
+(TensorFlow's ``div_no_nan``, an additive ``-inf`` attention mask before Softmax) is data: it is
+counted per tensor and shard (``nonfinite``) and the planner keeps the nodes touching it FP32.
+Only NaN/inf in a graph output of the FP32 model is a data error (:class:`NonFiniteError`).
 """
 
 from __future__ import annotations
@@ -17,7 +31,16 @@ import pyarrow as pa
 
 from fp16guard.io import shards as data
 from fp16guard.errors import NonFiniteError
-from fp16guard.graph.instrument import TensorInfo, float_tensors, instrument, output_names
+from fp16guard.graph.instrument import (
+    TensorInfo,
+    constant_model,
+    constant_tensors,
+    float_tensors,
+    instrument,
+    output_names,
+    underflow_names,
+    underflow_supported,
+)
 from fp16guard.io.model import input_specs, normalize_model
 from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public stats API lives here)
     SHARD_SCHEMA,
@@ -28,6 +51,22 @@ from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public sta
     write_shard_stats,
     write_stats,
 )
+
+__all__ = [
+    "StatsSession",
+    "shard_stats",
+    "reduce_stats",
+    "write_stats_files",
+    "SHARD_SCHEMA",
+    "STATS_SCHEMA",
+    "read_stats",
+    "read_shard_stats",
+    "write_stats",
+    "write_shard_stats",
+]
+
+#: Underflow columns, in the order the per-slice arrays are kept.
+_UNDERFLOW_COLUMNS = ("nonzero", "subnormal", "min_nonzero_abs", "abs_sum", "subnormal_abs_sum")
 
 
 class StatsSession:
@@ -57,14 +96,32 @@ class StatsSession:
         model = normalize_model(load_graph_only(self.model_path))
         self.specs = input_specs(model)
         self.tensors: list[TensorInfo] = float_tensors(model)
+        const = constant_tensors(model)
+        #: indices into ``tensors``: measured once per session / on every slice
+        self._const = [k for k, t in enumerate(self.tensors) if t.name in const]
+        self._varying = [k for k, t in enumerate(self.tensors) if t.name not in const]
+        self._outputs = {o.name for o in model.graph.output}
+        self._underflow = underflow_supported(model)
         self._model = model  # graph only (weights are references): small
         self._runner = None
+        self._const_figures: dict[str, np.ndarray] | None = None
 
     def __enter__(self) -> "StatsSession":
         from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
+        if self._const and self._const_figures is None:
+            # Before the per-shard session exists, so the two never hold their weights at once.
+            chosen = [self.tensors[k] for k in self._const]
+            with OnnxRuntimeRunner(constant_model(self._model, chosen), providers=self.providers, external_data_dir=self.model_path.parent) as runner:
+                values = runner.infer({}, self._fetch(len(chosen)))
+            self._const_figures = self._figures(values, len(chosen))
+            flags = self._const_figures["flag"]
+            suspect = ~np.isfinite(flags) | np.isnan(self._const_figures["min"]) | np.isnan(self._const_figures["max"])
+            suspect |= (self._const_figures["min"] == -np.inf) | (self._const_figures["max"] == np.inf)
+            counts = self._count_nonfinite(chosen, {}, np.flatnonzero(suspect)) if suspect.any() else {}
+            self._const_figures["nonfinite"] = np.array([counts.get(i, 0) for i in range(len(chosen))], dtype=np.int64)
         self._runner = OnnxRuntimeRunner(
-            instrument(self._model, self.tensors),
+            instrument(self._model, [self.tensors[k] for k in self._varying]),
             providers=self.providers,
             external_data_dir=self.model_path.parent,
             # onnxruntime's default order runs every reduction after the last layer, keeping
@@ -80,76 +137,149 @@ class StatsSession:
             self._runner.close()
         self._runner = None
 
+    def _fetch(self, n: int) -> list[str]:
+        """Output names of the instrumented model of ``n`` tensors."""
+        names = [name for k in range(n) for name in output_names(k)]
+        if self._underflow:
+            names += [name for k in range(n) for name in underflow_names(k)]
+        return names
+
+    def _figures(self, values: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Per-tensor arrays (float64) of one inference's scalars: min, max, flag, and the
+        underflow figures (NaN when not measured)."""
+        out = {key: np.array([values[output_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(("min", "max", "flag"))}
+        if self._underflow:
+            raw = {key: np.array([values[underflow_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(("nonzero", "below", "below_sum", "abs_sum", "min_nz", "elements"))}
+            out["nonzero"] = raw["nonzero"]
+            out["subnormal"] = raw["below"] - (raw["elements"] - raw["nonzero"])  # |x| < T minus the zeros
+            out["min_nonzero_abs"] = raw["min_nz"]
+            out["abs_sum"] = raw["abs_sum"]
+            out["subnormal_abs_sum"] = raw["below_sum"]
+        else:
+            for key in _UNDERFLOW_COLUMNS:
+                out[key] = np.full(n, np.nan)
+        return out
+
     def run(self, ref: data.ShardRef) -> pa.Table:
         """Measure one shard. Returns a SHARD_SCHEMA table, one row per tensor in graph order.
 
         Raises:
             DataError: the shard does not fit the model (see ``data.prepare_feeds``).
-            NonFiniteError: an FP32 activation holds NaN/inf (names the shard and the first
-                such tensor in graph order).
+            NonFiniteError: a graph output of the FP32 model holds NaN/inf on this shard (names
+                the shard and the output). NaN/inf in other tensors is counted, not raised.
         """
         if self._runner is None:
             raise RuntimeError("StatsSession is not open; use it as a context manager")
         feeds = data.prepare_feeds(ref, data.load_shard(ref), self.specs)
         samples = data.batch_count(feeds)
         size = data.slice_size(self.specs, samples, self.batch_size)
-        n = len(self.tensors)
+        n = len(self._varying)
+        chosen = [self.tensors[k] for k in self._varying]
         lo = np.full(n, np.inf)
         hi = np.full(n, -np.inf)
-        names = [output_names(k) for k in range(n)]
-        fetch = [name for triple in names for name in triple]
+        bad = np.zeros(n, dtype=np.int64)
+        under = {key: np.zeros(n) for key in _UNDERFLOW_COLUMNS}
+        under["min_nonzero_abs"] = np.full(n, np.inf)
+        fetch = self._fetch(n)
         for piece in data.iter_slices(feeds, size):
             with data.shard_context(ref):
                 values = self._runner.infer(piece, fetch)
-            mins = np.array([values[a] for a, _, _ in names], dtype=np.float64)
-            maxs = np.array([values[b] for _, b, _ in names], dtype=np.float64)
-            flags = np.array([values[c] for _, _, c in names], dtype=np.float64)
+            fig = self._figures(values, n)
+            mins, maxs = fig["min"], fig["max"]
             # +inf min / -inf max is an empty tensor, not a non-finite one.
-            suspect = ~np.isfinite(flags) | np.isnan(mins) | np.isnan(maxs) | (mins == -np.inf) | (maxs == np.inf)
+            suspect = ~np.isfinite(fig["flag"]) | np.isnan(mins) | np.isnan(maxs) | (mins == -np.inf) | (maxs == np.inf)
+            counts = np.zeros(n, dtype=np.int64)
             if suspect.any():
-                self._diagnose(ref, piece, np.flatnonzero(suspect))
-            lo = np.minimum(lo, mins)
-            hi = np.maximum(hi, maxs)
+                found = self._count_nonfinite(chosen, piece, np.flatnonzero(suspect))
+                self._check_outputs(ref, chosen, found)
+                for i, c in found.items():
+                    counts[i] = c
+            bad += counts
+            lo = np.fmin(lo, mins) if not np.isnan(mins).any() else np.where(np.isnan(mins), np.nan, np.minimum(lo, mins))
+            hi = np.fmax(hi, maxs) if not np.isnan(maxs).any() else np.where(np.isnan(maxs), np.nan, np.maximum(hi, maxs))
+            for key in _UNDERFLOW_COLUMNS:
+                # Figures of a tensor holding NaN/inf on this slice cannot be trusted: unknown.
+                v = np.where(counts > 0, np.nan, fig[key])
+                under[key] = np.minimum(under[key], v) if key == "min_nonzero_abs" else under[key] + v
         max_abs = np.maximum(-lo, hi)
-        max_abs = np.where(np.isfinite(max_abs), max_abs, 0.0)  # tensors empty on every sample
+        max_abs = np.where(np.isinf(lo) & np.isinf(hi) & (lo > 0) & (hi < 0), 0.0, max_abs)  # tensors empty on every sample
+        per_tensor = {
+            "min": lo,
+            "max": hi,
+            "max_abs": max_abs,
+            "nonfinite": bad,
+            **under,
+        }
+        cols = {key: np.empty(len(self.tensors), dtype=arr.dtype) for key, arr in per_tensor.items()}
+        for key, arr in per_tensor.items():
+            cols[key][self._varying] = arr
+        if self._const:
+            const = self._const_figures
+            cmax = np.maximum(-const["min"], const["max"])
+            cmax = np.where(np.isinf(const["min"]) & np.isinf(const["max"]) & (const["min"] > 0), 0.0, cmax)
+            const_cols = {"min": const["min"], "max": const["max"], "max_abs": cmax, "nonfinite": const["nonfinite"]}
+            for key in _UNDERFLOW_COLUMNS:
+                const_cols[key] = np.where(const["nonfinite"] > 0, np.nan, const[key])
+            for key, arr in const_cols.items():
+                cols[key][self._const] = arr
         digest = data.shard_digest(ref)
-        cols = {
-            "shard": [ref.name] * n,
-            "shard_sha256": [digest] * n,
+        total = len(self.tensors)
+
+        def nullable(arr: np.ndarray, integer: bool) -> pa.Array:
+            mask = np.isnan(arr)
+            return pa.array(np.where(mask, 0, arr).astype(np.int64) if integer else arr, mask=mask)
+
+        table = {
+            "shard": [ref.name] * total,
+            "shard_sha256": [digest] * total,
             "tensor": [t.name for t in self.tensors],
             "producer": [t.producer for t in self.tensors],
             "op_type": [t.op_type for t in self.tensors],
             "output_index": [t.output_index for t in self.tensors],
             "order": [t.order for t in self.tensors],
-            "min": lo,
-            "max": hi,
-            "max_abs": max_abs,
-            "nonfinite": np.zeros(n, dtype=np.int64),
-            "samples": [samples] * n,
+            "min": cols["min"],
+            "max": cols["max"],
+            "max_abs": cols["max_abs"],
+            "nonfinite": cols["nonfinite"],
+            "nonzero": nullable(cols["nonzero"], True),
+            "subnormal": nullable(cols["subnormal"], True),
+            "min_nonzero_abs": nullable(cols["min_nonzero_abs"], False),
+            "abs_sum": nullable(cols["abs_sum"], False),
+            "subnormal_abs_sum": nullable(cols["subnormal_abs_sum"], False),
+            "samples": [samples] * total,
         }
-        return pa.table(cols, schema=SHARD_SCHEMA)
+        return pa.table(table, schema=SHARD_SCHEMA)
 
-    def _diagnose(self, ref: data.ShardRef, feeds: dict[str, np.ndarray], suspects: np.ndarray) -> None:
-        """Count NaN/inf exactly in the suspected tensors; raise on the first real one.
+    def _check_outputs(self, ref: data.ShardRef, chosen: list[TensorInfo], counts: dict[int, int]) -> None:
+        """Raise NonFiniteError when a graph output of the FP32 model holds NaN/inf."""
+        first = min(counts, key=lambda i: chosen[i].order, default=None)
+        for i in sorted(counts):
+            info = chosen[i]
+            if counts[i] and info.name in self._outputs:
+                origin = chosen[first]
+                where = "graph input" if not origin.producer else f"output {origin.output_index} of node '{origin.producer}' ({origin.op_type})"
+                raise NonFiniteError(
+                    f"shard {ref.name}: FP32 output '{info.name}' holds {counts[i]} NaN/inf values, first seen in '{origin.name}' ({where}); "
+                    "expected finite outputs (the FP32 model itself fails on this data)"
+                )
 
-        A flag can be a false alarm (a sum of huge finite values overflowing float32): then
-        this returns and the statistics stand. Runs a second, costlier model (full-size
-        boolean temporaries), only for this slice.
+    def _count_nonfinite(self, chosen: list[TensorInfo], feeds: dict[str, np.ndarray], suspects: np.ndarray) -> dict[int, int]:
+        """Exact NaN/inf counts of the suspected tensors (indices into ``chosen``); zero counts
+        are left out.
+
+        A flag can be a false alarm (a sum of huge finite values overflowing float32): then the
+        count is 0 and the statistics stand. Runs a second, costlier model (full-size boolean
+        temporaries), only for this slice.
         """
         from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
-        chosen = [self.tensors[k] for k in suspects]
-        counted = instrument(self._model, chosen, exact_counts=True)
+        picked = [chosen[k] for k in suspects]
+        # No feeds: the constant tensors, measured by a model of their own.
+        counted = instrument(self._model, picked, exact_counts=True) if feeds else constant_model(self._model, picked, exact_counts=True)
         with OnnxRuntimeRunner(counted, providers=self.providers, external_data_dir=self.model_path.parent) as runner:
-            values = runner.infer(feeds, [output_names(k)[2] for k in range(len(chosen))])
-        for k, info in enumerate(chosen):  # chosen is in graph order
-            count = int(values[output_names(k)[2]])
-            if count:
-                where = "graph input" if not info.producer else f"output {info.output_index} of node '{info.producer}' ({info.op_type})"
-                raise NonFiniteError(
-                    f"shard {ref.name}: FP32 tensor '{info.name}' ({where}) holds {count} NaN/inf values; "
-                    "expected finite activations (the FP32 model itself fails on this data)"
-                )
+            values = runner.infer(feeds, [output_names(j)[2] for j in range(len(picked))])
+        found = {int(k): int(values[output_names(j)[2]]) for j, k in enumerate(suspects)}
+        return {k: c for k, c in found.items() if c}
 
 
 def shard_stats(
@@ -174,8 +304,10 @@ def reduce_stats(tables: Iterable[pa.Table]) -> pa.Table:
     """Fold per-shard tables into one row per tensor (STATS_SCHEMA), in graph order.
 
     min is the smallest min, max the largest max, max_abs the largest max_abs (``max_shard``: the
-    first shard, in input order, where it was seen), nonfinite and samples are sums, shards
-    counts the shards that measured the tensor.
+    first shard, in input order, where it was seen), nonfinite and samples are sums
+    (``nonfinite_shard``: the first shard with NaN/inf, "" if none), shards counts the shards that
+    measured the tensor. Underflow counts and sums add up and ``min_nonzero_abs`` is the
+    smallest; any of them is null when a shard did not measure it (null = unknown).
 
     Raises:
         DataError: a table does not follow SHARD_SCHEMA (names the column).
@@ -188,17 +320,26 @@ def reduce_stats(tables: Iterable[pa.Table]) -> pa.Table:
             if cur is None:
                 rows[r["tensor"]] = {
                     **{k: r[k] for k in ("tensor", "producer", "op_type", "output_index", "order", "min", "max", "max_abs", "nonfinite", "samples")},
+                    **{k: r[k] for k in _UNDERFLOW_COLUMNS},
                     "shards": 1,
                     "max_shard": r["shard"],
+                    "nonfinite_shard": r["shard"] if r["nonfinite"] else "",
                 }
                 continue
             cur["min"] = min(cur["min"], r["min"])
             cur["max"] = max(cur["max"], r["max"])
             if r["max_abs"] > cur["max_abs"] or (math.isnan(r["max_abs"]) and not math.isnan(cur["max_abs"])):
                 cur["max_abs"], cur["max_shard"] = r["max_abs"], r["shard"]
+            if r["nonfinite"] and not cur["nonfinite"]:
+                cur["nonfinite_shard"] = r["shard"]
             cur["nonfinite"] += r["nonfinite"]
             cur["samples"] += r["samples"]
             cur["shards"] += 1
+            for key in _UNDERFLOW_COLUMNS:
+                if cur[key] is None or r[key] is None:
+                    cur[key] = None
+                else:
+                    cur[key] = min(cur[key], r[key]) if key == "min_nonzero_abs" else cur[key] + r[key]
     ordered = sorted(rows.values(), key=lambda r: r["order"])
     return pa.Table.from_pylist(ordered, schema=STATS_SCHEMA)
 

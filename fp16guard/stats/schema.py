@@ -5,6 +5,12 @@
 
 Writers produce exactly these schemas; readers check every column's presence and type and
 raise :class:`fp16guard.errors.DataError` naming the first missing or mistyped column.
+
+Columns added after the first release (:data:`ADDED_COLUMNS`: the underflow figures and
+``nonfinite_shard``) are nullable: a file written before them still reads, with those columns
+null, which means *not measured* (rules treat null as unknown, never as zero). The underflow
+figures are also null for a tensor on a shard where it held NaN/inf (they cannot be counted
+then). FP16's smallest normal is 2**-14 (about 6.10e-5); see docs/NUMERICS.md.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ _TENSOR_FIELDS = [
     pa.field("max", pa.float64(), nullable=False),
     pa.field("max_abs", pa.float64(), nullable=False),  # max(-min, max)
     pa.field("nonfinite", pa.int64(), nullable=False),  # NaN/inf elements
+    # Underflow figures (nullable: null = not measured).
+    pa.field("nonzero", pa.int64()),  # elements != 0
+    pa.field("subnormal", pa.int64()),  # elements with 0 < |x| < 2**-14 (FP16 smallest normal)
+    pa.field("min_nonzero_abs", pa.float64()),  # smallest |x| over elements != 0 (inf: none)
+    pa.field("abs_sum", pa.float64()),  # sum of |x|
+    pa.field("subnormal_abs_sum", pa.float64()),  # sum of |x| over the ``subnormal`` elements
 ]
+
+#: Columns newer than the first schema: a file without them reads with them null.
+ADDED_COLUMNS = frozenset({"nonzero", "subnormal", "min_nonzero_abs", "abs_sum", "subnormal_abs_sum", "nonfinite_shard"})
 
 #: One row per (shard, tensor). ``samples``: samples in the shard.
 SHARD_SCHEMA = pa.schema(
@@ -36,13 +51,15 @@ SHARD_SCHEMA = pa.schema(
 )
 
 #: One row per tensor. ``shards``: shards that measured it; ``samples``: their samples in total;
-#: ``max_shard``: name of the shard where the largest max |x| was seen (first one on ties).
+#: ``max_shard``: name of the shard where the largest max |x| was seen (first one on ties);
+#: ``nonfinite_shard``: the first shard (input order) where the tensor held NaN/inf, "" if none.
 STATS_SCHEMA = pa.schema(
     _TENSOR_FIELDS
     + [
         pa.field("shards", pa.int64(), nullable=False),
         pa.field("samples", pa.int64(), nullable=False),
         pa.field("max_shard", pa.string(), nullable=False),
+        pa.field("nonfinite_shard", pa.string()),
     ]
 )
 
@@ -50,14 +67,20 @@ STATS_SCHEMA = pa.schema(
 def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     """Check that ``table`` has every column of ``schema`` with its type; return it in schema order.
 
+    A column of :data:`ADDED_COLUMNS` that ``table`` lacks (a file written by an older
+    fp16guard) is added as all-null.
+
     Raises:
         DataError: naming the first missing or mistyped column.
     """
     for field in schema:
+        if field.name not in table.column_names and field.name in ADDED_COLUMNS:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+            continue
         if field.name not in table.column_names:
             raise DataError(f"{what} has no column '{field.name}' (it has {table.column_names}); expected the columns {schema.names}")
         got = table.schema.field(field.name).type
-        if got != field.type:
+        if got != field.type and not (pa.types.is_null(got) and field.nullable):
             raise DataError(f"{what}: column '{field.name}' has type {got}; expected {field.type}")
     return table.select(schema.names).cast(schema)
 
