@@ -151,3 +151,28 @@ def test_report_renders_in_headless_chromium(demo_run, tmp_path):
     blue = count(0, 650, lambda r, g, b: b > 140 and r < 110 and 90 < g < 150)
     ink = count(0, 650, lambda r, g, b: r + g + b < 600)
     assert red > 200 and blue > 200 and ink > 5000, (red, blue, ink)
+
+
+def test_names_are_escaped_by_the_template():
+    # Autoescape: a node, tensor, output or run named like markup shows as text, never as markup.
+    evil = "<script>alert(1)</script>"
+    rows = [{"tensor": evil, "producer": evil, "op_type": "Mul", "order": 0, "max_abs": 7e4, "nonfinite": 0, "max_shard": evil}]
+    plan = {"threshold": 100.0, "fp32_nodes": [{"name": evil, "op_type": "Mul", "outputs": [evil], "inputs": [], "reason": evil, "details": [evil, "b"]}]}
+    verification = {"passed": False, "reason": evil, "outputs": {evil: {"kind": "float", "max_abs_error": 1.0, "max_rel_error": 0.5, "cosine": 0.9, "nonfinite": 0, "passed": False}}}
+    manifest = {"name": evil, "version": "1", "run_id": evil, "trigger": {"type": evil}, "inputs": {"model": {"location": evil, "sha256": "ab"}}, "versions": {evil: evil}}
+    html = render_report(rows, plan, verification, manifest)
+    assert "<script" not in html.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<code>{escaped}</code>" in html  # node, tensor, output and run id cells
+    assert f"<title>{escaped} / 1 — fp16guard report</title>" in html
+    assert f"{escaped}<br>b" in html  # details keep their line breaks, each escaped
+    assert html.count(escaped) >= 10
+
+
+def test_template_ships_with_the_package():
+    # The template is package data: present where the package is, and named in pyproject.
+    from importlib.resources import files
+
+    assert files("fp16guard.report").joinpath("templates/report.html.j2").is_file()
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"templates/*.j2"' in text and '"jinja2' in text

@@ -4,7 +4,13 @@ The page has no external URL (no scripts, fonts, styles or images fetched): the 
 SVG (``fp16guard.report.chart``), the styles are inline. Sections: verdict and key figures; the
 chart of max |x| per tensor in graph order (log scale, threshold and 65504 marked, tensors touching
 FP32 nodes highlighted); the FP32 nodes with their reasons; the tensors nearest the limit; the
-verification table; lineage (inputs, versions, device) with the full manifest folded away.
+verification table (numeric figures and task checks per output); lineage (inputs, versions,
+device) with the full manifest folded away.
+
+The page is the Jinja2 template ``templates/report.html.j2`` rendered with autoescape on: this
+module only prepares plain values (text and numbers formatted as text), so a node, tensor or
+output named ``<script>`` shows as text, never as markup. The one piece of markup passed in is
+the SVG chart, which :mod:`fp16guard.report.chart` escapes itself.
 """
 
 from __future__ import annotations
@@ -12,32 +18,35 @@ from __future__ import annotations
 import json
 import math
 import re
-from html import escape
+from functools import lru_cache
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
+
 from fp16guard import FP16_MAX
+from fp16guard.records.serialize import jsonable
 from fp16guard.records.verification import VerificationReport, worst_rel_error
 from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
 
+__all__ = ["render_report"]
+
 _QUOTED = re.compile(r"input '([^']+)'")  # how plans without "inputs" named the inputs that triggered a rule
 _TOP_TENSORS = 15
+#: Verification columns shown first, then the task checks, then any other figure recorded.
+_NUMERIC_COLUMNS = ["max_abs_error", "max_rel_error", "cosine", "nonfinite"]
+_CHECK_COLUMNS = ["top1_agreement", "topk_agreement", "threshold_agreement", "threshold_iou"]
 
-_CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1180px;color:#222;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.sub{color:#666;font-size:13px}
-.badge{display:inline-block;padding:3px 10px;border-radius:12px;color:#fff;font-weight:600;font-size:13px;vertical-align:middle}
-.pass{background:#2e7d32}.fail{background:#c62828}
-.cards{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
-.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:140px}
-.card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
-table{border-collapse:collapse;font-size:13px;width:100%}
-th,td{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.bad td{background:#fdecea}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 14px;vertical-align:middle}
-code{font-size:12px} pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
-"""
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("fp16guard.report", "templates"),
+        autoescape=True,  # every value is text unless wrapped in Markup by this module
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the render, not the page
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2")
 
 
 def render_report(stats_table: Any, plan: dict, verification: dict, manifest: dict) -> str:
@@ -47,10 +56,10 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
         stats_table: ``stats.parquet`` as a pyarrow Table (columns ``tensor, producer, op_type,
             order, max_abs``, optional ``output_index, nonfinite, max_shard``), a list of row
             dicts, or None when no statistics exist.
-        plan: ``plan.json`` (``threshold``, ``fp32_nodes`` [{name, op_type, outputs, reason,
-            details}], ``counts``). May be empty.
-        verification: ``verification.json`` (``passed``, ``reason``, ``outputs`` {name:
-            {max_abs_error, max_rel_error, cosine, nonfinite, ...}}). May be empty.
+        plan: ``plan.json`` (``threshold``, ``fp32_nodes`` [{name, op_type, outputs, inputs,
+            reason, details}], ``counts``). May be empty.
+        verification: ``verification.json`` (see :class:`fp16guard.records.VerificationReport`).
+            May be empty.
         manifest: ``manifest.json`` (``name, version, run_id, created, trigger, inputs,
             versions, device``). May be empty.
 
@@ -60,7 +69,7 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
     plan, manifest = plan or {}, manifest or {}
     # Through the typed record: a NaN output shows no error figure, and the worst error is the
     # one definition every view uses.
-    verification = VerificationReport.from_dict(verification).to_dict() if verification else {}
+    record = VerificationReport.from_dict(verification) if verification else None
     rows = _rows(stats_table)
     threshold = plan.get("threshold")
     fp32_nodes = [n for n in plan.get("fp32_nodes") or [] if isinstance(n, dict)]
@@ -71,43 +80,23 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
     fp32_in |= {m for n in fp32_nodes if "inputs" not in n for d in n.get("details") or [] for m in _QUOTED.findall(str(d))}
     fp32_in -= fp32_out
 
-    title = " / ".join(str(manifest[k]) for k in ("name", "version") if manifest.get(k)) or "fp16guard run"
-    passed = verification.get("passed")
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(title)} — fp16guard report</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{escape(title)} {_badge(passed)}</h1>",
-        f'<div class="sub">{_subtitle(manifest)}</div>',
-    ]
-    if verification.get("reason"):
-        out.append(f"<p><b>Verdict:</b> {escape(str(verification['reason']))}</p>")
-    out.append(_cards(rows, plan, fp32_nodes, verification, threshold))
-
-    out.append("<h2>max |x| per tensor, in graph order</h2>")
-    if rows:
-        out.append(max_abs_chart(rows, threshold, fp32_out, fp32_in))
-        out.append(
-            f'<div class="legend sub"><span style="background:{COLOR_FP32_OUT}"></span>output of an FP32 node'
-            f'<span style="background:{COLOR_FP32_IN}"></span>read by an FP32 node'
-            f'<span style="background:{COLOR_FP16}"></span>FP16'
-            f" &nbsp; solid line: FP16 max 65504; dashed: threshold; ▲ non-finite. Hover a bar for its tensor.</div>"
-        )
-    else:
-        out.append("<p>No statistics were recorded for this run.</p>")
-
-    out.append(f"<h2>FP32 nodes ({len(fp32_nodes)})</h2>")
-    out.append(_fp32_table(fp32_nodes) if fp32_nodes else "<p>None: the whole model is built in FP16.</p>")
-    if rows:
-        out.append(f"<h2>Tensors nearest the limit (top {min(_TOP_TENSORS, len(rows))})</h2>")
-        out.append(_top_table(rows, threshold, fp32_out, fp32_in))
-    out.append("<h2>Verification against FP32</h2>")
-    out.append(_verification_table(verification))
-    out.append("<h2>Lineage</h2>")
-    out.append(_lineage(manifest))
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    columns, verification_rows = _verification(record)
+    context = {
+        "title": " / ".join(str(manifest[k]) for k in ("name", "version") if manifest.get(k)) or "fp16guard run",
+        "passed": record.passed if record else None,
+        "subtitle": _subtitle(manifest),
+        "reason": record.reason if record else None,
+        "cards": _cards(rows, plan, fp32_nodes, record, threshold),
+        "chart": Markup(max_abs_chart(rows, threshold, fp32_out, fp32_in)) if rows else None,
+        "colors": {"fp32_out": COLOR_FP32_OUT, "fp32_in": COLOR_FP32_IN, "fp16": COLOR_FP16},
+        "fp32_nodes": [_fp32_row(n) for n in fp32_nodes],
+        "top_rows": _top_rows(rows, fp32_out, fp32_in),
+        "verification_columns": columns,
+        "verification_rows": verification_rows,
+        "execution": record.execution if record else None,
+        "lineage": _lineage(manifest),
+    }
+    return _template().render(**context)
 
 
 def _rows(stats_table: Any) -> list[dict]:
@@ -117,117 +106,115 @@ def _rows(stats_table: Any) -> list[dict]:
     return sorted(rows, key=lambda r: (r.get("order", 0), r.get("output_index", 0) or 0))
 
 
-def _badge(passed: Any) -> str:
-    if passed is None:
-        return ""
-    return f'<span class="badge {"pass" if passed else "fail"}">{"verified" if passed else "rejected"}</span>'
-
-
-def _subtitle(manifest: dict) -> str:
-    bits = []
+def _subtitle(manifest: dict) -> list[dict]:
+    bits: list[dict] = []
     if manifest.get("run_id"):
-        bits.append(f"run <code>{escape(str(manifest['run_id']))}</code>")
+        bits.append({"label": "run ", "code": str(manifest["run_id"])})
     if manifest.get("created"):
-        bits.append(escape(str(manifest["created"])))
+        bits.append({"label": str(manifest["created"])})
     trigger = manifest.get("trigger")
     if trigger:
-        bits.append("trigger: " + escape(str(trigger.get("type") if isinstance(trigger, dict) else trigger)))
+        bits.append({"label": "trigger: " + str(trigger.get("type") if isinstance(trigger, dict) else trigger)})
     backend = manifest.get("backend")
     if isinstance(backend, dict) and backend.get("name"):
-        bits.append("backend: " + escape(str(backend["name"])))
-    return " · ".join(bits)
+        bits.append({"label": "backend: " + str(backend.get("implementation") or backend["name"])})
+    profile = manifest.get("profile")  # fp16guard.backends.profile record
+    if isinstance(profile, dict) and (profile.get("summary") or profile.get("note")):
+        bits.append({"label": "speed: " + str(profile.get("summary") or profile.get("note"))})
+    return bits
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
+    """A figure as text: None is "—", booleans yes/no, floats to ``digits`` significant digits."""
     if isinstance(value, bool) or value is None:
         return "—" if value is None else ("yes" if value else "no")
     if isinstance(value, float):
-        if not math.isfinite(value):
-            return escape(str(value))
-        return f"{value:.{digits}g}"
-    return escape(str(value))
+        return str(value) if not math.isfinite(value) else f"{value:.{digits}g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(jsonable(value), sort_keys=True)
+    return str(value)
 
 
-def _cards(rows: list[dict], plan: dict, fp32_nodes: list, verification: dict, threshold: Any) -> str:
+def _cards(rows: list[dict], plan: dict, fp32_nodes: list, record: VerificationReport | None, threshold: Any) -> list[tuple[str, str]]:
     finite = [r["max_abs"] for r in rows if isinstance(r.get("max_abs"), (int, float)) and math.isfinite(r["max_abs"])]
     above = sum(1 for v in finite if threshold and v > threshold)
-    worst = worst_rel_error(verification)
-    cards = [
-        (len(rows), "tensors measured"),
+    worst = worst_rel_error(record) if record else None
+    counts = plan.get("counts")
+    of_float = f"FP32 nodes (of {counts.get('fp32', 0) + counts.get('fp16', 0)} with float tensors)" if isinstance(counts, dict) and "fp16" in counts else "FP32 nodes"
+    return [
+        (str(len(rows)), "tensors measured"),
         (f"{max(finite):.4g}" if finite else "—", "largest max |x|"),
-        (above, f"tensors above threshold {threshold:g}" if threshold else "tensors above threshold"),
-        (len(fp32_nodes), f"FP32 nodes (of {plan['counts'].get('fp32', 0) + plan['counts'].get('fp16', 0)} with float tensors)" if isinstance(plan.get("counts"), dict) and "fp16" in plan["counts"] else "FP32 nodes"),
+        (str(above), f"tensors above threshold {threshold:g}" if threshold else "tensors above threshold"),
+        (str(len(fp32_nodes)), of_float),
         ("—" if worst is None else f"{worst:.3g}", "worst relative error"),
     ]
-    return '<div class="cards">' + "".join(f"<div class=card><b>{escape(str(v))}</b><span>{escape(label)}</span></div>" for v, label in cards) + "</div>"
 
 
-def _fp32_table(nodes: list[dict]) -> str:
-    body = []
-    for n in nodes:
-        details = "<br>".join(escape(str(d)) for d in n.get("details") or [])
-        reasons = ", ".join(n.get("reasons") or [n.get("reason", "")])
-        outputs = ", ".join(n.get("outputs") or [])
-        body.append(f"<tr><td><code>{escape(str(n.get('name', '')))}</code></td><td>{escape(str(n.get('op_type', '')))}</td><td>{escape(reasons)}</td><td>{details}</td><td><code>{escape(outputs)}</code></td></tr>")
-    return "<table><tr><th>node</th><th>op</th><th>reason</th><th>details</th><th>outputs</th></tr>" + "".join(body) + "</table>"
+def _fp32_row(n: dict) -> dict:
+    return {
+        "name": str(n.get("name", "")),
+        "op_type": str(n.get("op_type", "")),
+        "reasons": ", ".join(map(str, n.get("reasons") or [n.get("reason", "")])),
+        "details": [str(d) for d in n.get("details") or []],
+        "outputs": ", ".join(map(str, n.get("outputs") or [])),
+    }
 
 
-def _top_table(rows: list[dict], threshold: Any, fp32_out: set, fp32_in: set) -> str:
+def _top_rows(rows: list[dict], fp32_out: set, fp32_in: set) -> list[dict]:
     def key(r: dict) -> float:
         v = r.get("max_abs")
         return math.inf if r.get("nonfinite") or not isinstance(v, (int, float)) or math.isnan(v) else v
 
-    body = []
+    out = []
     for r in sorted(rows, key=key, reverse=True)[:_TOP_TENSORS]:
         v, t = key(r), r.get("tensor", "")
-        role = "FP32 output" if t in fp32_out else "FP32 input" if t in fp32_in else "FP16"
-        cls = ' class="bad"' if v > FP16_MAX else ""
-        body.append(
-            f"<tr{cls}><td><code>{escape(str(t))}</code></td><td>{escape(str(r.get('producer') or '(graph input)'))}</td><td>{escape(str(r.get('op_type') or ''))}</td>"
-            f'<td class="num">{_fmt(float(v))}</td><td class="num">{_fmt(v / FP16_MAX, 3)}</td><td class="num">{_fmt(r.get("nonfinite"))}</td><td>{role}</td><td>{escape(str(r.get("max_shard") or ""))}</td></tr>'
-        )
-    return "<table><tr><th>tensor</th><th>producer</th><th>op</th><th>max |x|</th><th>÷ 65504</th><th>non-finite</th><th>built as</th><th>seen in shard</th></tr>" + "".join(body) + "</table>"
+        out.append({
+            "tensor": str(t),
+            "producer": str(r.get("producer") or "(graph input)"),
+            "op_type": str(r.get("op_type") or ""),
+            "max_abs": _fmt(float(v)),
+            "ratio": _fmt(v / FP16_MAX, 3),
+            "nonfinite": _fmt(r.get("nonfinite")),
+            "role": "FP32 output" if t in fp32_out else "FP32 input" if t in fp32_in else "FP16",
+            "shard": str(r.get("max_shard") or ""),
+            "bad": v > FP16_MAX,
+        })
+    return out
 
 
-def _verification_table(verification: dict) -> str:
-    outputs = verification.get("outputs") or {}
-    if not outputs:
-        return "<p>No verification figures recorded.</p>"
-    known = ["max_abs_error", "max_rel_error", "cosine", "nonfinite"]
-    extra = sorted({k for o in outputs.values() if isinstance(o, dict) for k in o} - set(known) - {"passed", "reason"})
-    cols = known + extra
-    head = "<tr><th>output</th>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "<th>verdict</th></tr>"
-    body = []
+def _verification(record: VerificationReport | None) -> tuple[list[str], list[dict]]:
+    if record is None or not record.outputs:
+        return [], []
+    outputs = {name: fig.to_dict() for name, fig in record.outputs.items()}
+    checks = [c for c in _CHECK_COLUMNS if any(c in (f.get("checks") or {}) for f in outputs.values())]
+    extra = sorted({k for f in outputs.values() for k in f} - set(_NUMERIC_COLUMNS) - {"passed", "reason", "checks", "gate"})
+    rows = []
     for name, figures in outputs.items():
-        figures = figures if isinstance(figures, dict) else {}
         ok = figures.get("passed")
-        cls = ' class="bad"' if ok is False or figures.get("nonfinite") else ""
-        cells = "".join(f'<td class="num">{_fmt(figures.get(c))}</td>' for c in cols)
         verdict = "" if ok is None else ("pass" if ok else "fail")
+        if figures.get("gate") and figures["gate"] != "numeric":
+            verdict += f" (gate {figures['gate']})"
         if figures.get("reason"):
-            verdict += f" — {escape(str(figures['reason']))}"
-        body.append(f"<tr{cls}><td><code>{escape(str(name))}</code></td>{cells}<td>{verdict}</td></tr>")
-    return "<table>" + head + "".join(body) + "</table>"
+            verdict += f" — {figures['reason']}"
+        cells = [_fmt(figures.get(c)) for c in _NUMERIC_COLUMNS] + [_fmt((figures.get("checks") or {}).get(c)) for c in checks] + [_fmt(figures.get(c)) for c in extra]
+        rows.append({"name": str(name), "cells": cells, "verdict": verdict, "bad": ok is False or bool(figures.get("nonfinite"))})
+    return _NUMERIC_COLUMNS + checks + extra, rows
 
 
-def _lineage(manifest: dict) -> str:
+def _lineage(manifest: dict) -> dict | None:
     if not manifest:
-        return "<p>No manifest.</p>"
+        return None
     rows = []
     inputs = manifest.get("inputs") or {}
     model = inputs.get("model") if isinstance(inputs, dict) else None
     if isinstance(model, dict):
-        rows.append(("model", model.get("location"), model.get("sha256")))
+        rows.append(("model", str(model.get("location") or ""), str(model.get("sha256") or "")[:16]))
     for role in ("calibration", "holdout"):
         shards = inputs.get(role) if isinstance(inputs, dict) else None
         for s in shards or []:
             if isinstance(s, dict):
                 by = f" (statistics by flow run {s['computed_by']})" if s.get("computed_by") else ""
-                rows.append((role, f"{s.get('location', '')}{by}", s.get("sha256")))
-    table = "<table><tr><th>input</th><th>location</th><th>sha256</th></tr>" + "".join(
-        f"<tr><td>{escape(str(r))}</td><td><code>{escape(str(loc or ''))}</code></td><td><code>{escape(str(sha or '')[:16])}</code></td></tr>" for r, loc, sha in rows
-    ) + "</table>"
+                rows.append((role, f"{s.get('location', '')}{by}", str(s.get("sha256") or "")[:16]))
     versions = manifest.get("versions") or {}
-    ver = ", ".join(f"{escape(k)} {escape(str(v))}" for k, v in versions.items() if v) if isinstance(versions, dict) else ""
-    full = escape(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    return f"{table}<p class=sub>{ver}</p><details><summary>full manifest.json</summary><pre>{full}</pre></details>"
+    ver = ", ".join(f"{k} {v}" for k, v in versions.items() if v) if isinstance(versions, dict) else ""
+    return {"inputs": rows, "versions": ver, "full": json.dumps(jsonable(manifest), indent=2, sort_keys=True)}
