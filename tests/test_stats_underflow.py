@@ -101,3 +101,66 @@ def test_stats_files_without_the_new_columns_still_read(tmp_path):
     pq.write_table(bad, tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="subnormal.*string"):
         read_stats(tmp_path / "bad.parquet")
+
+
+def _rms_model(tmp_path):
+    """RMS-style normalisation of small features, and a peaked softmax over 2000 classes.
+
+    x[N,64] ~ 1e-3 -> sq = x*x (~1e-6: below FP16's normal range) -> ms = ReduceMean(sq)
+    -> Add 1e-4 -> Sqrt -> y = x / that; logits[N,2000] -> Softmax -> p (mostly tiny by count,
+    but nearly all its magnitude in the top class).
+    """
+    eps = numpy_helper.from_array(np.array(1e-4, np.float32), "eps")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+            helper.make_node("ReduceMean", ["sq"], ["ms"], name="mean", axes=[1]),
+            helper.make_node("Add", ["ms", "eps"], ["mse"], name="add_eps"),
+            helper.make_node("Sqrt", ["mse"], ["rms"], name="sqrt"),
+            helper.make_node("Div", ["x", "rms"], ["y"], name="normalise"),
+            helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", 64]), helper.make_tensor_value_info("logits", F, ["N", 2000])],
+        [helper.make_tensor_value_info("y", F, ["N", 64]), helper.make_tensor_value_info("p", F, ["N", 2000])],
+        [eps],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    path = tmp_path / "rms.onnx"
+    onnx.save(model, str(path))
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 2000)).astype(np.float32)
+    logits[:, 7] += 30.0  # peaked: the other 1999 probabilities are ~1e-13 each
+    np.savez(tmp_path / "s.npz", x=(rng.normal(size=(4, 64)) * 1e-3).astype(np.float32), logits=logits)
+    return path, ShardRef(str(tmp_path / "s.npz"), str(tmp_path / "s.npz"))
+
+
+def test_activation_underflow_rule_keeps_only_the_nodes_touching_underflowing_tensors(tmp_path):
+    from fp16guard.io.model import load_model
+    from fp16guard.plan.planner import make_plan
+    from fp16guard.settings import PlanSettings
+
+    path, ref = _rms_model(tmp_path)
+    with StatsSession(path) as session:
+        stats = reduce_stats([session.run(ref)])
+    rows = {r["tensor"]: r for r in stats.to_pylist()}
+    assert rows["sq"]["subnormal_abs_sum"] > 0.5 * rows["sq"]["abs_sum"]  # x*x ~ 1e-6
+    assert rows["p"]["subnormal"] > 0.9 * rows["p"]["nonzero"]  # tiny by count ...
+    assert rows["p"]["subnormal_abs_sum"] < 1e-6 * rows["p"]["abs_sum"]  # ... but not by magnitude
+    plan = make_plan(load_model(path), stats, PlanSettings())
+    by_name = {e["name"]: e for e in plan.fp32_nodes}
+    assert set(by_name) == {"square", "mean", "add_eps"}  # sq: square, mean; ms (~1e-6): mean, add_eps
+    assert all(e["reason"] == "activation_underflow" for e in by_name.values())
+    assert any("'sq'" in d and "below FP16's smallest normal" in d for d in by_name["square"]["details"])
+
+
+def test_activation_underflow_rule_treats_missing_columns_as_unknown(tmp_path):
+    from fp16guard.io.model import load_model
+    from fp16guard.plan.planner import make_plan
+    from fp16guard.settings import PlanSettings
+
+    path, ref = _rms_model(tmp_path)
+    with StatsSession(path) as session:
+        stats = reduce_stats([session.run(ref)])
+    old = stats.drop(["nonzero", "subnormal", "min_nonzero_abs", "abs_sum", "subnormal_abs_sum"])
+    assert make_plan(load_model(path), old, PlanSettings()).fp32_names == set()

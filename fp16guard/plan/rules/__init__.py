@@ -10,8 +10,10 @@ from typing import Sequence
 
 from fp16guard.plan.rule import Rule
 from fp16guard.plan.rules.activation_range import ActivationRangeRule
+from fp16guard.plan.rules.activation_underflow import ActivationUnderflowRule
 from fp16guard.plan.rules.initializer_range import InitializerRangeRule
 from fp16guard.plan.rules.initializer_underflow import InitializerUnderflowRule
+from fp16guard.plan.rules.masked_nonfinite import MaskedNonfiniteRule
 from fp16guard.plan.rules.structural import StructuralRule
 from fp16guard.plan.rules.user_overrides import UserOverridesRule
 
@@ -22,8 +24,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     StructuralRule(),
     UserOverridesRule(),
     InitializerRangeRule(),
+    MaskedNonfiniteRule(),  # before the range rule: NaN/inf is its own reason, not a large value
     ActivationRangeRule(),
     InitializerUnderflowRule(),
+    ActivationUnderflowRule(),
 )
 
 
