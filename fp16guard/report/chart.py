@@ -13,6 +13,8 @@ from html import escape
 
 from fp16guard import FP16_MAX
 
+__all__ = ["COLOR_FP16", "COLOR_FP32_IN", "COLOR_FP32_OUT", "COLOR_LIMIT", "COLOR_THRESHOLD", "max_abs_chart"]
+
 #: Colours (also used by the report's legend).
 COLOR_FP32_OUT = "#d62728"  # produced by a node kept in FP32
 COLOR_FP32_IN = "#ff9f1c"  # read by a node kept in FP32 (NOTES #3: the input-side rule)

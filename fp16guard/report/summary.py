@@ -11,6 +11,8 @@ import pyarrow as pa
 from fp16guard import FP16_MAX
 from fp16guard.records.verification import VerificationReport
 
+__all__ = ["artifact_key", "summary_markdown", "tensors_near_limit"]
+
 
 def artifact_key(name: str, version: str, kind: str) -> str:
     """A Prefect artifact key for a model version: lowercase letters, digits and dashes only

@@ -42,6 +42,8 @@ from fp16guard.records.verification import OutputFigures, VerificationReport
 from fp16guard.verify.task_checks import TaskChecks, check_gate_outputs, judge_task_gate
 from fp16guard.settings import VerifySettings
 
+__all__ = ["compare_runners", "gate", "has_fp16", "verify", "verify_mixed"]
+
 _CPU = "CPUExecutionProvider"
 
 
