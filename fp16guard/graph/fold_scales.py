@@ -359,7 +359,7 @@ def _rescaled_constant(value: np.ndarray, exponent: int, operand_max: float | No
     if faithful(value, scaled):
         return scaled
     biggest = float(np.max(np.abs(value))) if value.size else 0.0
-    if operand_max is not None and math.isfinite(operand_max) and biggest * 2.0**10 <= operand_max:
+    if operand_max is not None and not math.isnan(operand_max) and biggest * 2.0**10 <= operand_max:
         floor = np.float32(_FP16_SMALLEST)
         keep = np.where((value != 0) & (np.abs(scaled) < floor), np.sign(value) * floor, scaled)
         return keep.astype(np.float32)
@@ -460,39 +460,57 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
     for t in sorted(order, key=order.get):
         members.setdefault(uf.find(t), []).append(t)
 
+    allowed_of = {root: min(min(_allowed(ranges.get(t)) for t in names), MAX_EXPONENT) for root, names in members.items()}
+    needs_of: dict[str, int | None] = {}
+    for root, names in members.items():
+        needs = [_need(ranges.get(t), threshold) for t in names]
+        needs_of[root] = None if any(n is None for n in needs) else max(needs)
+    # A product or power needs its factors scaled: x**2 overflowing needs x / 2**(n/2). Pushed
+    # from the outputs back (reverse graph order), so chains such as Sqrt(Mean(Pow(x, 2))) reach
+    # the rescale point that can provide it; never beyond what a factor's underflow guard allows.
+    pushed: dict[str, str] = {}
+    for node, k in reversed(list(zip(nodes, kinds))):
+        total = sum(k.degree, Fraction(0))
+        if k.kind != "derived" or total <= 0 or not k.outs:
+            continue
+        out_need = needs_of.get(uf.find(k.outs[0]))
+        if not out_need:
+            continue
+        required = math.ceil(out_need / total)
+        for t in k.carry:
+            root = uf.find(t)
+            if needs_of.get(root) is not None and needs_of[root] < required <= allowed_of[root]:
+                needs_of[root] = required
+                pushed[root] = f"{node.op_type} {node.name!r} reads it and needs 2**{out_need} on its output"
+
     class_exp: dict[str, int] = {}
     solution = ScaleSolution()
     for root, names in members.items():
-        needs = [_need(ranges.get(t), threshold) for t in names]
-        if all(n == 0 for n in needs):
+        need = needs_of[root]
+        if need == 0:
             class_exp[root] = 0
             continue
-        worst = max(names, key=lambda t: ranges[t].max_abs if t in ranges and math.isfinite(ranges[t].max_abs) else math.inf)
+        class_exp[root] = 0
         region = {"tensors": len(names), "first": names[0], "last": names[-1]}
-        if any(n is None for n in needs):
-            unknown = names[needs.index(None)]
-            class_exp[root] = 0
+        if need is None:
+            unknown = next(t for t in names if _need(ranges.get(t), threshold) is None)
             solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": f"tensor {unknown!r} has no finite statistics: its scale cannot be chosen"})
             continue
-        need = max(needs)
-        allowed = min(min(_allowed(ranges.get(t)) for t in names), MAX_EXPONENT)
+        worst = max(names, key=lambda t: ranges[t].max_abs)
         peak = ranges[worst].max_abs
+        cause = pushed.get(root) or f"max |x| = {peak:.6g} at {worst!r} > threshold {threshold:g}"
+        allowed = allowed_of[root]
+        if need > MAX_EXPONENT:
+            why = f"{cause}: needs 2**{need}, beyond the largest folded scale 2**{MAX_EXPONENT}"
+            solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": why})
+            continue
         if need > allowed:
-            class_exp[root] = 0
             low = min(names, key=lambda t: _allowed(ranges.get(t)))
-            why = (
-                f"max |x| = {peak:.6g} at {worst!r} needs 2**{need}, but {low!r} would sink below FP16's normal range "
-                f"(underflow guard allows at most 2**{min(allowed, MAX_EXPONENT) if need <= MAX_EXPONENT else allowed})"
-                if need <= MAX_EXPONENT
-                else f"max |x| = {peak:.6g} at {worst!r} needs 2**{need}, beyond the largest folded scale 2**{MAX_EXPONENT}"
-            )
+            why = f"{cause}: needs 2**{need}, but {low!r} would sink below FP16's normal range (underflow guard allows at most 2**{allowed})"
             solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": why})
             continue
         class_exp[root] = need
-        solution.regions.append(
-            {**region, "exponent": need, "scale": 2**need, "status": "folded", "why": f"max |x| = {peak:.6g} at {worst!r} > threshold {threshold:g}: stored divided by 2**{need}"}
-        )
-    allowed_of = {root: min(min(_allowed(ranges.get(t)) for t in names), MAX_EXPONENT) for root, names in members.items()}
+        solution.regions.append({**region, "root": root, "exponent": need, "scale": 2**need, "status": "folded", "why": f"{cause}: stored divided by 2**{need}"})
 
     e: dict[str, int] = {t: 0 for t in order}
     for node, k in zip(nodes, kinds):
@@ -527,6 +545,13 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
         for o in k.outs:
             e[o] = out
     solution.exponents = {t: v for t, v in e.items() if v}
+    # A class gets its scale only from a rescale point (or a product of scaled factors) inside
+    # it; one whose values all come from elsewhere stays unscaled: say so.
+    for region in solution.regions:
+        root = region.pop("root", None)
+        if root is not None and not any(e.get(t) for t in members[root]):
+            region.update(exponent=0, scale=1, status="unscaled")
+            region["why"] += " — but no weight or scaled factor before it can carry the scale, so it stays unscaled and the rules decide"
     return solution
 
 
