@@ -4,7 +4,7 @@ For every example model (``fp16guard.examples``) and three builds of it:
 
 - ``all_fp16``: every node FP16;
 - ``producer_only``: only nodes whose *output* exceeds the threshold stay FP32 (the recipe that
-  NOTES #3 says is not enough);
+  docs/FACTS.md #3 says is not enough);
 - ``plan``: the plan fp16guard makes (``fp16guard.plan.planner.make_plan`` on in-graph statistics of the
   calibration shards; input-or-output rule),
 

@@ -1,7 +1,7 @@
 """Ground truth for FP16 on a GPU: run an ONNX model in PyTorch with its declared dtypes.
 
-onnxruntime's CPU provider hides FP16 overflow (NOTES #1) and the lent GPU machine has no
-onnxruntime-gpu (NOTES #8), so this small interpreter executes an ONNX graph node by node with
+onnxruntime's CPU provider hides FP16 overflow (docs/FACTS.md #1) and the lent GPU machine has no
+onnxruntime-gpu (docs/FACTS.md #8), so this small interpreter executes an ONNX graph node by node with
 PyTorch. Every tensor keeps the element type the graph gives it: FP16 initializers stay FP16,
 ``Cast`` changes types, and each op runs on the dtypes of its inputs, so on CUDA an FP16 node runs
 real FP16 kernels (cuBLAS half GEMMs round their outputs to FP16 and overflow to inf) and an FP32

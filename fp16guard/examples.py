@@ -1,7 +1,7 @@
 """Tiny ONNX models that really overflow FP16 on their data, built in code (no downloads).
 
 Each example is an FP32 model whose activations or constants leave the FP16 range (|x| > 65504)
-on data drawn from the example's own input distribution, covering the cases in NOTES #3-5:
+on data drawn from the example's own input distribution, covering the cases in docs/FACTS.md #3-5:
 
 - ``mlp``: stacked Gemm/MatMul + Relu layers with no normalisation; hidden activations grow
   layer by layer to ~1e5.
@@ -9,9 +9,9 @@ on data drawn from the example's own input distribution, covering the cases in N
   and the attention result stay small.
 - ``rmsnorm``: a T5-style RMSNorm (``Pow(h, 2) -> ReduceMean -> Sqrt -> Div``) over a residual
   stream with |h| ~ 1e3: ``Pow`` overflows, and in FP16 the output becomes ``h / inf = 0``,
-  finite and wrong (NOTES #4).
+  finite and wrong (docs/FACTS.md #4).
 - ``large_constant``: an input normalisation whose offset constant (101325, a pressure in Pa)
-  cannot be stored in FP16 at all (NOTES #5).
+  cannot be stored in FP16 at all (docs/FACTS.md #5).
 - ``demo``: a small sensor transformer combining the above (a few hundred KB); its all-FP16
   build gives NaN.
 

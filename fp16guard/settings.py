@@ -2,7 +2,7 @@
 
 The CLI and the Prefect flow share these pydantic models: the flow takes :class:`RunParameters`
 as its one parameter, so the Prefect UI renders a form from the descriptions, bounds and choices
-below and the server rejects bad values before a run starts (NOTES #15). Nothing here reads the
+below and the server rejects bad values before a run starts (docs/FACTS.md #15). Nothing here reads the
 environment at import time.
 """
 

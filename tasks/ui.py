@@ -1,5 +1,5 @@
 """What the Prefect UI shows of a run: artifacts (summary, tensor table, report link) and an
-asset materialization for a released artifact (NOTES #13: the open-source server stores asset
+asset materialization for a released artifact (docs/FACTS.md #13: the open-source server stores asset
 events but draws no lineage graph; the lineage lives in manifest.json)."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Shared fixtures: one real Prefect server for the whole session, and the demo example on disk.
 
-NOTES #14: ``prefect_test_harness`` takes 20-30 s to start here, so it is one session-scoped
+docs/FACTS.md #14: ``prefect_test_harness`` takes 20-30 s to start here, so it is one session-scoped
 fixture, started only by the tests that need it.
 """
 

@@ -3,7 +3,7 @@
 The integration test measures real statistics with ``fp16guard.stats.collect`` on an FP32 model that
 overflows FP16 twice (a ~1e5 hidden activation and a T5-style RMSNorm whose Pow overflows),
 plans, converts and emulates: all-FP16 breaks, the plan holds, and pinning only the producers of
-large tensors (the seed recipe) does not (NOTES #3, #4).
+large tensors (the seed recipe) does not (docs/FACTS.md #3, #4).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def test_plan_fixes_overflow_that_all_fp16_shows(overflow_case):
 
 
 def test_rmsnorm_alone_is_finite_but_wrong_in_fp16(overflow_case):
-    # NOTES #4: with only the hidden layer pinned, Pow overflows and h / inf = 0: finite, wrong.
+    # docs/FACTS.md #4: with only the hidden layer pinned, Pow overflows and h / inf = 0: finite, wrong.
     model, _, holdout, reference = overflow_case
     (got,) = _run(emulate_fp16_storage(to_mixed_precision(model, {"ffn/up", "ffn/relu", "ffn/down"})), holdout)
     assert np.all(np.isfinite(got))
@@ -224,7 +224,7 @@ def test_rmsnorm_alone_is_finite_but_wrong_in_fp16(overflow_case):
 
 
 def test_pinning_only_producers_is_not_enough(overflow_case):
-    # NOTES #3: keep FP32 only the nodes that *produce* a tensor above the threshold.
+    # docs/FACTS.md #3: keep FP32 only the nodes that *produce* a tensor above the threshold.
     model, stats, holdout, reference = overflow_case
     threshold = PlanSettings().threshold
     large = {t for t, m in zip(stats.column("tensor").to_pylist(), stats.column("max_abs").to_pylist()) if m > threshold}

@@ -35,7 +35,7 @@ def _expose_all(model: onnx.ModelProto) -> onnx.ModelProto:
 def _all_fp16_storage(model: onnx.ModelProto) -> onnx.ModelProto:
     """Independent, test-local model of an all-FP16 build: every float tensor a node reads
     (inputs, initializers, activations; Pow exponents excepted) and every graph output is
-    rounded through FP16 storage, arithmetic stays FP32 (NOTES #2). Graph outputs keep their
+    rounded through FP16 storage, arithmetic stays FP32 (docs/FACTS.md #2). Graph outputs keep their
     names: their producers write ``<name>#pre``, which is rounded into ``<name>``."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -110,7 +110,7 @@ def test_all_fp16_output_is_wrong(name):
 
 
 def test_rmsnorm_fp16_output_is_finite_but_zero():
-    # NOTES #4: no NaN, entirely wrong.
+    # docs/FACTS.md #4: no NaN, entirely wrong.
     model = examples.build_model("rmsnorm")
     feeds = examples.sample_inputs("rmsnorm", 8, seed=3)
     got = _run(_all_fp16_storage(model), feeds)["y"]
@@ -159,7 +159,7 @@ def test_save_model_round_trips_through_load_model(tmp_path):
 @pytest.mark.parametrize("name", NAMES)
 def test_input_or_output_plan_verifies_with_emulation(name, tmp_path):
     """With the team's convert + emulate: pin nodes whose float input or output exceeds 1e4
-    (NOTES #3); the mixed model verifies against FP32, the all-FP16 one fails."""
+    (docs/FACTS.md #3); the mixed model verifies against FP32, the all-FP16 one fails."""
     convert = pytest.importorskip("fp16guard.graph.convert", reason="fp16guard.graph.convert (teammate's module) has not landed")
     pytest.importorskip("fp16guard.graph.emulate", reason="fp16guard.graph.emulate (teammate's module) has not landed")
     from fp16guard.verify.compare import verify

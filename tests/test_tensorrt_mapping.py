@@ -1,4 +1,4 @@
-"""Layer <-> ONNX node mapping on synthetic layer descriptions shaped like TensorRT's (NOTES #9)."""
+"""Layer <-> ONNX node mapping on synthetic layer descriptions shaped like TensorRT's (docs/FACTS.md #9)."""
 
 from fp16guard.backends.tensorrt.mapping import LayerDesc, map_layers, metadata_nodes, name_candidates, node_table
 from fp16guard.io.model import normalize_model

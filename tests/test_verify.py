@@ -108,7 +108,7 @@ def test_cosine_gate(data):
 
 
 def test_all_zero_candidate_fails_without_nan(data):
-    # The RMSNorm failure mode: finite, all zeros, wrong (NOTES #4).
+    # The RMSNorm failure mode: finite, all zeros, wrong (docs/FACTS.md #4).
     _, refs = data
     zero = _model(
         [helper.make_node("Mul", ["x", "z"], ["y"], name="mul")], [_fin("x", 4)], [_fin("y", 4)],

@@ -2,7 +2,7 @@
 
 This pass is written here rather than taken from onnxconverter-common, whose
 ``convert_float_to_float16`` clamps weights to ±1e4 by default (silently changing the model,
-NOTES #5), renames tensors and does not keep node output names, so statistics and plans would no
+docs/FACTS.md #5), renames tensors and does not keep node output names, so statistics and plans would no
 longer map onto the artifact by name.
 
 Contract of :func:`to_mixed_precision`:

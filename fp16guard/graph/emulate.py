@@ -1,9 +1,9 @@
 """FP16 storage emulation: an FP32 model that rounds every formerly-FP16 tensor through FP16.
 
-ONNX Runtime's CPU provider computes FP16 nodes in FP32 and hides FP16 overflow (NOTES #1).
+ONNX Runtime's CPU provider computes FP16 nodes in FP32 and hides FP16 overflow (docs/FACTS.md #1).
 Rounding each FP16 tensor through FP16 storage (``Cast(to=FLOAT16)`` then ``Cast(to=FLOAT)``)
 with the arithmetic in FP32 reproduces it faithfully: values above 65504 become inf, small ones
-lose precision, exactly as stored FP16 activations would (NOTES #2; tensor cores accumulate in
+lose precision, exactly as stored FP16 activations would (docs/FACTS.md #2; tensor cores accumulate in
 FP32 as well). The rounding pair is a real computation in the graph; ONNX Runtime does not fold
 it away at any optimisation level (``tests/test_emulate.py`` checks level "all").
 

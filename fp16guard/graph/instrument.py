@@ -10,7 +10,7 @@ For every float tensor of the main graph the instrumented model returns three sc
   the rare slice that raised the flag.
 
 Reductions read their tensor once and allocate nothing of its size, so memory does not depend on
-activation size (NOTES #10: ``ReduceMax(Abs(t))`` allocates a full-size ``Abs`` temporary).
+activation size (docs/FACTS.md #10: ``ReduceMax(Abs(t))`` allocates a full-size ``Abs`` temporary).
 A ``Relu`` whose input is instrumented gets its statistics from its input's scalars
 (min = max(min_in, 0), max = max(max_in, 0); finite in, finite out), which saves three passes
 over every post-activation tensor.

@@ -2,7 +2,7 @@
 
 Every stage loads models through :func:`load_model`, so node names are the same everywhere:
 unnamed nodes get deterministic names (``<op_type>_<index>``), duplicate names get a ``__<k>``
-suffix, and IR-version < 4 models stop listing initializers among the graph inputs (NOTES #6).
+suffix, and IR-version < 4 models stop listing initializers among the graph inputs (docs/FACTS.md #6).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ __all__ = ["COLOR_FP16", "COLOR_FP32_IN", "COLOR_FP32_OUT", "COLOR_LIMIT", "COLO
 
 #: Colours (also used by the report's legend).
 COLOR_FP32_OUT = "#d62728"  # produced by a node kept in FP32
-COLOR_FP32_IN = "#ff9f1c"  # read by a node kept in FP32 (NOTES #3: the input-side rule)
+COLOR_FP32_IN = "#ff9f1c"  # read by a node kept in FP32 (docs/FACTS.md #3: the input-side rule)
 COLOR_FP16 = "#4c78a8"  # everything else
 COLOR_LIMIT = "#b00020"
 COLOR_THRESHOLD = "#e07b00"

@@ -16,7 +16,7 @@ __all__ = ["artifact_key", "summary_markdown", "tensors_near_limit"]
 
 def artifact_key(name: str, version: str, kind: str) -> str:
     """A Prefect artifact key for a model version: lowercase letters, digits and dashes only
-    (NOTES #14), e.g. ``fp16guard-resnet-50-v7-summary``. Same name and version → same key, so
+    (docs/FACTS.md #14), e.g. ``fp16guard-resnet-50-v7-summary``. Same name and version → same key, so
     the UI lists each model version's runs as the history of one artifact."""
     raw = f"fp16guard-{name}-{version}-{kind}".lower()
     return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")[:200]

@@ -17,7 +17,7 @@ carries ``checks`` (top-1/top-k agreement over the last axis, thresholded-map ag
 :mod:`fp16guard.verify.task_checks`), and an output named in ``settings.output_gates`` is judged
 by the gate chosen there instead (``gate`` in its figures says which judged it).
 
-FP16 on the CPU provider (NOTES #1-2): onnxruntime's CPU provider computes most FP16 nodes in
+FP16 on the CPU provider (docs/FACTS.md #1-2): onnxruntime's CPU provider computes most FP16 nodes in
 FP32 and so hides overflow. When the candidate holds FP16 tensors and runs on the CPU provider,
 it is verified through FP16 storage emulation (``fp16guard.graph.emulate.emulate_fp16_storage``): an
 FP32 graph whose formerly-FP16 tensors are rounded through FP16, which reproduces overflow. The
@@ -252,7 +252,7 @@ def verify(
             default: the whole shard.
         providers: onnxruntime execution providers for both models; default CPU.
         emulate: run the candidate through FP16 storage emulation. None (default): when the
-            candidate holds FP16 and onnxruntime runs it on the CPU provider (NOTES #1-2).
+            candidate holds FP16 and onnxruntime runs it on the CPU provider (docs/FACTS.md #1-2).
 
     Returns:
         The content of ``verification.json``: ``passed``, ``reason`` (one line naming the
@@ -286,7 +286,7 @@ def verify(
     elif fp16:
         execution = f"onnxruntime {first}: candidate run as built (FP16 kernels of this provider)"
         if on_cpu:
-            execution += "; WARNING: the CPU provider hides FP16 overflow (NOTES #1)"
+            execution += "; WARNING: the CPU provider hides FP16 overflow (docs/FACTS.md #1)"
         run_model = cand_model
     else:
         execution = f"onnxruntime {first}: candidate has no FP16 tensors, run as built"

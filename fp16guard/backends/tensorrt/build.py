@@ -4,7 +4,7 @@
   the FP16 tensors and the FP32 islands with their border Casts come from the graph.
 * **Weak typing** parses the FP32 model, sets the FP16 builder flag and
   ``OBEY_PRECISION_CONSTRAINTS``, and pins **every** layer of every plan node to FP32 — its
-  precision and the type of each float output, not only output 0 (:mod:`.mapping`, NOTES #9).
+  precision and the type of each float output, not only output 0 (:mod:`.mapping`, docs/FACTS.md #9).
 
 Either way the engine is built with DETAILED profiling verbosity, checked with the engine
 inspector (:mod:`.inspector`; TensorRT may ignore constraints it has no kernel for), and only

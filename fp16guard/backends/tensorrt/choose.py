@@ -2,7 +2,7 @@
 
 TensorRT 11 removed weak typing (``BuilderFlag.FP16``, ``OBEY_PRECISION_CONSTRAINTS``,
 ``layer.precision``): every network is strongly typed and precision comes from the tensor types
-of the graph, i.e. from ``model.mixed.onnx`` (NOTES #7). TensorRT 8.6-10.x build weakly typed
+of the graph, i.e. from ``model.mixed.onnx`` (docs/FACTS.md #7). TensorRT 8.6-10.x build weakly typed
 networks with per-layer FP32 constraints; 10.12+ may also build strongly typed on request.
 """
 
@@ -16,7 +16,7 @@ from fp16guard.backends.tensorrt.errors import TypingModeError
 #: Oldest TensorRT this backend supports (per-layer output types + OBEY_PRECISION_CONSTRAINTS
 #: + the ONNX parser's ``parse_from_file`` and engine inspector JSON are all present from 8.6).
 MIN_VERSION = (8, 6)
-#: First version whose strongly typed builds we accept on request (NOTES #7).
+#: First version whose strongly typed builds we accept on request (docs/FACTS.md #7).
 STRONG_OPT_IN = (10, 12)
 #: First version without weak typing.
 STRONG_ONLY = (11, 0)

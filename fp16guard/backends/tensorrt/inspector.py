@@ -2,7 +2,7 @@
 
 ``IEngineInspector.get_engine_information(JSON)`` on an engine built with DETAILED profiling
 verbosity lists every engine layer with its input and output tensors. The schema changed in
-TensorRT 11 (NOTES #9):
+TensorRT 11 (docs/FACTS.md #9):
 
 * 10.x (and 8.6-9.x): engine I/O names under ``"Bindings"`` (a list of strings); each layer
   tensor has one ``"Format/Datatype"`` string, either short (``"Half"``, ``"Float"``) or, when an

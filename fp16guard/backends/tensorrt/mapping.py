@@ -1,4 +1,4 @@
-"""Which TensorRT layers come from which ONNX nodes (NOTES #9).
+"""Which TensorRT layers come from which ONNX nodes (docs/FACTS.md #9).
 
 TensorRT names layers after ONNX nodes, but the match is loose: one node may become several
 layers (helper constants, shuffles, the main op), fused layers get combined names
