@@ -206,3 +206,24 @@ def test_public_modules_declare_all():
         unknown += [f"{module}.{n}" for n in exported if n not in defined and n not in submodules]
     assert not missing, f"modules without __all__: {missing}"
     assert not unknown, f"__all__ names nothing defined: {unknown}"
+
+
+def test_cited_facts_live_in_this_repository():
+    # Comments cite docs/FACTS.md #n (a fact with its source and date), never notes kept
+    # outside the repository; every cited number exists.
+    import re
+
+    facts = (REPO / "docs" / "FACTS.md").read_text()
+    numbers = {int(n) for n in re.findall(r"(?m)^(\d+)\. \*\*|^(\d+)\. ", facts) for n in n if n}
+    outside, dangling = [], []
+    for folder in ("fp16guard", "tasks", "flows", "tests", "benchmarks", "docs"):
+        for path in sorted((REPO / folder).rglob("*")):
+            if path.suffix not in (".py", ".md", ".j2", ".yaml") or path.name == "test_layers.py":
+                continue
+            text = path.read_text(errors="replace")
+            if re.search(r"NOTES #|DESIGN\.md|shared/NOTES", text):
+                outside.append(str(path.relative_to(REPO)))
+            for cited in re.findall(r"FACTS\.md #(\d+)(?:-(\d+))?", text):
+                dangling += [f"{path.relative_to(REPO)}: #{n}" for n in cited if n and int(n) not in numbers]
+    assert not outside, f"cite docs/FACTS.md, not notes outside the repository: {outside}"
+    assert not dangling, f"citations of facts docs/FACTS.md does not have: {dangling}"
