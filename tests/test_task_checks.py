@@ -146,3 +146,13 @@ def test_cli_gate_flag(holdout, tmp_path):
     assert params.verify.output_gates["y"] == OutputGate(gate="topk", k=2, min_agreement=0.5)
     with pytest.raises(ConfigError, match="k"):
         parameters_from_args(build_parser().parse_args(["run", "m.onnx", "--calib", "c", "--holdout", "h", "--name", "n", "--version", "1", "--gate", "y=topk:0"]))
+
+
+def test_gate_on_unknown_output_is_refused_before_the_flow(demo_files, tmp_path):
+    from fp16guard.preflight import preflight
+    from fp16guard.settings import RunParameters
+
+    base = {"model": demo_files["model"], "calib": [demo_files["calib"]], "holdout": [demo_files["holdout"]], "name": "d", "version": "1", "store": str(tmp_path)}
+    with pytest.raises(ConfigError, match="'nope'.*does not have.*'logits'"):
+        preflight(RunParameters(**base, verify={"output_gates": {"nope": "top1"}}))
+    preflight(RunParameters(**base, verify={"output_gates": {"logits": "top1"}}))  # a real output: accepted
