@@ -95,7 +95,7 @@ def test_peek_reads_headers_like_load(tmp_path):
         ({"x": (np.dtype("float32"), (2, 4, 1)), "ids": (np.dtype("int64"), (2,))}, "rank 3"),
         ({"x": (np.dtype("float32"), (2, 5)), "ids": (np.dtype("int64"), (2,))}, "axis 1 must be 4"),
         ({"x": (np.dtype("float32"), (2, 4)), "ids": (np.dtype("float32"), (2,))}, "dtype float32"),
-        ({"x": (np.dtype("float32"), (2, 4)), "ids": (np.dtype("int64"), (3,))}, "same leading batch"),
+        ({"x": (np.dtype("float32"), (2, 4)), "ids": (np.dtype("int64"), (3,))}, "same batch size"),
         ({"x": (np.dtype("float32"), (0, 4)), "ids": (np.dtype("int64"), (0,))}, "no samples"),
     ],
 )

@@ -1,9 +1,17 @@
 """Calibration and holdout data: finding shards, loading them, checking them against the model.
 
-A *shard* is one unit of data and of caching: one ``.npz`` file (arrays keyed by input name,
-leading batch dimension), or one feed dict of a Polygraphy JSON inputs file (the
-list-of-feed-dicts format of ``polygraphy run --load-inputs``). Shards are loaded one at a time,
-so memory does not grow with the number of shards.
+A *shard* is one unit of data and of caching: one ``.npz`` file (arrays keyed by input name),
+or one feed dict of a Polygraphy JSON inputs file (the list-of-feed-dicts format of
+``polygraphy run --load-inputs``). Shards are loaded one at a time, so memory does not grow with
+the number of shards.
+
+**Batch axes.** A shard may hold several samples, and a run may slice it (``--batch-size``, a
+static batch in the model). Slicing happens only along an axis the model's input shapes declare
+as the *same symbolic dimension* (:func:`batch_axes`): for ``x [N, T, 80]``, ``state [2, N, 128]``
+and a rank-0 ``sample_rate``, ``N`` is the batch, on axis 0 of ``x`` and axis 1 of ``state``,
+and ``sample_rate`` is fed whole with every slice. When no input has a batch axis, each shard is
+one inference. Models without named dimensions keep the leading axis as the batch where the
+inputs agree on it.
 """
 
 from __future__ import annotations
@@ -14,13 +22,31 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from fp16guard.errors import DataError, NonFiniteError
 from fp16guard.io.hashing import sha256_file
 from fp16guard.io.model import InputSpec
+
+__all__ = [
+    "ShardRef",
+    "Feeds",
+    "discover_shards",
+    "load_shard",
+    "shard_digest",
+    "arrays_digest",
+    "peek_shard",
+    "batch_axes",
+    "check_layout",
+    "prepare_feeds",
+    "batch_count",
+    "slice_size",
+    "iter_slices",
+    "head",
+    "shard_context",
+]
 
 
 @dataclass(frozen=True)
@@ -173,6 +199,64 @@ def peek_shard(ref: ShardRef) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     return out
 
 
+def batch_axes(specs: Sequence[InputSpec]) -> dict[str, int | None]:
+    """The batch axis of every input, from the model's declared shapes alone.
+
+    * The batch is the named (symbolic) dimension shared by the most inputs; on a tie, the one
+      that sits furthest to the left, then the first seen. Each input's batch axis is where that
+      name first appears in its shape; an input without it (a rank-0 sample rate, a fixed-size
+      table) has none and is fed whole with every slice.
+    * With no named dimension at all, the leading axis is the batch of every input whose leading
+      size is dynamic; inputs with a static leading size share it only if no leading size is
+      dynamic and they all agree (a batch-1 model run on larger shards in slices); otherwise they
+      have none.
+    * An input of unknown rank gets axis 0 (decided again against the data: rank 0 has none).
+
+    Returns:
+        ``{input name: axis or None}``.
+    """
+    symbols: dict[str, list[int]] = {}
+    for spec in specs:
+        if not spec.shape:
+            continue
+        seen: set[str] = set()
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and dim and dim not in seen:
+                seen.add(dim)
+                symbols.setdefault(dim, []).append(axis)
+    axes: dict[str, int | None] = {}
+    if symbols:
+        first = list(symbols)
+        best = min(symbols, key=lambda name: (-len(symbols[name]), min(symbols[name]), first.index(name)))
+        for spec in specs:
+            if spec.shape is None:
+                axes[spec.name] = 0
+            else:
+                axes[spec.name] = list(spec.shape).index(best) if best in spec.shape else None
+        return axes
+    leads = [spec.shape[0] for spec in specs if spec.shape]
+    dynamic = any(not isinstance(d, int) or d <= 0 for d in leads)
+    static_agree = not dynamic and len(set(leads)) <= 1
+    for spec in specs:
+        if spec.shape is None:
+            axes[spec.name] = 0
+        elif not spec.shape:
+            axes[spec.name] = None
+        else:
+            lead = spec.shape[0]
+            is_dynamic = not isinstance(lead, int) or lead <= 0
+            axes[spec.name] = 0 if (is_dynamic or static_agree) else None
+    return axes
+
+
+def _batch_symbol(specs: Sequence[InputSpec], axes: Mapping[str, int | None]) -> str:
+    for spec in specs:
+        axis = axes.get(spec.name)
+        if axis is not None and spec.shape and axis < len(spec.shape) and isinstance(spec.shape[axis], str):
+            return f"'{spec.shape[axis]}'"
+    return "the leading dimension"
+
+
 def check_layout(ref: ShardRef, layout: dict[str, tuple[np.dtype, tuple[int, ...]]], specs: Sequence[InputSpec]) -> int:
     """Check a shard's array names, dtypes and shapes against the model's inputs.
 
@@ -182,46 +266,71 @@ def check_layout(ref: ShardRef, layout: dict[str, tuple[np.dtype, tuple[int, ...
         specs: the model's inputs.
 
     Returns:
-        The shard's number of samples (leading dimension).
+        The shard's number of samples: the size of the batch axis (:func:`batch_axes`); 1 when
+        no input has one (the shard is one inference).
 
     Raises:
-        DataError: an input is missing, has the wrong rank or a static dimension that differs,
-            has an incompatible dtype, the inputs disagree on the batch size, or it is empty.
+        DataError: an input is missing, has the wrong rank or a static dimension that differs
+            (every axis but the batch axis), has an incompatible dtype, the inputs disagree on
+            the batch size, or the batch is empty.
     """
     expected = ", ".join(s.describe() for s in specs)
+    axes = batch_axes(specs)
     batch: int | None = None
     for spec in specs:
         if spec.name not in layout:
             raise DataError(f"shard {ref.name} has no input '{spec.name}' (it has {sorted(layout)}); the model expects inputs {expected}")
         dtype, shape = layout[spec.name]
+        axis = axes[spec.name] if len(shape) > 0 else None
         if spec.shape is not None and len(shape) != len(spec.shape):
             raise DataError(f"shard {ref.name}: input '{spec.name}' has rank {len(shape)} (shape {list(shape)}); the model expects {spec.describe()}")
         if spec.shape is not None:
-            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
-                # Axis 0 is the batch: a larger shard is run in slices of the static batch.
-                if axis > 0 and isinstance(want, int) and want > 0 and got != want:
-                    raise DataError(f"shard {ref.name}: input '{spec.name}' has shape {list(shape)}; the model expects {spec.describe()} (axis {axis} must be {want})")
+            for i, (got, want) in enumerate(zip(shape, spec.shape)):
+                # The batch axis may be larger than a static batch: the shard runs in slices of it.
+                if i != axis and isinstance(want, int) and want > 0 and got != want:
+                    raise DataError(f"shard {ref.name}: input '{spec.name}' has shape {list(shape)}; the model expects {spec.describe()} (axis {i} must be {want})")
         if not _castable(np.dtype(dtype), spec.dtype):
             raise DataError(f"shard {ref.name}: input '{spec.name}' has dtype {dtype}; the model expects {spec.describe()}")
-        if len(shape) == 0 or shape[0] == 0:
-            raise DataError(f"shard {ref.name}: input '{spec.name}' holds no samples (shape {list(shape)}); expected a leading batch dimension of at least 1")
-        if batch is not None and shape[0] != batch:
-            raise DataError(f"shard {ref.name}: input '{spec.name}' has {shape[0]} samples but other inputs have {batch}; expected the same leading batch size")
-        batch = shape[0]
-    return batch or 0
+        if axis is None:
+            continue
+        if shape[axis] == 0:
+            raise DataError(f"shard {ref.name}: input '{spec.name}' holds no samples (shape {list(shape)}); expected at least 1 along its batch axis {axis}")
+        if batch is not None and shape[axis] != batch:
+            raise DataError(
+                f"shard {ref.name}: input '{spec.name}' has {shape[axis]} samples on its batch axis {axis} but other inputs have {batch}; "
+                f"expected the same batch size on every input's batch axis ({_batch_symbol(specs, axes)})"
+            )
+        batch = shape[axis]
+    return 1 if batch is None else batch
 
 
-def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+class Feeds(dict):
+    """Prepared feeds (``{input name: array}``) that know each input's batch axis.
+
+    A plain dict as far as runners are concerned; :func:`batch_count`, :func:`iter_slices` and
+    :func:`head` read :attr:`axes` (a plain dict falls back to axis 0 for every array).
+
+    Attributes:
+        axes: ``{input name: batch axis or None}`` (None: fed whole with every slice).
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], axes: Mapping[str, int | None]):
+        super().__init__(arrays)
+        self.axes = dict(axes)
+
+
+def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> Feeds:
     """Check a loaded shard against the model's inputs and return the feeds to run.
 
     Float arrays are cast to the input's float dtype, integer arrays to its integer dtype; arrays
-    that are not model inputs are dropped.
+    that are not model inputs are dropped. The result carries each input's batch axis.
 
     Raises:
         DataError: see :func:`check_layout`.
         NonFiniteError: a float input holds NaN or inf (names the shard and input).
     """
     check_layout(ref, {k: (np.asarray(v).dtype, np.shape(v)) for k, v in feeds.items()}, specs)
+    axes = batch_axes(specs)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         arr = np.asarray(feeds[spec.name])
@@ -231,7 +340,9 @@ def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[I
             bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
             raise NonFiniteError(f"shard {ref.name}: input '{spec.name}' holds {bad} NaN/inf values; expected finite data")
         out[spec.name] = arr
-    return out
+        if arr.ndim == 0:
+            axes[spec.name] = None
+    return Feeds(out, {name: axes.get(name) for name in out})
 
 
 def _castable(have: np.dtype, want: np.dtype) -> bool:
@@ -247,21 +358,39 @@ def _castable(have: np.dtype, want: np.dtype) -> bool:
     return False
 
 
-def batch_count(feeds: dict[str, np.ndarray]) -> int:
-    """Number of samples in prepared feeds (size of the leading dimension)."""
-    return next(iter(feeds.values())).shape[0] if feeds else 0
+def _axes(feeds: Mapping[str, np.ndarray]) -> dict[str, int | None]:
+    if isinstance(feeds, Feeds):
+        return feeds.axes
+    return {k: (0 if np.ndim(v) else None) for k, v in feeds.items()}
+
+
+def batch_count(feeds: Mapping[str, np.ndarray]) -> int:
+    """Number of samples in prepared feeds: the size of the batch axis; 1 when no input has one
+    (the shard is one inference), 0 for no feeds."""
+    if not feeds:
+        return 0
+    for name, axis in _axes(feeds).items():
+        if axis is not None:
+            return int(np.shape(feeds[name])[axis])
+    return 1
 
 
 def slice_size(specs: Sequence[InputSpec], samples: int, requested: int | None) -> int:
     """How many samples to run per inference call.
 
-    The model's static batch dimension wins (a shard of 8 samples on a batch-1 model runs as 8
-    slices); else ``requested`` (``--batch-size``); else the whole shard in one call.
+    The model's static batch dimension (a static size on an input's batch axis) wins: a shard of
+    8 samples on a batch-1 model runs as 8 slices; else ``requested`` (``--batch-size``); else the
+    whole shard in one call.
 
     Raises:
         DataError: the shard's size is not a multiple of the model's static batch.
     """
-    static = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    axes = batch_axes(specs)
+    static = set()
+    for s in specs:
+        axis = axes.get(s.name)
+        if axis is not None and s.shape and axis < len(s.shape) and isinstance(s.shape[axis], int) and s.shape[axis] > 0:
+            static.add(s.shape[axis])
     if static:
         size = min(static)
         if samples % size:
@@ -270,11 +399,27 @@ def slice_size(specs: Sequence[InputSpec], samples: int, requested: int | None) 
     return max(1, min(requested or samples, samples))
 
 
-def iter_slices(feeds: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Yield consecutive slices of ``size`` samples along axis 0 (views, no copies)."""
+def _take(arr: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    if axis is None:
+        return arr
+    index = [slice(None)] * arr.ndim
+    index[axis] = slice(start, stop)
+    return arr[tuple(index)]
+
+
+def iter_slices(feeds: Mapping[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Yield consecutive slices of ``size`` samples along each input's batch axis (views, no
+    copies); inputs without a batch axis come whole with every slice."""
+    axes = _axes(feeds)
     total = batch_count(feeds)
     for start in range(0, total, size):
-        yield {k: v[start : start + size] for k, v in feeds.items()}
+        yield Feeds({k: _take(v, axes.get(k), start, start + size) for k, v in feeds.items()}, axes)
+
+
+def head(feeds: Mapping[str, np.ndarray], samples: int) -> dict[str, np.ndarray]:
+    """The first ``samples`` samples of prepared feeds, along each input's batch axis (views)."""
+    axes = _axes(feeds)
+    return Feeds({k: _take(v, axes.get(k), 0, samples) for k, v in feeds.items()}, axes)
 
 
 @contextmanager

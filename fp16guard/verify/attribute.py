@@ -32,7 +32,7 @@ from onnx import TensorProto, helper
 
 from fp16guard.graph.info import NameAllocator, all_names, fp16_slots, opset_map, tensor_types
 from fp16guard.io.model import input_specs
-from fp16guard.io.shards import ShardRef, iter_slices, load_shard, prepare_feeds, slice_size
+from fp16guard.io.shards import ShardRef, batch_count, head, iter_slices, load_shard, prepare_feeds, slice_size
 
 __all__ = ["LocalError", "local_errors", "local_error_model"]
 
@@ -199,7 +199,7 @@ def local_errors(
         acc = dict.fromkeys(names, 0.0)
         with OnnxRuntimeRunner(shadow_model) as runner:
             for batch in feeds:
-                size = slice_size(specs, next(iter(batch.values())).shape[0], batch_size)
+                size = slice_size(specs, batch_count(batch), batch_size)
                 for part in iter_slices(batch, size):
                     values = runner.infer(part, names)
                     for name in names:
@@ -218,9 +218,9 @@ def _slice_feeds(shards: Sequence[ShardRef], specs, samples: int) -> list[dict[s
     left = max(1, samples)
     for ref in shards:
         feeds = prepare_feeds(ref, load_shard(ref), specs)
-        n = next(iter(feeds.values())).shape[0] if feeds else 0
+        n = batch_count(feeds)  # along each input's batch axis (a state [2, N, H], a rank-0 rate)
         take = min(n, left)
-        out.append({k: v[:take] for k, v in feeds.items()})
+        out.append(head(feeds, take))
         left -= take
         if left <= 0:
             break
