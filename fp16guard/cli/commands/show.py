@@ -1,4 +1,4 @@
-"""``fp16guard show NAME VERSION [--run ID] [--store S]``: the manifest and verification of a run.
+"""``fp16guard show NAME --model-version V [--run ID] [--store S]``: the manifest and verification of a run.
 
 Without ``--run`` it shows the version's current release. Prints a short header (run, status,
 release), then ``manifest.json`` and ``verification.json`` as indented JSON. Exit 0; 2 when the
@@ -10,14 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 
+from fp16guard.cli.common import add_model_version, model_version
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``show`` command."""
-    p = sub.add_parser("show", help="print the manifest and verification of the release (or of a run)")
+    p = sub.add_parser(
+        "show",
+        help="print the manifest and verification of the release (or of a run)",
+        description="Print the run's status, reason and location, then its manifest.json and verification.json. Without --run: the version's current release.",
+    )
     p.add_argument("name", help="model name")
-    p.add_argument("model_version", metavar="VERSION", help="model version")
+    add_model_version(p, required=True, positional_alias=True)
     p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
     p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    p.add_argument(
+        "--as",
+        dest="export",
+        choices=("trtexec", "polygraphy"),
+        help="print only the TensorRT <=10 command that builds the run's model.mixed.onnx with its plan's FP32 layers pinned (weak typing; TensorRT 11 takes model.mixed.onnx as is)",
+    )
     p.set_defaults(func=main)
 
 
@@ -27,12 +39,14 @@ def main(args: argparse.Namespace) -> int:
     from fp16guard.store.runs import Store
 
     store = Store(args.store)
-    name, version = args.name, args.model_version
+    name, version = args.name, model_version(args)
     release = store.current_release(name, version)
     run_id = args.run_id or (release or {}).get("run_id")
     if run_id is None:
         raise StoreError(f"{name}/{version} has no release in {store.url}; pass --run ID (`fp16guard history {name}` lists the runs)")
     status = store.run_status(name, version, run_id)
+    if getattr(args, "export", None):
+        return _export(store, name, version, run_id, args.export)
     released = "current release" if release and release["run_id"] == run_id else "not released"
     print(f"run {name}/{version}/{run_id}: {status.get('status')} ({released})")
     if status.get("reason"):
@@ -42,4 +56,27 @@ def main(args: argparse.Namespace) -> int:
         print(f"\n== {filename}")
         content = store.read_json(name, version, run_id, filename, default=None)
         print(json.dumps(content, indent=2, sort_keys=True) if content is not None else "(missing)")
+    return 0
+
+
+def _export(store, name: str, version: str, run_id: str, fmt: str) -> int:
+    """Print the trtexec / Polygraphy command for the run (``fp16guard.plan.export``); returns 0."""
+    import sys
+    from pathlib import Path
+
+    from fp16guard.plan.export import export_plan
+
+    plan = store.read_json(name, version, run_id, "plan.json")
+    artifact = f"{store.run_url(name, version, run_id)}/model.mixed.onnx"
+    model = None
+    if "://" not in artifact and Path(artifact).is_file():
+        from fp16guard.io.model import load_graph
+
+        model = load_graph(artifact)  # types each pinned output (int outputs keep their type)
+    exported = export_plan(plan, artifact, fmt, model)
+    print(exported.command)
+    if exported.run_argv:
+        print(f"# or build and run in one step: {exported.run_command}")
+    for node in exported.unnamed:
+        print(f"warning: plan node {node!r} has ',' or ':' in its name and cannot be pinned with these flags; pin it with a network script or build strongly typed", file=sys.stderr)
     return 0
