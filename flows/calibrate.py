@@ -11,18 +11,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from fp16guard.errors import VerificationFailed
 from fp16guard.settings import RunParameters
-from tasks.build import build_engine_task, build_mixed_onnx_task
+from tasks.build import build_backend_task, build_mixed_onnx_task
 from tasks.caching import cached, code_digest, lock_dir_for
 from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
 from tasks.plan import plan_task
+from tasks.profile import PROFILE_MODULES, profile_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
 from tasks.ui import emit_release_asset, publish_ui_task
-from tasks.verify import verify_engine_task, verify_task
+from tasks.verify import verify_task
 
 #: Library modules whose code determines a verification result (part of its cache key).
-VERIFY_MODULES = ("fp16guard.verify.compare", "fp16guard.graph.emulate", "fp16guard.io.shards")
+VERIFY_MODULES = ("fp16guard.verify.compare", "fp16guard.graph.emulate", "fp16guard.io.shards", "fp16guard.backends.onnxruntime", "fp16guard.runners.onnxrt")
 
 
 # One worker: shards run one after another so a worker holds one ORT session (or one GPU
@@ -41,10 +42,16 @@ def calibrate(params: RunParameters) -> dict:
         UserError: bad input; the run leaves nothing in the store.
         VerificationFailed: the artifact does not match FP32; the run is kept, marked rejected.
     """
+    from fp16guard.backends.device import device_name
+    from fp16guard.backends.registry import get_backend
     from fp16guard.progress import Progress
     from fp16guard.store.runs import open_store
 
     store = open_store(params.store)
+    # Resolved once, on this worker: "auto" becomes CUDA or CPU here, and the concrete providers
+    # key the caches and are recorded (CPU emulation and real FP16 kernels are different checks).
+    backend = get_backend(params.backend, params.providers)
+    providers = backend.providers
     context = run_context_task(params.trigger_event)
     model = fingerprint_model(params.model)
     calib = discover(params.calib, "calibration")
@@ -59,7 +66,7 @@ def calibrate(params: RunParameters) -> dict:
             shard_sha256=[c["sha256"] for c in calib],
             code=unmapped(code_digest(*STATS_MODULES)),
             batch_size=unmapped(params.batch_size),
-            providers=unmapped(params.providers or None),
+            providers=unmapped(providers),
         )
         with Progress(len(futures), "calibration shards") as progress:
             shard_results = []
@@ -71,43 +78,46 @@ def calibrate(params: RunParameters) -> dict:
         plan = plan_task(params.model, files["stats"], params.plan, staged["dir"], [c["shard"] for c in calib], params.verify, params.batch_size)
         artifact = build_mixed_onnx_task(params.model, plan, staged["dir"])
         holdout_refs = [h["shard"] for h in holdout]
-        if params.backend == "tensorrt":
-            try:
-                backend = build_engine_task(
-                    params.model, artifact["path"], plan, staged["dir"],
-                    [c["shard"] for c in calib] + holdout_refs,
-                    params.tensorrt_mode, params.tensorrt_workspace_mib,
-                    str(lock_dir_for(store.url).parent / "tensorrt-timing"), params.batch_size,
-                )
-            except VerificationFailed as exc:
-                # The engine ignored the plan's FP32 constraints: keep the run, rejected, with the
-                # offending layers (the rejected inspector JSON is in the run folder).
-                backend = {"name": "tensorrt", "engine": None}
-                verification = {"passed": False, "reason": exc.reason, "outputs": {}, "engine_check": getattr(exc, "violations", [])}
-            else:
-                verification = verify_engine_task(
-                    params.model, f"{staged['dir']}/model.engine", holdout_refs, params.verify, params.batch_size, params.providers,
-                )
+        options = {
+            "tensorrt_mode": params.tensorrt_mode, "tensorrt_workspace_mib": params.tensorrt_workspace_mib,
+            "timing_cache_dir": str(lock_dir_for(store.url).parent / "tensorrt-timing"),
+        }
+        try:
+            built = build_backend_task(
+                backend.name, providers, params.model, artifact["path"], plan, staged["dir"],
+                [c["shard"] for c in calib] + holdout_refs, options, params.batch_size,
+            )
+        except VerificationFailed as exc:
+            # The engine ignored the plan's FP32 constraints: keep the run, rejected, with the
+            # offending layers (the rejected inspector JSON is in the run folder).
+            built = {"name": backend.name, "implementation": backend.implementation, "artifact": None}
+            verification = {"passed": False, "reason": exc.reason, "outputs": {}, "engine_check": getattr(exc, "violations", [])}
+            profile = None
         else:
-            backend = {"name": "onnxruntime", "artifact": "model.mixed.onnx"}
-            # Providers stay in the key: CPU emulation and real FP16 kernels are different checks.
+            artifact_path = f"{staged['dir']}/{built['artifact']}"
             verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"]))
             verification = verify(
-                params.model, model["sha256"], artifact["path"], artifact["sha256"],
+                params.model, model["sha256"], artifact_path, built["artifact_sha256"],
                 holdout_refs, [h["sha256"] for h in holdout],
-                params.verify, code_digest(*VERIFY_MODULES), params.batch_size, params.providers,
+                params.verify, code_digest(*VERIFY_MODULES), params.batch_size, providers, backend.name,
             )
+            profile = None
+            if params.profile_batches != []:
+                profile_cached = profile_task.with_options(**cached(store.url, "profile", exclude=["model_path", "artifact_path", "sample"]))
+                profile = profile_cached(
+                    backend.name, providers, device_name(providers), params.model, model["sha256"], artifact_path,
+                    built["artifact_sha256"], calib[0]["shard"], calib[0]["sha256"], params.profile_batches, code_digest(*PROFILE_MODULES),
+                )
         write_verification_task(verification, staged["dir"])
         result = publish_run_task(
-            store.url, staged, params, context, model, shard_results, calib, holdout, plan, verification, backend,
+            store.url, staged, params, context, model, shard_results, calib, holdout, plan, verification, built, profile,
         )
     except BaseException:
         discard_run(staged)
         raise
     publish_ui_task(store.url, params.name, params.version, result, plan, verification)
     if result["released"]:
-        released_file = "model.engine" if params.backend == "tensorrt" else "model.mixed.onnx"
-        emit_release_asset(f"{result['run_dir']}/{released_file}", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
+        emit_release_asset(f"{result['run_dir']}/{backend.artifact}", model["location"], [c["location"] for c in calib_records(calib)], result["run_dir"])
     if not verification["passed"]:
         # The run is stored (rejected); "_run" lets a caller report where it is.
         raise VerificationFailed(verification["reason"], {**verification, "_run": result})

@@ -1,7 +1,7 @@
 """Checks run before a flow starts, so bad input fails fast and leaves no run behind.
 
 What can be checked cheaply is checked here: the model loads, every calibration and holdout
-location exists and holds shards, the TensorRT backend is usable when asked for, and every shard's arrays (read from the ``.npy`` headers only)
+location exists and holds shards, the chosen backend is usable (its ``preflight``), and every shard's arrays (read from the ``.npy`` headers only)
 match the model's inputs in name, rank, static dimensions and dtype. NaN/inf in the data and in
 FP32 activations are found later, by the statistics pass, which discards the staged run.
 """
@@ -16,10 +16,10 @@ from fp16guard.verify.task_checks import check_gate_outputs
 
 def preflight(params: RunParameters) -> None:
     """Raise the first UserError found in ``params``' model and data; return None if all fit."""
-    if params.backend == "tensorrt":
-        from fp16guard.backends.tensorrt.env import require_tensorrt
+    from fp16guard.backends.registry import get_backend
 
-        require_tensorrt()  # TensorRTUnavailable names what to install, before any work is done
+    # e.g. TensorRTUnavailable names what to install, before any work is done
+    get_backend(params.backend, params.providers).preflight()
     graph = load_graph(params.model)
     specs = input_specs(graph)
     # A --gate naming an output the model lacks is bad input, found before any work.

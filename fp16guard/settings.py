@@ -14,6 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fp16guard import FP16_MAX
+from fp16guard.backends.registry import backend_names
+
+#: The registered backends (fp16guard.backends.registry): the only place their names come from.
+BackendName = Literal[backend_names()]  # type: ignore[valid-type]
 
 #: Names and versions become folder names in the store: letters, digits, '.', '_', '-' only.
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -53,7 +57,6 @@ class PlanSettings(BaseModel):
     repair_max_iterations: int = Field(8, ge=0, le=100, description="Repair: most rebuild-and-check iterations after the first check (the FP32 set grows geometrically, so 8 covers ~256x the first step).")
     repair_max_seconds: float = Field(600.0, gt=0, le=86400, description="Repair: no new iteration starts after this many seconds.")
     repair_samples: int = Field(32, ge=1, le=100_000, description="Repair: calibration samples used for the checks and the per-node error attribution (the first ones).")
-
 
     @field_validator("force_fp32_nodes", "force_fp16_nodes")
     @classmethod
@@ -117,11 +120,11 @@ class RunParameters(BaseModel):
     name: str = Field(..., description="Model name in the store (letters, digits, '.', '_', '-').")
     version: str = Field(..., description="Model version in the store (letters, digits, '.', '_', '-').")
     store: str | None = Field(None, description="Store root (folder or fsspec URL). Default: $FP16GUARD_STORE, else ./fp16guard-store.")
-    backend: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="What to build: a mixed-precision ONNX model, or a TensorRT engine.")
+    backend: BackendName = Field("onnxruntime", description="What to build: a mixed-precision ONNX model on onnxruntime, or a TensorRT engine.")
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description="Samples per inference call; larger shards run in slices. Default: whole shard.")
     providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] = Field(
         default_factory=list,
-        description="onnxruntime execution providers for statistics and verification, in order of preference. Empty: CPU. A provider that is not installed falls back to CPU with a message.",
+        description="onnxruntime execution providers for statistics and verification, in order of preference. Empty (default): auto, the CUDA provider when a GPU and onnxruntime-gpu are present (real FP16 kernels, TF32 off), else the CPU (FP16 checked through storage emulation). A provider that is not installed falls back to CPU with a message.",
     )
     tensorrt_mode: Literal["auto", "strong", "weak"] = Field(
         "auto",
@@ -131,10 +134,21 @@ class RunParameters(BaseModel):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")
+    profile_batches: list[int] | None = Field(
+        None,
+        description="Batch sizes at which to time FP32, the artifact and the all-FP16 build on the worker's runtime. None (default): the calibration shard's batch and 32 when the batch is dynamic. Empty list: no profiling. Not timed on the CPU (FP16 nodes there run as FP32).",
+    )
     trigger_event: dict[str, Any] | None = Field(
         None,
         description="Filled in by event-triggered deployments (event id, name, resource); leave empty when starting a run by hand.",
     )
+
+    @field_validator("profile_batches")
+    @classmethod
+    def _batches(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and any(b < 1 or b > 65536 for b in value):
+            raise ValueError(f"batch sizes must be between 1 and 65536, got {value}")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -1,11 +1,10 @@
-"""Build tasks: the mixed-precision ONNX model (and the TensorRT engine when asked)."""
+"""Build tasks: the mixed-precision ONNX model, then the chosen backend's artifact."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from prefect import task
-
 
 
 @task(name="build-mixed-onnx")
@@ -30,35 +29,33 @@ def build_mixed_onnx_task(model_path: str, plan: dict, out_dir: str) -> dict:
     return {"path": str(target), "sha256": model_digest(target)}
 
 
-@task(name="build-tensorrt-engine", tags=["fp16guard-gpu"])
-def build_engine_task(
+@task(name="build-backend-artifact", tags=["fp16guard-gpu"])
+def build_backend_task(
+    backend: str,
+    providers: list[str],
     model_path: str,
     mixed_path: str,
     plan: dict,
     out_dir: str,
     shards: list,
-    mode: str,
-    workspace_mib: int,
-    timing_cache_dir: str,
+    options: dict,
     batch_size: int | None = None,
 ) -> dict:
-    """Build ``model.engine`` (and its inspector JSON) with TensorRT; see
-    :func:`fp16guard.backends.tensorrt.build.build_engine`.
-
-    The optimisation profile covers every input shape that calibration and holdout shards
-    (``shards``: ShardRefs) will feed; the timing cache lives in ``timing_cache_dir`` (in the
-    store's cache), keyed by GPU and TensorRT version.
+    """Build the artifact of backend ``backend`` (registry name) in ``out_dir``; see
+    :meth:`fp16guard.backends.base.Backend.build`. For onnxruntime the artifact is
+    ``model.mixed.onnx`` itself; TensorRT builds ``model.engine`` (its optimisation profile
+    covers every input shape the ``shards`` feed; ``options`` carry its mode, workspace and
+    timing-cache folder).
 
     Returns:
-        The backend's lineage record (TensorRT version, typing mode and why, profile, files, hashes).
-    """
-    from fp16guard.backends.tensorrt import build_engine
-    from fp16guard.backends.tensorrt.profiles import observed_shapes
-    from fp16guard.io.model import input_specs, load_graph
+        The backend's lineage record (``name``, ``implementation``, ``artifact``,
+        ``artifact_sha256``, backend specifics).
 
-    shapes = observed_shapes(shards, input_specs(load_graph(model_path)), batch_size)
-    record = build_engine(
-        model_path, mixed_path, plan, out_dir, shapes,
-        mode=mode, workspace_bytes=workspace_mib << 20, timing_cache_dir=timing_cache_dir,
-    )
-    return {"name": "tensorrt", **record}
+    Raises:
+        VerificationFailed: the TensorRT engine ignores the plan's FP32 constraints.
+    """
+    from fp16guard.backends.base import BuildRequest
+    from fp16guard.backends.registry import get_backend
+
+    request = BuildRequest(model_path, mixed_path, plan, out_dir, list(shards), batch_size, dict(options))
+    return get_backend(backend, providers).build(request)

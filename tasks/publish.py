@@ -52,6 +52,7 @@ def publish_run_task(
     plan: dict,
     verification: dict,
     backend: dict | None,
+    profile: dict | None = None,
 ) -> dict:
     """Write ``report.html`` and ``manifest.json``, commit the run, and apply the release gate.
 
@@ -60,9 +61,11 @@ def publish_run_task(
 
     Returns:
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
-        "fp32_nodes", "worst_rel_error", "report"}``; ``worst_rel_error`` as
+        "fp32_nodes", "worst_rel_error", "speed", "report"}`` (``speed``: the profile's one-line
+        summary, see :func:`fp16guard.backends.profile.speed_summary`); ``worst_rel_error`` as
         :func:`fp16guard.records.worst_rel_error` defines it (``inf`` when an output is NaN/inf).
     """
+    from fp16guard.backends.profile import speed_summary
     from fp16guard.store.lineage import build_manifest, file_record, output_records
     from fp16guard.store.runs import StagedRun, open_store
 
@@ -72,7 +75,7 @@ def publish_run_task(
     calibration = [
         {**rec, "computed_by": r["computed_by"], "computed_at": r["computed_at"]} for rec, r in zip(calib_records(calib), shard_results)
     ]
-    manifest = Manifest.from_dict(build_manifest(
+    manifest = Manifest.from_dict({**build_manifest(
         run_id=staged["run_id"],
         name=params.name,
         version=params.version,
@@ -87,7 +90,7 @@ def publish_run_task(
         trigger=context["trigger"],
         backend=backend,
         providers=verification.get("providers"),
-    ))
+    ), "profile": profile})  # latency record (fp16guard.backends.profile), None when not profiled
     # The report shows the lineage, so it is rendered from the manifest; its own hash is then
     # added to the manifest's outputs (and status.json records every file as well).
     write_report(out, plan, record.to_dict(), manifest.to_dict())
@@ -111,6 +114,7 @@ def publish_run_task(
         "reason": verification.get("reason"),
         "fp32_nodes": len(plan.get("fp32_nodes", [])),
         "worst_rel_error": record.worst_rel_error,
+        "speed": speed_summary(profile),
         "report": f"{ref.url}/report.html",
     }
 

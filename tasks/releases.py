@@ -47,7 +47,7 @@ def reverify_release_task(store_url: str, release: dict, extra_holdout: list[str
     from fp16guard.io.shards import discover_shards
     from fp16guard.settings import VerifySettings
     from fp16guard.store.runs import open_store
-    from fp16guard.verify.compare import verify
+    from fp16guard.backends.registry import get_backend, released_artifact
 
     store = open_store(store_url)
     name, version, run_id = release["name"], release["version"], release["run_id"]
@@ -59,8 +59,10 @@ def reverify_release_task(store_url: str, release: dict, extra_holdout: list[str
     try:
         if model_digest(model["location"]) != model["sha256"]:
             return {**result, "passed": False, "reason": f"FP32 model {model['location']} changed since the release (sha256 differs)"}
-        engine = (manifest.get("backend") or {}).get("name") == "tensorrt"
-        released = "model.engine" if engine else "model.mixed.onnx"
+        # The backend it was built with, on today's runtime (providers "auto" unless the run named some).
+        record = manifest.get("backend") or {}
+        backend = get_backend(record.get("name"), params.get("providers"))
+        released = released_artifact(record)
         settings = VerifySettings(**params.get("verify", {}))
         shards = discover_shards(holdout, "holdout")
         with tempfile.TemporaryDirectory(prefix="fp16guard-nightly-") as tmp:
@@ -69,12 +71,7 @@ def reverify_release_task(store_url: str, release: dict, extra_holdout: list[str
                 if rel == released or rel == f"{released}.data":
                     (Path(tmp) / rel).write_bytes(store.read_bytes(name, version, run_id, rel))
             artifact = Path(tmp) / released
-            if engine:
-                from fp16guard.backends.tensorrt.verify import verify_engine
-
-                report = verify_engine(model["location"], artifact, shards, settings, batch_size=params.get("batch_size"))
-            else:
-                report = verify(model["location"], artifact, shards, settings, batch_size=params.get("batch_size"))
+            report = backend.verify(model["location"], artifact, shards, settings, batch_size=params.get("batch_size"))
     except UserError as exc:
         return {**result, "passed": False, "reason": f"cannot re-verify: {exc}"}
     return {**result, "passed": bool(report["passed"]), "reason": report.get("reason"), "samples": report.get("samples", 0)}

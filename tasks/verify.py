@@ -20,34 +20,21 @@ def verify_task(
     code: str,
     batch_size: int | None = None,
     providers: list[str] | None = None,
+    backend: str = "onnxruntime",
 ) -> dict:
-    """Run the FP32 model and the artifact on every holdout sample and compare.
+    """Run the FP32 model and the artifact on every holdout sample and compare, with the backend
+    ``backend`` (registry name) on ``providers`` (resolved by the flow: part of the cache key, so
+    CPU emulation and real FP16 kernels are different results).
 
-    Cached on the model, artifact and holdout digests, the tolerances and the library code.
-    On the CPU provider the artifact's FP16 parts run through FP16 storage emulation
-    (NOTES #1–2); ``execution`` in the result says which.
+    Cached on the model, artifact and holdout digests, the tolerances, the backend, the providers
+    and the library code. ``execution`` in the result says what ran the candidate (real FP16
+    kernels, or FP16 storage emulation and why) and ``cpu_fallback_nodes`` lists FP16 nodes
+    onnxruntime put on the CPU inside a CUDA session.
 
     Returns:
         The content of ``verification.json`` (``passed``, ``reason``, per-output figures).
         A failed verification is returned, not raised: the flow records it, then fails the run.
     """
-    from fp16guard.verify.compare import verify
+    from fp16guard.backends.registry import get_backend
 
-    return verify(model_path, artifact_path, holdout, settings, batch_size=batch_size, providers=providers or None)
-
-
-@task(name="verify-engine-against-fp32", tags=["fp16guard-gpu"])
-def verify_engine_task(
-    model_path: str,
-    engine_path: str,
-    holdout: list[ShardRef],
-    settings: VerifySettings,
-    batch_size: int | None = None,
-    providers: list[str] | None = None,
-) -> dict:
-    """Run the FP32 model (onnxruntime) and the TensorRT engine on every holdout sample and
-    compare, with the same figures and gate as the onnxruntime backend. Not cached: an engine
-    build is not bit-reproducible, so its digest would never repeat."""
-    from fp16guard.backends.tensorrt.verify import verify_engine
-
-    return verify_engine(model_path, engine_path, holdout, settings, batch_size=batch_size, providers=providers or None)
+    return get_backend(backend, providers).verify(model_path, artifact_path, holdout, settings, batch_size=batch_size)

@@ -27,9 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", required=True, help="model name in the store")
     p.add_argument("--version", required=True, dest="model_version", help="model version in the store")
     p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime", help="what to build (default onnxruntime)")
+    from fp16guard.backends.registry import DEFAULT_BACKEND, backend_names
+
+    p.add_argument("--backend", choices=list(backend_names()), default=DEFAULT_BACKEND, help=f"what to build (default {DEFAULT_BACKEND})")
     p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
-    p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers for statistics and verification, e.g. CUDAExecutionProvider (falls back to CPU with a message)")
+    p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers for statistics and verification, e.g. CUDAExecutionProvider (falls back to CPU with a message); default auto: CUDA when a GPU and onnxruntime-gpu are present, else CPU")
+    p.add_argument("--profile-batches", nargs="+", type=int, default=None, metavar="N", help="batch sizes to time FP32, the artifact and all-FP16 at (default: the calibration shard's and 32 when the batch is dynamic; GPU only)")
+    p.add_argument("--no-profile", action="store_true", help="do not time the artifact")
     p.add_argument("--trt-mode", choices=["auto", "strong", "weak"], default="auto", help="TensorRT typing mode (--backend tensorrt; default auto: by installed version)")
     p.add_argument("--trt-workspace", type=int, default=4096, metavar="MIB", help="TensorRT builder workspace limit in MiB (default 4096)")
     p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
@@ -94,7 +98,8 @@ def parameters_from_args(args: argparse.Namespace):
             "store": args.store,
             "backend": args.backend,
             "batch_size": args.batch_size,
-            "providers": args.providers,
+            "providers": [p for p in args.providers if p != "auto"],
+            "profile_batches": [] if args.no_profile else args.profile_batches,
             "tensorrt_mode": args.trt_mode,
             "tensorrt_workspace_mib": args.trt_workspace,
             "plan": {
@@ -172,6 +177,7 @@ def print_summary(result: dict) -> None:
         ("release", f"{'released' if result.get('released') else 'not released'} ({result.get('release_reason')})" if "released" in result else None),
         ("fp32 nodes", result.get("fp32_nodes")),
         ("worst relative error", f"{worst:.3g}" if isinstance(worst, (int, float)) else worst),
+        ("speed", result.get("speed")),
         ("report", result.get("report")),
         ("flow run", result.get("flow_run_url")),
     ]
