@@ -120,33 +120,20 @@ def fold_check(tmp_path: Path, model: onnx.ModelProto, calib: dict, holdout: dic
 
 
 # ------------------------------------------------------------------------------------------
-# VGG-19-shaped CNN whose later layers overflow FP16
+# VGG-19-shaped CNN whose later layers overflow FP16: the benchmark's builder, so the test and
+# benchmarks/fold_latency.py measure the same network (that script is self-contained by design).
 
-#: (out_channels, convs) per block of VGG-19; each block ends with a 2x2 max-pool.
-VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
+
+def _benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fold_latency.py"
+    spec = importlib.util.spec_from_file_location("fold_latency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def vgg19_overflow(resolution: int = 32, width_div: int = 8, gain: float = 1.9, seed: int = 0) -> onnx.ModelProto:
-    """VGG-19's topology (16 Conv3x3+Relu in blocks 2-2-4-4-4 with MaxPool, Flatten, 3 Gemm) with
-    channels divided by ``width_div`` and every layer's weights ``gain`` times He's scale, so the
-    activation scale grows ~``gain`` per layer and the later layers pass FP16's range.
-
-    Input ``x`` [N, 3, resolution, resolution]; output ``y`` [N, 1000 // width_div].
-    """
-    net = Net(seed)
-    x, cin, k = "x", 3, 0
-    for b, (cout, convs) in enumerate(VGG19_BLOCKS, start=1):
-        cout = max(cout // width_div, 4)
-        for c in range(1, convs + 1):
-            x = net.op("Relu", f"relu{b}_{c}", [net.conv(f"conv{b}_{c}", x, cin, cout, gain)])
-            cin = cout
-        x = net.op("MaxPool", f"pool{b}", [x], kernel_shape=[2, 2], strides=[2, 2])
-    x = net.op("Flatten", "flatten", [x], axis=1)
-    side = resolution // 32
-    fin = cin * side * side
-    hidden = 4096 // width_div
-    x = net.op("Relu", "relu6", [net.gemm("fc6", x, fin, hidden, gain)])
-    x = net.op("Relu", "relu7", [net.gemm("fc7", x, hidden, hidden, gain)])
-    out = net.gemm("fc8", x, hidden, 1000 // width_div, gain)
-    net.nodes.append(helper.make_node("Identity", [out], ["y"], name="output"))
-    return net.model([io("x", "N", 3, resolution, resolution)], [io("y", "N", 1000 // width_div)])
+    """:func:`benchmarks.fold_latency.build_vgg19_overflow`, names normalised as load_model does."""
+    return normalize_model(_benchmark().build_vgg19_overflow(resolution, width_div, gain, seed))
