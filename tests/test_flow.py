@@ -45,6 +45,7 @@ def test_flow_writes_verified_run_and_caches_shards(prefect_api_url, demo_files,
         assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == rec["sha256"], name
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["fp32_nodes"], "the demo model overflows: some nodes must stay FP32"
+    assert plan["repair"]["outcome"] == "unchanged", plan["repair"]  # the range-rule plan passes on calibration
 
     # Same inputs: every shard comes from the cache (computed by the first run).
     second = calibrate(_params(demo_files, store))
@@ -70,7 +71,8 @@ def test_failed_verification_rejects_run(prefect_api_url, demo_files, store):
     from flows.calibrate import calibrate
 
     # A tolerance FP16 cannot meet: the run must end Failed, be kept as rejected, and release nothing.
-    params = _params(demo_files, store, verify={"max_rel_error": 1e-9, "min_cosine": 1.0})
+    # (Repair off: repair would meet it by keeping every node FP32.)
+    params = _params(demo_files, store, verify={"max_rel_error": 1e-9, "min_cosine": 1.0}, plan={"repair": False})
     with pytest.raises(VerificationFailed) as info:
         calibrate(params)
     assert "relative error" in info.value.reason or "cosine" in info.value.reason

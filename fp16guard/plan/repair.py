@@ -180,6 +180,8 @@ def repair_plan(
         message = f"the rule-based plan passes the gate on {used} calibration samples; nothing to repair"
     elif outcome == "repaired":
         message = f"{len(fp32) - len(plan.fp32_names)} node(s) pinned to FP32 in {iteration} iteration(s), {total:.1f} s; the plan now passes on {used} calibration samples"
+        if eligible_set <= fp32:
+            message += "; every node that could run in FP16 is now FP32, so this build gains nothing from FP16 at this gate"
     counts = dict(plan.counts)
     if counts:
         moved = len(fp32) - len(plan.fp32_names)
