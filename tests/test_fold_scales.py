@@ -195,7 +195,8 @@ def test_underflow_guard_refuses_and_keeps_the_pinning_rule(tmp_path):
     (region,) = plan["folding"]["regions"]  # x, conv, shrink and cat share one scale through the Concat
     assert region["status"] == "refused" and "'conv'" in region["why"] and "underflow guard" in region["why"] and "'shrink'" in region["why"]
     assert "conv" not in plan["folding"]["exponents"]
-    assert {n["name"] for n in plan["fp32_nodes"]} == {n["name"] for n in res["pin_plan"]["fp32_nodes"]}
+    ruled = {n["name"] for n in plan["fp32_nodes"] if n["reason"] != "cost_island"}
+    assert ruled == {n["name"] for n in res["pin_plan"]["fp32_nodes"]}
     assert res["mixed"] < 5e-3
 
 

@@ -14,6 +14,9 @@ Strategies (``PlanSettings.strategy``):
 * ``auto`` (default) — both; the folded plan when it keeps fewer compute nodes (Conv, Gemm,
   MatMul...) in FP32 than pinning, else the pinned plan on the unchanged model. Repair, when the
   flow runs it, starts from the chosen plan.
+
+``fold`` and ``auto`` then move FP16 runs too short to pay for their Casts to FP32
+(:mod:`fp16guard.plan.strategies.islands`); ``pin`` is today's rule, unchanged.
 """
 
 from __future__ import annotations

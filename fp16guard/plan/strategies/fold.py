@@ -15,6 +15,8 @@ the flow then verifies the built artifact against the original FP32 model like a
 ``plan.json`` gets two keys besides the rules' ones:
 
 * ``strategy``: ``{"requested", "used", "why", "compute_fp32": {"pin": n, "fold": m}}``;
+* ``islands`` (``fold`` and ``auto``): FP16 runs moved to FP32 because their Casts cost more
+  than they save (:mod:`fp16guard.plan.strategies.islands`);
 * ``folding`` (only when the folded model is used): ``batchnorm`` (the folded pairs),
   ``exponents`` (tensor -> e, stored as x / 2**e; what the build re-applies), ``regions`` (each
   class of tensors that needed a scale: size, first/last tensor, exponent, scale, ``folded`` or
@@ -37,6 +39,7 @@ from fp16guard.errors import ConfigError
 from fp16guard.graph.fold_batchnorm import fold_batchnorm
 from fp16guard.graph.fold_scales import SMALLEST_COLUMNS, TensorRange, apply_scales, scaled_stats, solve_scales
 from fp16guard.plan.planner import make_plan
+from fp16guard.plan.strategies.islands import merge_islands
 from fp16guard.settings import PlanSettings
 
 __all__ = ["STRATEGIES", "COMPUTE_OPS", "ranges_from_stats", "plan_model", "plan_with_strategy", "model_for_plan", "compute_fp32"]
@@ -120,7 +123,7 @@ def plan_model(
     folded_plan, folded = _fold(model, stats, settings)
     if strategy == "fold":
         folded_plan["strategy"] = {"requested": "fold", "used": "fold", "why": "requested", "compute_fp32": {"fold": compute_fp32(folded_plan)}}
-        return folded_plan, folded
+        return merge_islands(folded, folded_plan), folded
     pinned = make_plan(model, stats, settings, weights_dir=weights_dir).to_dict()
     counts = {"pin": compute_fp32(pinned), "fold": compute_fp32(folded_plan)}
     key = lambda p: (compute_fp32(p), len(p["fp32_nodes"]))  # noqa: E731
@@ -131,10 +134,10 @@ def plan_model(
             "why": f"folding keeps {counts['fold']} compute nodes FP32 against {counts['pin']} when pinning",
             "compute_fp32": counts,
         }
-        return folded_plan, folded
+        return merge_islands(folded, folded_plan), folded
     why = "no tensor needed a scale" if not folded_plan["folding"]["exponents"] else f"folding keeps {counts['fold']} compute nodes FP32, pinning {counts['pin']}: no gain"
     pinned["strategy"] = {"requested": "auto", "used": "pin", "why": why, "compute_fp32": counts}
-    return pinned, model
+    return merge_islands(model, pinned), model
 
 
 def plan_with_strategy(model_path: str | os.PathLike, stats: pa.Table, settings: PlanSettings) -> dict:
