@@ -1,4 +1,9 @@
-"""``fp16guard run`` as a user runs it: exit statuses, the JSON line, one-line errors, no artifacts."""
+"""``fp16guard run`` as a user runs it: exit statuses, the JSON line, one-line errors, no artifacts.
+
+In-process (``fp16guard.cli.main.main``): a subprocess would add only a Prefect import per test.
+Bad input must be found before any server is contacted; a guard makes reaching the server fail
+the test.
+"""
 
 from __future__ import annotations
 
@@ -10,50 +15,55 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import run_cli  # noqa: E402  (tests/ is on sys.path under pytest)
+from fp16guard.cli.main import build_parser, main
 
 
 def _run_args(files: dict, store: Path, *extra: str) -> list[str]:
-    return ["run", files["model"], "--calib", files["calib"], "--holdout", files["holdout"], "--name", "demo", "--version", "1", "--store", str(store), *extra]
+    return ["run", files["model"], "--calib", files["calib"], "--holdout", files["holdout"], "--name", "demo", "--model-version", "1", "--store", str(store), *extra]
 
 
-def _assert_one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+@pytest.fixture
+def no_server(monkeypatch):
+    """Fail the test if the command gets as far as looking for a Prefect server."""
+    def _reached(*_a, **_k):
+        raise AssertionError("the command reached the Prefect server: the bad input was not found before the flow")
+
+    monkeypatch.setattr("fp16guard.cli.server.ensure_api", _reached)
+
+
+def _assert_one_line_error(code: int, capsys, *needles: str, status: int = 2) -> str:
+    err = capsys.readouterr().err
+    assert code == status, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "BufferError" not in err
     for needle in needles:
         assert needle in lines[0], lines[0]
+    return lines[0]
 
 
 def _store_is_empty(store: Path) -> bool:
-    runs = list(store.glob("*/*/runs/*"))
-    staged = [p for p in store.glob("*/*/.staging/*")]
-    return not runs and not staged
+    return not store.exists() or not any(store.rglob("*"))
 
 
-def test_run_json_contract(prefect_api_url, demo_files, tmp_path):
-    proc = run_cli([*_run_args(demo_files, tmp_path / "store"), "--json"], api_url=prefect_api_url)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
+    code = main([*_run_args(demo_files, tmp_path / "store"), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["passed"] is True
     assert (Path(summary["run_dir"]) / "model.mixed.onnx").is_file()
+    # Against a server, the flow run's page is printed (and in the JSON).
+    ui = prefect_api_url.removesuffix("/api")
+    assert summary["flow_run_url"].startswith(f"{ui}/runs/flow-run/")
+    assert f"flow run: {summary['flow_run_url']}" in out
 
 
-def test_store_defaults_to_env(prefect_api_url, demo_files, tmp_path):
-    args = _run_args(demo_files, tmp_path)
-    i = args.index("--store")
-    del args[i : i + 2]
-    store = tmp_path / "from-env"
-    proc = run_cli([*args, "--json"], api_url=prefect_api_url, env={"FP16GUARD_STORE": str(store)})
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1])["run_dir"].startswith(str(store))
-
-
-def test_verification_failure_exits_1(prefect_api_url, demo_files, tmp_path):
-    proc = run_cli([*_run_args(demo_files, tmp_path / "store"), "--max-rel-error", "1e-9", "--json"], api_url=prefect_api_url)
-    assert proc.returncode == 1, proc.stderr
-    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+def test_verification_failure_exits_1(prefect_api_url, demo_files, tmp_path, capsys):
+    code = main([*_run_args(demo_files, tmp_path / "store"), "--max-rel-error", "1e-9", "--json"])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    summary = json.loads(out.strip().splitlines()[-1])
     assert summary["passed"] is False and summary["status"] == "rejected" and summary["released"] is False
     assert "relative error" in summary["reason"]
     run_dir = Path(summary["run_dir"])
@@ -77,19 +87,6 @@ def _overflowing_fp32_model(path: Path) -> Path:
     return path
 
 
-BAD_INPUTS = {
-    "missing model": (lambda f, t: ["run", str(t / "nope.onnx"), "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "1"], ["nope.onnx", "does not exist"]),
-    "corrupt model": (lambda f, t: ["run", str(_bytes(t / "bad.onnx", b"not a model")), "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "1"], ["bad.onnx", "not a valid ONNX"]),
-    "shard without input": (lambda f, t: ["run", f["model"], "--calib", str(_write_npz(t / "s.npz", other=np.zeros((2, 3), np.float32))), "--holdout", f["holdout"], "--name", "m", "--version", "1"], ["s.npz", "has no input"]),
-    "wrong rank": (lambda f, t: ["run", f["model"], "--calib", str(_wrong_rank(f, t)), "--holdout", f["holdout"], "--name", "m", "--version", "1"], ["rank"]),
-    "empty calibration set": (lambda f, t: ["run", f["model"], "--calib", str(_mkdir(t / "empty")), "--holdout", f["holdout"], "--name", "m", "--version", "1"], ["empty", "no .npz"]),
-    "threshold out of range": (lambda f, t: ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "1", "--threshold", "70000"], ["threshold", "65504"]),
-    "zero threshold": (lambda f, t: ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "1", "--threshold", "0"], ["threshold"]),
-    "name escapes store": (lambda f, t: ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "../../etc", "--version", "1"], ["name", "not allowed"]),
-    "version escapes store": (lambda f, t: ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "a/b"], ["version", "not allowed"]),
-}
-
-
 def _bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
@@ -106,39 +103,55 @@ def _wrong_rank(files: dict, tmp: Path) -> Path:
     return _write_npz(tmp / "rank.npz", **arrays)
 
 
+def _nonfinite_shard(files: dict, tmp: Path, role: str) -> Path:
+    src = sorted(Path(files[role]).glob("*.npz"))[0]
+    arrays = {k: v.copy() for k, v in np.load(src).items()}
+    arrays[sorted(arrays)[0]].flat[3] = np.nan
+    return _write_npz(tmp / f"nan-{role}.npz", **arrays)
+
+
+def _args(f: dict, model=None, calib=None, holdout=None, name="m", version="1", *extra) -> list[str]:
+    return ["run", str(model or f["model"]), "--calib", str(calib or f["calib"]), "--holdout", str(holdout or f["holdout"]), "--name", name, "--model-version", version, *extra]
+
+
+BAD_INPUTS = {
+    "missing model": (lambda f, t: _args(f, model=t / "nope.onnx"), ["nope.onnx", "does not exist"]),
+    "corrupt model": (lambda f, t: _args(f, model=_bytes(t / "bad.onnx", b"not a model")), ["bad.onnx", "not a valid ONNX"]),
+    "text file as model": (lambda f, t: _args(f, model=_bytes(t / "notes.txt", b"# a README, not a model\n" * 40)), ["notes.txt", "not a valid ONNX"]),
+    "shard without input": (lambda f, t: _args(f, calib=_write_npz(t / "s.npz", other=np.zeros((2, 3), np.float32))), ["s.npz", "has no input"]),
+    "wrong rank": (lambda f, t: _args(f, calib=_wrong_rank(f, t)), ["rank"]),
+    "NaN in a calibration shard": (lambda f, t: _args(f, calib=_nonfinite_shard(f, t, "calib")), ["nan-calib.npz", "NaN/inf"]),
+    "NaN in a holdout shard": (lambda f, t: _args(f, holdout=_nonfinite_shard(f, t, "holdout")), ["nan-holdout.npz", "NaN/inf"]),
+    "empty calibration set": (lambda f, t: _args(f, calib=_mkdir(t / "empty")), ["empty", "no .npz"]),
+    "threshold out of range": (lambda f, t: _args(f, None, None, None, "m", "1", "--threshold", "70000"), ["threshold", "65504"]),
+    "zero threshold": (lambda f, t: _args(f, None, None, None, "m", "1", "--threshold", "0"), ["threshold"]),
+    "name escapes store": (lambda f, t: _args(f, name="../../etc"), ["name", "not allowed"]),
+    "version escapes store": (lambda f, t: _args(f, version="a/b"), ["version", "not allowed"]),
+    "no model at all": (lambda f, t: ["run", "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--model-version", "1"], ["needs MODEL"]),
+    "no model version": (lambda f, t: ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m"], ["--model-version"]),
+}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_before_flow(case, demo_files, tmp_path):
+def test_bad_input_before_flow(case, demo_files, tmp_path, capsys, no_server):
     """Caught before any server is contacted: exit 2, one line, nothing in the store."""
     make_args, needles = BAD_INPUTS[case]
     store = tmp_path / "store"
-    proc = run_cli([*make_args(demo_files, tmp_path), "--store", str(store)], env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    _assert_one_line_error(proc, *needles)
+    code = main([*make_args(demo_files, tmp_path), "--store", str(store)])
+    _assert_one_line_error(code, capsys, *needles)
     assert _store_is_empty(store)
 
 
-def test_nan_in_data_found_in_flow(prefect_api_url, demo_files, tmp_path):
-    src = sorted(Path(demo_files["calib"]).glob("*.npz"))[0]
-    arrays = {k: v.copy() for k, v in np.load(src).items()}
-    key = sorted(arrays)[0]
-    arrays[key].flat[0] = np.inf
-    bad = _write_npz(tmp_path / "nan.npz", **arrays)
-    store = tmp_path / "store"
-    proc = run_cli(["run", demo_files["model"], "--calib", str(bad), "--holdout", demo_files["holdout"], "--name", "m", "--version", "1", "--store", str(store)], api_url=prefect_api_url)
-    _assert_one_line_error(proc, "nan.npz", key)
-    assert _store_is_empty(store)
-
-
-def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path):
+def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path, capsys):
     model = _overflowing_fp32_model(tmp_path / "inf.onnx")
     shard = _write_npz(tmp_path / "x.npz", x=np.ones((3, 4), np.float32))
     store = tmp_path / "store"
-    proc = run_cli(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--version", "1", "--store", str(store)], api_url=prefect_api_url)
-    _assert_one_line_error(proc, "x.npz", "'y'", "NaN/inf")
-    assert _store_is_empty(store)
+    code = main(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--model-version", "1", "--store", str(store)])
+    _assert_one_line_error(code, capsys, "x.npz", "'y'", "NaN/inf")
+    assert not list(store.glob("*/*/runs/*")) and not list(store.glob("*/*/.staging/*"))
 
 
-def test_tensorrt_backend_without_tensorrt_is_bad_input(demo_files, tmp_path):
-    pytest.importorskip("onnx")
+def test_tensorrt_backend_without_tensorrt_is_bad_input(demo_files, tmp_path, capsys, no_server):
     try:
         import tensorrt  # noqa: F401
 
@@ -146,6 +159,37 @@ def test_tensorrt_backend_without_tensorrt_is_bad_input(demo_files, tmp_path):
     except ImportError:
         pass
     store = tmp_path / "store"
-    proc = run_cli([*_run_args(demo_files, store), "--backend", "tensorrt"], env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
-    _assert_one_line_error(proc, "tensorrt")
+    code = main([*_run_args(demo_files, store), "--backend", "tensorrt"])
+    _assert_one_line_error(code, capsys, "tensorrt")
     assert _store_is_empty(store)
+
+
+@pytest.mark.parametrize("order", ["model first", "model last", "model between", "old --version spelling"])
+def test_model_position_and_version_spelling(order, demo_files):
+    """MODEL may come before, between or after the options, even after many-valued --calib."""
+    f = demo_files
+    argv = {
+        "model first": ["run", f["model"], "--calib", f["calib"], f["calib"], "--holdout", f["holdout"], "--name", "m", "--model-version", "3"],
+        "model last": ["run", "--holdout", f["holdout"], "--name", "m", "--model-version", "3", "--calib", f["calib"], f["calib"], f["model"]],
+        "model between": ["run", "--name", "m", "--calib", f["calib"], f["model"], "--holdout", f["holdout"], "--model-version", "3"],
+        "old --version spelling": ["run", f["model"], "--calib", f["calib"], "--holdout", f["holdout"], "--name", "m", "--version", "3"],
+    }[order]
+    from fp16guard.cli.commands.run import parameters_from_args
+
+    params = parameters_from_args(build_parser().parse_args(argv))
+    assert params.model == f["model"]
+    assert f["model"] not in params.calib and f["model"] not in params.holdout
+    assert params.version == "3"
+
+
+@pytest.mark.parametrize("command", [None, "run", "demo", "stats", "history", "show", "verify-store", "register", "server"])
+def test_help_has_a_description_and_the_exit_statuses(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"] if command else ["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    usage_end = out.index("\n\n")
+    description = out[usage_end:].strip().split("\n\n")[0]
+    assert description and not description.startswith(("positional arguments", "options")), out
+    for line in ("0  success", "1  run: verification failed", "2  bad input", "3  environment failure"):
+        assert line in out, out

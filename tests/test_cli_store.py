@@ -37,7 +37,7 @@ def test_history_table_and_json(two_runs, capsys):
     assert "rejected" in lines["c"] and "schedule" in lines["c"] and " 5 " in lines["c"]
     assert "releases of net/7:" in out and "first verified run" in out
 
-    assert main(["history", "net", "--version", "7", "--json", "--store", two_runs]) == 0
+    assert main(["history", "net", "--model-version", "7", "--json", "--store", two_runs]) == 0
     data = json.loads(capsys.readouterr().out)
     runs = {r["run_id"]: r for r in data["runs"]}
     assert runs["a"]["released"] == "current" and runs["b"]["trigger"] == "event"
@@ -53,7 +53,7 @@ def test_promote_then_history_keeps_previous(two_runs, capsys):
 
 
 def test_show_release_and_run(two_runs, capsys):
-    assert main(["show", "net", "7", "--store", two_runs]) == 0
+    assert main(["show", "net", "--model-version", "7", "--store", two_runs]) == 0
     out = capsys.readouterr().out
     assert out.startswith("run net/7/a: verified (current release)")
     assert '"trigger"' in out and '"max_rel_error": 0.004' in out
@@ -83,3 +83,16 @@ def test_verify_store_ok_then_tampered(two_runs, capsys):
 def test_store_from_environment(two_runs, monkeypatch, capsys):
     monkeypatch.setenv("FP16GUARD_STORE", two_runs)
     assert main(["verify-store", "net", "7", "--run", "c"]) == 0
+
+
+@pytest.mark.parametrize("root", ["local"], indirect=True)
+def test_model_version_spellings(two_runs, capsys):
+    """--model-version everywhere; the earlier spellings (positional VERSION, --version) still parse."""
+    assert main(["verify-store", "net", "--model-version", "7", "--store", two_runs]) == 0
+    assert main(["verify-store", "net", "7", "--store", two_runs]) == 0
+    assert main(["history", "net", "--version", "7", "--store", two_runs]) == 0
+    capsys.readouterr()
+    assert main(["show", "net", "7", "--model-version", "8", "--store", two_runs]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["show", "net", "--store", two_runs]) == 2
+    assert "--model-version" in capsys.readouterr().err

@@ -20,13 +20,16 @@ COMMANDS = ("run", "stats", "demo", "history", "show", "verify_store", "register
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every available command registered."""
+    from fp16guard import __version__
+    from fp16guard.cli.common import EXIT_STATUS_HELP
+
     parser = argparse.ArgumentParser(
         prog="fp16guard",
         description="Find FP16 overflow on real data, keep those nodes in FP32, verify against FP32.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=_HelpFormatter,
     )
-    from fp16guard import __version__
-
-    parser.add_argument("--version", action="version", version=f"fp16guard {__version__}")
+    parser.add_argument("--version", action="version", version=f"fp16guard {__version__} (a model's version is --model-version)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -36,7 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         module.register(sub)
+    # Every command's --help has a description and lists the exit statuses.
+    helps = {action.dest: action.help for action in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.formatter_class = _HelpFormatter
+        command.epilog = EXIT_STATUS_HELP
+        if not command.description:
+            command.description = helps.get(name)
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as usual but keeps the exit-status table's line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("exit status:"):
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
 
 
 def main(argv: list[str] | None = None) -> int:

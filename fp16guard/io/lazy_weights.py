@@ -144,18 +144,27 @@ def load_graph_only(path: str | os.PathLike) -> onnx.ModelProto:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model {path} does not exist; expected an .onnx file")
+    problem = None
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise _WireError("empty file")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                data = _rewrite_model(memoryview(buf), size, path.name)
-        model = onnx.ModelProto.FromString(data)
-    except (_WireError, ValueError, Exception) as exc:
+                try:
+                    data = _rewrite_model(memoryview(buf), size, path.name)
+                except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model"
+                    # Keep only the text: the traceback's frames hold views of the mapping, and
+                    # closing it while they live raises BufferError instead (seen on text files).
+                    problem = f"not protobuf: {exc}" if isinstance(exc, _WireError) else f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            model = onnx.ModelProto.FromString(data)
+    except Exception as exc:
         if isinstance(exc, ModelError):
             raise
-        raise ModelError(f"model {path} is not a valid ONNX file ({type(exc).__name__}: {exc}); expected a serialized ModelProto") from None
+        problem = f"not protobuf: {exc}" if isinstance(exc, _WireError) else f"{type(exc).__name__}: {exc}"
+    if problem is not None:
+        raise ModelError(f"model {path} is not a valid ONNX file ({problem}); expected a serialized ModelProto")
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"model {path} has an empty graph; expected an ONNX model with nodes and outputs")
     return model

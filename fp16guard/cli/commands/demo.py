@@ -15,7 +15,11 @@ from fp16guard.cli.commands.run import add_run_arguments
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
-    p = sub.add_parser("demo", help="run the whole flow on a built-in example that overflows FP16")
+    p = sub.add_parser(
+        "demo",
+        help="run the whole flow on a built-in example that overflows FP16",
+        description="Build a small model that overflows FP16 and its data in --workdir (nothing is downloaded), show that a plain all-FP16 build fails, then run the whole flow on it as model demo, version 1.",
+    )
     p.add_argument("--workdir", default="fp16guard-demo", help="folder for the example model and data (default ./fp16guard-demo)")
     p.add_argument("--example", default="demo", help="which built-in example (default demo)")
     add_run_arguments(p)

@@ -1,4 +1,4 @@
-"""``fp16guard history NAME [--version V] [--json] [--store S]``: every run and release of a model.
+"""``fp16guard history NAME [--model-version V] [--json] [--store S]``: every run and release of a model.
 
 Prints one line per run (time, version, run id, status, release mark, FP32 node count, worst
 relative error, trigger), then the release history of each version. ``--json`` prints
@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import math
 
+from fp16guard.cli.common import add_model_version
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``history`` command."""
-    p = sub.add_parser("history", help="list the runs and releases of a model in the store")
+    p = sub.add_parser(
+        "history",
+        help="list the runs and releases of a model in the store",
+        description="One line per run of NAME (time, version, run id, status, release, FP32 nodes, worst relative error, trigger), then each version's release history.",
+    )
     p.add_argument("name", help="model name")
-    p.add_argument("--version", dest="model_version", metavar="V", help="only this version")
+    add_model_version(p, required=False)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
     p.set_defaults(func=main)

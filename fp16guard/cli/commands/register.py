@@ -15,6 +15,8 @@ import argparse
 import json
 import sys
 
+from fp16guard.cli.common import add_model_version
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``register`` command to the CLI."""
@@ -23,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="emit a model-registration event (starts a calibration run on a GPU worker)",
         description="Emit a fp16guard.model.registered event to the Prefect server at $PREFECT_API_URL; print its id.",
     )
-    p.add_argument("model", help="FP32 ONNX model path (made absolute; must be readable by the workers, e.g. on a shared file system)")
+    p.add_argument("model", nargs="?", help="FP32 ONNX model path (before or after the options; made absolute; must be readable by the workers, e.g. on a shared file system)")
     p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument("--version", dest="model_version", required=True, metavar="VERSION", help="model version in the store")
+    add_model_version(p, required=True)
     p.add_argument("--calib", nargs="+", action="extend", required=True, help="calibration data locations (.npz, folders, globs, Polygraphy JSON)")
     p.add_argument("--holdout", nargs="+", action="extend", required=True, help="holdout data locations, same formats")
     p.add_argument("--threshold", type=float, default=None, help="FP32 threshold on max |x| in (0, 65504] (default: the flow's, 10000)")
@@ -37,10 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the inputs, emit the event, print its id. Returns 0."""
+    from fp16guard.cli.common import model_version, take_model_argument
     from fp16guard.events import registration_event
 
+    args.model_version = model_version(args)
     spec = registration_event(
-        args.model,
+        take_model_argument(args),
         args.name,
         args.model_version,
         args.calib,
@@ -69,7 +73,8 @@ def emit(spec) -> str:
         spec: a :class:`fp16guard.events.EventSpec`.
 
     Raises:
-        ConfigError: ``PREFECT_API_URL`` is not set, or the server cannot be reached.
+        ConfigError: ``PREFECT_API_URL`` is not set.
+        EnvironmentFailure: the server cannot be reached (exit status 3).
     """
     import asyncio
 
@@ -77,7 +82,7 @@ def emit(spec) -> str:
     from prefect.events.clients import PrefectEventsClient
     from prefect.settings import PREFECT_API_URL
 
-    from fp16guard.errors import ConfigError
+    from fp16guard.errors import ConfigError, EnvironmentFailure
 
     api_url = PREFECT_API_URL.value()
     if not api_url:
@@ -92,9 +97,9 @@ def emit(spec) -> str:
     try:
         asyncio.run(_send())
     except (OSError, TimeoutError, ConnectionError) as exc:
-        raise ConfigError(f"cannot send the event to {api_url} ({type(exc).__name__}: {exc}); expected a running Prefect server") from None
+        raise EnvironmentFailure(f"cannot send the event to {api_url} ({type(exc).__name__}: {exc}); expected a running Prefect server") from None
     except Exception as exc:  # websockets raises its own exception types on handshake failures
         if type(exc).__module__.startswith("websockets"):
-            raise ConfigError(f"cannot send the event to {api_url} ({type(exc).__name__}: {exc}); expected a running Prefect server") from None
+            raise EnvironmentFailure(f"cannot send the event to {api_url} ({type(exc).__name__}: {exc}); expected a running Prefect server") from None
         raise
     return str(event.id)

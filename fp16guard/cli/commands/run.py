@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fp16guard.cli.common import add_model_version
+
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``run`` and ``demo``'s pass-through options."""
@@ -21,11 +23,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``run`` command."""
     p = sub.add_parser("run", help="calibrate, plan, build and verify a model; publish the run to the store")
-    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("model", nargs="?", help="FP32 ONNX model (before or after the options)")
     p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON")
     p.add_argument("--holdout", nargs="+", required=True, metavar="PATH", help="holdout data for verification (same formats)")
     p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument("--version", required=True, dest="model_version", help="model version in the store")
+    add_model_version(p, required=True)
     p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
     from fp16guard.backends.registry import DEFAULT_BACKEND, backend_names
 
@@ -85,16 +87,17 @@ def parse_gates(specs: list[str]) -> dict[str, dict]:
 
 def parameters_from_args(args: argparse.Namespace):
     """Build and validate :class:`RunParameters`; a bad value raises ConfigError (exit 2)."""
+    from fp16guard.cli.common import model_version, take_model_argument
     from fp16guard.settings import RunParameters, parse_parameters
 
     return parse_parameters(
         RunParameters,
         {
-            "model": args.model,
+            "model": take_model_argument(args),
             "calib": args.calib,
             "holdout": args.holdout,
             "name": args.name,
-            "version": args.model_version,
+            "version": model_version(args),
             "store": args.store,
             "backend": args.backend,
             "batch_size": args.batch_size,

@@ -1,4 +1,4 @@
-"""``fp16guard show NAME VERSION [--run ID] [--store S]``: the manifest and verification of a run.
+"""``fp16guard show NAME --model-version V [--run ID] [--store S]``: the manifest and verification of a run.
 
 Without ``--run`` it shows the version's current release. Prints a short header (run, status,
 release), then ``manifest.json`` and ``verification.json`` as indented JSON. Exit 0; 2 when the
@@ -10,12 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from fp16guard.cli.common import add_model_version, model_version
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``show`` command."""
-    p = sub.add_parser("show", help="print the manifest and verification of the release (or of a run)")
+    p = sub.add_parser(
+        "show",
+        help="print the manifest and verification of the release (or of a run)",
+        description="Print the run's status, reason and location, then its manifest.json and verification.json. Without --run: the version's current release.",
+    )
     p.add_argument("name", help="model name")
-    p.add_argument("model_version", metavar="VERSION", help="model version")
+    add_model_version(p, required=True, positional_alias=True)
     p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
     p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
     p.add_argument(
@@ -33,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from fp16guard.store.runs import Store
 
     store = Store(args.store)
-    name, version = args.name, args.model_version
+    name, version = args.name, model_version(args)
     release = store.current_release(name, version)
     run_id = args.run_id or (release or {}).get("run_id")
     if run_id is None:

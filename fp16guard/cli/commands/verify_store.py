@@ -1,4 +1,4 @@
-"""``fp16guard verify-store NAME VERSION [--run ID] [--inputs] [--store S]``: re-check recorded hashes.
+"""``fp16guard verify-store NAME --model-version V [--run ID] [--inputs] [--store S]``: re-check recorded hashes.
 
 Re-hashes every file of the release (or of ``--run``) against ``status.json`` and the manifest's
 ``outputs``; with ``--inputs`` also the model and data files the manifest names. Exit 0 when
@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 
+from fp16guard.cli.common import add_model_version, model_version
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``verify-store`` command."""
-    p = sub.add_parser("verify-store", help="re-hash a stored run and compare with its recorded hashes")
+    p = sub.add_parser(
+        "verify-store",
+        help="re-hash a stored run and compare with its recorded hashes",
+        description="Re-hash every file of the release (or of --run) against status.json and the manifest; with --inputs also the model and data files the manifest names. Exit 1 lists each mismatch.",
+    )
     p.add_argument("name", help="model name")
-    p.add_argument("model_version", metavar="VERSION", help="model version")
+    add_model_version(p, required=True, positional_alias=True)
     p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
     p.add_argument("--inputs", action="store_true", help="also re-hash the input model and data files named in the manifest")
     p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
@@ -25,6 +31,7 @@ def main(args: argparse.Namespace) -> int:
     """Print the verdict; returns 0 (all match) or 1 (problems)."""
     from fp16guard.store.runs import Store
 
+    args.model_version = model_version(args)
     store = Store(args.store)
     run_id = args.run_id or (store.current_release(args.name, args.model_version) or {}).get("run_id")
     problems = store.verify_run(args.name, args.model_version, run_id, check_inputs=args.inputs)

@@ -1,0 +1,89 @@
+"""What every ``fp16guard`` command shares: the exit-status text, the model-version option, and
+recovering a model path that a many-valued option swallowed.
+
+No heavy imports here: ``fp16guard stats`` must start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["EXIT_STATUS_HELP", "add_model_version", "model_version", "take_model_argument"]
+
+#: Appended to every command's ``--help``.
+EXIT_STATUS_HELP = """\
+exit status:
+  0  success (run: verified)
+  1  run: verification failed (the run is kept, marked rejected); verify-store: a mismatch;
+     server status: no local server runs
+  2  bad input: one line on stderr saying what was wrong and what was expected; nothing written
+  3  environment failure: no Prefect server answers or starts, or the store cannot be used"""
+
+
+def add_model_version(p: argparse.ArgumentParser, required: bool, positional_alias: bool = False) -> None:
+    """Add ``--model-version V``: the one spelling of a model's version in every command.
+
+    Earlier spellings still parse but are not shown: ``--version`` (which at the top level is
+    fp16guard's own version) and, where ``positional_alias``, a VERSION after NAME. Read the
+    value with :func:`model_version`.
+
+    Args:
+        p: the command's parser.
+        required: the command needs a version (checked by :func:`model_version`).
+        positional_alias: also accept the version as an optional second positional argument.
+    """
+    p.add_argument(
+        "--model-version", dest="model_version", metavar="V",
+        help="model version in the store (letters, digits, '.', '_', '-')" + ("; required" if required else "; default: every version"),
+    )
+    p.add_argument("--version", dest="model_version", help=argparse.SUPPRESS)
+    if positional_alias:
+        p.add_argument("model_version_positional", nargs="?", help=argparse.SUPPRESS)
+    p.set_defaults(_model_version_required=required)
+
+
+def model_version(args: argparse.Namespace) -> str | None:
+    """The model version given in any accepted spelling.
+
+    Raises:
+        ConfigError: it is required and missing, or given twice with different values.
+    """
+    from fp16guard.errors import ConfigError
+
+    flag = getattr(args, "model_version", None)
+    positional = getattr(args, "model_version_positional", None)
+    if flag is not None and positional is not None and flag != positional:
+        raise ConfigError(f"model version given twice ({positional!r} and --model-version {flag!r}); expected one")
+    value = flag if flag is not None else positional
+    if value is None and getattr(args, "_model_version_required", False):
+        raise ConfigError(f"`fp16guard {args.command}` needs --model-version V; expected the model's version in the store, e.g. --model-version 1")
+    return value
+
+
+def take_model_argument(args: argparse.Namespace, list_options: tuple[str, ...] = ("calib", "holdout")) -> str:
+    """Return the positional MODEL, recovering it from a many-valued option that swallowed it.
+
+    ``fp16guard run --calib a.npz b.npz model.onnx --holdout h/`` gives ``model.onnx`` to
+    ``--calib`` (it takes every value up to the next option). A trailing ``.onnx`` value of such
+    an option is the model when no MODEL was given: it is moved back (an ``.onnx`` file is
+    never data).
+
+    Args:
+        args: the parsed arguments (``args.model`` may be None).
+        list_options: the ``nargs="+"`` options that may have swallowed it.
+
+    Raises:
+        ConfigError: no model was given, or two were.
+    """
+    from fp16guard.errors import ConfigError
+
+    for option in list_options:
+        values = getattr(args, option, None) or []
+        if len(values) > 1 and Path(values[-1]).suffix.lower() == ".onnx":
+            if args.model is not None:
+                raise ConfigError(f"--{option.replace('_', '-')} got the model file {values[-1]!r} and MODEL is {args.model!r}; expected one FP32 .onnx model")
+            args.model = values.pop()
+    if not args.model:
+        raise ConfigError(f"`fp16guard {args.command}` needs MODEL, an FP32 .onnx file; expected e.g. fp16guard {args.command} model.onnx --calib calib/ ...")
+    return args.model
