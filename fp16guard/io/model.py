@@ -62,7 +62,16 @@ def load_model(path: str | os.PathLike, load_weights: bool = True) -> onnx.Model
     if not path.is_file():
         raise ModelError(f"model {path} does not exist; expected an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=load_weights)
+        # The graph first, the weights after their locations are checked: a location outside
+        # the model's folder is refused before anything there is opened.
+        model = onnx.load(str(path), load_external_data=False)
+        if load_weights and _external_locations(model):
+            from fp16guard.io.lazy_weights import check_external_locations
+
+            check_external_locations(model, path)
+            onnx.load_external_data_for_model(model, str(path.parent))
+    except ModelError:
+        raise
     except FileNotFoundError as exc:
         raise ModelError(f"model {path} refers to external data that is missing: {exc.filename or exc}") from None
     except Exception as exc:  # protobuf raises DecodeError and friends
@@ -196,24 +205,9 @@ def external_data_files(path: str | os.PathLike) -> list[Path]:
 
 def _external_locations(model: onnx.ModelProto) -> set[str]:
     """``location`` of every external-data tensor of the model, subgraphs included."""
-    names: set[str] = set()
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == TensorProto.EXTERNAL:
-            names.update(e.value for e in tensor.external_data if e.key == "location")
-    return names
+    from fp16guard.io.lazy_weights import external_locations
 
-
-def _all_tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
+    return external_locations(model)
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
