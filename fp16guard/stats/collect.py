@@ -137,6 +137,11 @@ class StatsSession:
             self._runner.close()
         self._runner = None
 
+    @property
+    def providers_used(self) -> list[str]:
+        """The execution providers onnxruntime uses for this session (empty when not open)."""
+        return self._runner.providers if self._runner is not None else []
+
     def _fetch(self, n: int) -> list[str]:
         """Output names of the instrumented model of ``n`` tensors."""
         names = [name for k in range(n) for name in output_names(k)]

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="FILE.parquet", help="where to write the reduced statistics (one row per tensor)")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="samples per inference call (default: whole shard; a static model batch wins)")
     p.add_argument("--shard-stats", default=None, metavar="FILE.parquet", help="also write the per-shard statistics here")
-    p.add_argument("--providers", nargs="+", default=None, metavar="EP", help="onnxruntime execution providers (default CPUExecutionProvider)")
+    p.add_argument("--providers", nargs="+", default=None, metavar="EP", help="onnxruntime execution providers (default auto: CUDAExecutionProvider with TF32 off when a GPU and onnxruntime-gpu are present, else CPUExecutionProvider)")
     p.add_argument("--top", type=int, default=5, help="how many of the largest tensors the summary lists (default 5)")
     p.set_defaults(func=run)
 
@@ -46,13 +46,17 @@ def run(args: argparse.Namespace) -> int:
 
     shards = discover_shards(args.calib, "calibration")
     tables = []
-    with StatsSession(args.model, batch_size=args.batch_size, providers=args.providers) as session:
+    from fp16guard.runners.onnxrt import choose_providers
+
+    with StatsSession(args.model, batch_size=args.batch_size, providers=choose_providers(args.providers)) as session:
         with Progress(len(shards), "shards") as bar:
             for ref in shards:
                 tables.append(session.run(ref))
                 bar.advance(ref.name)
+        used = session.providers_used
     reduced = write_stats_files(tables, args.out, args.shard_stats)
     print(summary(reduced, len(shards), args.top))
+    print(f"providers: {', '.join(used)}" + (" (TF32 off)" if "CUDAExecutionProvider" in used else ""))
     print(f"wrote {args.out}" + (f" and {args.shard_stats}" if args.shard_stats else ""))
     return 0
 

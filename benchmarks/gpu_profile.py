@@ -1,0 +1,200 @@
+"""Profile table on a GPU: how much faster than FP32 the fp16guard artifact is, and how much of
+the all-FP16 gain it keeps, for the example models and a VGG-19-shaped overflowing CNN.
+
+For each model, library level (no Prefect): calibration statistics on the chosen providers (TF32
+off), the plan (:func:`fp16guard.plan.planner.make_plan`), ``model.mixed.onnx``, verification
+against FP32 on holdout data through the onnxruntime backend (on CUDA: real FP16 kernels, CPU
+placements detected), then :func:`fp16guard.backends.profile.profile_artifact` at each batch:
+median latency with IOBinding after warm-up of FP32, the artifact and the all-FP16 build.
+
+Run on the GPU machine with onnxruntime-gpu, from the repository root::
+
+    PYTHONPATH=. python3 benchmarks/gpu_profile.py --out results.txt --json results.json
+
+``--device cpu`` runs the same on the CPU provider with few timed runs (a CPU latency is not
+FP16's; for trying the script). Side effects: temporary folder for models and shards; writes
+``--out`` (the table) and ``--json`` (all records) when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
+
+
+def build_vgg19_overflow(resolution: int = 224, gain: float = 1.9, seed: int = 0):
+    """VGG-19's layout (16 Conv3x3+Relu with MaxPool, Flatten, 3 Gemm) with He-initialised
+    weights times ``gain``, so activations grow ~gain per layer and the later ones pass FP16's
+    maximum (FP32 stays finite). Input ``x`` [N, 3, resolution, resolution], output ``y``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def weight(name, shape, fan_in, scale):
+        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale * math.sqrt(2.0 / fan_in))
+        inits.append(numpy_helper.from_array(w.astype(np.float32), name))
+        return name
+
+    x, cin = "x", 3
+    for b, (cout, convs) in enumerate(VGG19_BLOCKS, start=1):
+        for c in range(1, convs + 1):
+            name = f"conv{b}_{c}"
+            w, bias = weight(f"{name}.w", (cout, cin, 3, 3), cin * 9, gain), weight(f"{name}.b", (cout,), 8.0, 1.0)
+            nodes += [helper.make_node("Conv", [x, w, bias], [name], name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                      helper.make_node("Relu", [name], [f"relu{b}_{c}"], name=f"relu{b}_{c}")]
+            x, cin = f"relu{b}_{c}", cout
+        nodes.append(helper.make_node("MaxPool", [x], [f"pool{b}"], name=f"pool{b}", kernel_shape=[2, 2], strides=[2, 2]))
+        x = f"pool{b}"
+    nodes.append(helper.make_node("Flatten", [x], ["flatten"], name="flatten", axis=1))
+    x, side = "flatten", resolution // 32
+    for i, (fin, fout) in enumerate([(cin * side * side, 4096), (4096, 4096), (4096, 1000)], start=6):
+        w, bias = weight(f"fc{i}.w", (fout, fin), fin, gain), weight(f"fc{i}.b", (fout,), 8.0, 1.0)
+        nodes.append(helper.make_node("Gemm", [x, w, bias], [f"fc{i}"], name=f"fc{i}", transB=1))
+        x = f"fc{i}"
+        if i < 8:
+            nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"relu{i}"))
+            x = f"relu{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
+    graph = helper.make_graph(nodes, "vgg19_overflow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, resolution, resolution])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1000])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _write_vgg_shards(folder: Path, count: int, samples: int, resolution: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        np.savez(folder / f"shard-{i:04d}.npz", x=rng.standard_normal((samples, 3, resolution, resolution)).astype(np.float32))
+
+
+def run_model(name: str, work: Path, providers: list[str], batches: list[int], args) -> dict:
+    """Statistics, plan, artifact, verification and profile of one model; returns the record."""
+    from fp16guard import examples
+    from fp16guard.backends.registry import get_backend
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.model import input_specs, load_model, save_model
+    from fp16guard.io.shards import discover_shards, load_shard, prepare_feeds
+    from fp16guard.plan.planner import make_plan
+    from fp16guard.settings import PlanSettings, VerifySettings
+    from fp16guard.stats.collect import StatsSession, reduce_stats
+
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if name == "vgg19_overflow":
+        path = folder / "m.onnx"
+        save_model(build_vgg19_overflow(args.resolution), path)
+        _write_vgg_shards(folder / "calib", 2, args.vgg_samples, args.resolution, seed=1)
+        _write_vgg_shards(folder / "holdout", 1, args.vgg_samples, args.resolution, seed=2)
+    else:
+        path = examples.save_model(name, folder / "m.onnx")
+        examples.write_shards(name, folder / "calib", 2, 32, seed=1)
+        examples.write_shards(name, folder / "holdout", 2, 32, seed=2)
+    calib = discover_shards([str(folder / "calib")])
+    holdout = discover_shards([str(folder / "holdout")], "holdout")
+    backend = get_backend("onnxruntime", providers)
+    with StatsSession(path, batch_size=args.stats_batch, providers=backend.providers) as session:
+        stats = reduce_stats([session.run(ref) for ref in calib])
+    model = load_model(path)
+    plan = make_plan(model, stats, PlanSettings())
+    artifact = save_model(to_mixed_precision(model, set(plan.fp32_names)), folder / "model.mixed.onnx")
+    report = backend.verify(path, artifact, holdout, VerifySettings(), batch_size=args.stats_batch)
+    sample = prepare_feeds(calib[0], load_shard(calib[0]), input_specs(model))
+    profile = backend.profile(path, artifact, sample, batches, **({"time_on_cpu": True} if backend.providers[0] != "CUDAExecutionProvider" else {}))
+    worst = max((o.get("max_rel_error") or math.inf) if o.get("nonfinite", 0) == 0 else math.inf for o in report["outputs"].values())
+    return {
+        "model": name,
+        "nodes": len(model.graph.node),
+        "fp32_nodes": len(plan.fp32_names),
+        "implementation": backend.implementation,
+        "verified": report["passed"],
+        "worst_rel_error": worst,
+        "execution": report.get("execution"),
+        "cpu_fallback_nodes": report.get("cpu_fallback_nodes"),
+        "profile": profile,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def table(records: list[dict]) -> list[str]:
+    """The profile table, one line per model and batch."""
+    lines = [f"{'model':16s} {'FP32 nodes':>10s} {'verified':>8s} {'batch':>5s} {'FP32 ms':>9s} {'artifact':>9s} {'all-FP16':>9s} {'speed-up':>8s} {'FP16 s-up':>9s} {'gain kept':>9s}"]
+    for r in records:
+        rows = r["profile"].get("batches") or [{}]
+        for row in rows:
+            kept = row.get("gain_kept")
+            lines.append(
+                f"{r['model']:16s} {str(r['fp32_nodes']) + '/' + str(r['nodes']):>10s} {('yes' if r['verified'] else 'NO'):>8s} {row.get('batch', '-')!s:>5s} "
+                f"{row.get('fp32_ms', float('nan')):9.3f} {row.get('artifact_ms', float('nan')):9.3f} {row.get('all_fp16_ms', float('nan')):9.3f} "
+                f"{row.get('speedup') or float('nan'):7.2f}x {row.get('fp16_speedup') or float('nan'):8.2f}x {('—' if kept is None else f'{kept:.0%}'):>9s}"
+            )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--models", nargs="*", default=None, help="example names and/or vgg19_overflow (default: all)")
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--resolution", type=int, default=224, help="VGG input side (multiple of 32; default 224)")
+    parser.add_argument("--vgg-samples", type=int, default=16, help="samples per VGG calibration/holdout shard")
+    parser.add_argument("--stats-batch", type=int, default=8, help="samples per inference call for statistics and verification")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+
+    from fp16guard import examples
+    from fp16guard.backends.device import device_name
+    from fp16guard.runners.onnxrt import CPU, CUDA, cuda_usable
+
+    import onnxruntime as ort
+
+    if args.device == "cuda" and not cuda_usable():
+        print("the CUDA provider is not usable here (needs onnxruntime-gpu and a GPU); use --device cpu to try the script", file=sys.stderr)
+        return 2
+    providers = [CUDA, CPU] if args.device == "cuda" else [CPU]
+    names = args.models or sorted(examples.EXAMPLES) + ["vgg19_overflow"]
+    header = [
+        f"fp16guard GPU profile — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"device: {device_name(providers)}; onnxruntime {ort.__version__} ({', '.join(providers)}; TF32 off; IOBinding; median of 50 runs after 10 warm-up)",
+        f"host: {platform.node()} {platform.machine()} python {platform.python_version()}",
+        "speed-up = FP32 / artifact; FP16 s-up = FP32 / all-FP16 (every node FP16: the unreachable reference);",
+        "gain kept = (FP32 - artifact) / (FP32 - all-FP16), '—' where all-FP16 is not 2% faster than FP32",
+        "",
+    ]
+    for line in header:
+        print(line, flush=True)
+    records = []
+    with tempfile.TemporaryDirectory(prefix="fp16guard-gpu-profile-") as tmp:
+        for name in names:
+            record = run_model(name, Path(tmp), providers, args.batches, args)
+            records.append(record)
+            print(f"{name}: {record['fp32_nodes']}/{record['nodes']} nodes FP32; verified={record['verified']} (worst rel {record['worst_rel_error']:.3g}); "
+                  f"{record['execution']}; {record['seconds']} s", flush=True)
+    lines = table(records)
+    print()
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text("\n".join(header + [f"{r['model']}: {r['execution']}" for r in records] + [""] + lines) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "records": records}, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
