@@ -167,7 +167,57 @@ def load_graph_only(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"model {path} is not a valid ONNX file ({problem}); expected a serialized ModelProto")
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"model {path} has an empty graph; expected an ONNX model with nodes and outputs")
+    check_external_locations(model, path)
     return model
+
+
+def external_locations(model: onnx.ModelProto) -> set[str]:
+    """``location`` of every external-data tensor of ``model`` (initializers, tensor attributes
+    and subgraphs included)."""
+    names: set[str] = set()
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            names.update(e.value for e in tensor.external_data if e.key == "location")
+    return names
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+def check_external_locations(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Refuse a model whose external data would be read from outside its own folder.
+
+    A location is accepted when it is relative, has no ``..`` part, and — symbolic links
+    resolved — names something inside the model file's folder. Nothing is opened: this runs on
+    the graph before any weight is read, so ``location: ../../etc/passwd`` is never hashed or read
+    (onnxruntime refuses such models too, but only after we would have read them).
+
+    Raises:
+        ModelError: one line naming the model and the offending location.
+    """
+    path = Path(path)
+    folder = path.parent.resolve()
+    for location in sorted(external_locations(model)):
+        parts = location.replace("\\", "/").split("/")
+        bad = not location or os.path.isabs(location) or location.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]
+        if not bad:
+            target = (folder / location).resolve()
+            bad = folder != target and folder not in target.parents
+        if bad:
+            raise ModelError(
+                f"model {path} refers to external data at {location!r}, outside the model's folder {folder}; "
+                "expected weight files beside the model (relative names, no '..', no links out of the folder)"
+            )
 
 
 def _rewrite_model(buf, size: int, location: str) -> bytes:
