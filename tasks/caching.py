@@ -347,12 +347,12 @@ def _remote_options(store_url: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------- code digest
-def code_digest(*module_names: str) -> str:
-    """sha256 over the source of every ``fp16guard`` module in the import closure of
+def code_digest(*module_names: str, package: str = "fp16guard") -> str:
+    """sha256 over the source of every ``package`` module in the import closure of
     ``module_names`` (see :func:`import_closure`), so a change anywhere in how a result is
     computed invalidates its cache, even in a module the caller did not think to name."""
     h = hashlib.sha256()
-    for name in sorted(import_closure(*module_names)):
+    for name in sorted(import_closure(*module_names, package=package)):
         h.update(name.encode() + b"\0")
         h.update(_source(name) + b"\0")
     return h.hexdigest()
