@@ -92,9 +92,9 @@ def test_serializer_round_trips_data_and_refuses_objects():
     from tasks.caching import SafeSerializer
 
     s = SafeSerializer()
-    value = {"table": pa.table({"x": [1.0, float("nan")], "name": ["a", "b"]}), "worst": float("inf"), "n": np.int64(3), "ok": True, "list": (1, "a")}
+    value = {"table": pa.table({"x": [1.0, 2.5], "name": ["a", "b"]}), "nan": float("nan"), "worst": float("inf"), "n": np.int64(3), "ok": True, "list": (1, "a")}
     back = s.loads(s.dumps(value))
-    assert back["table"].equals(value["table"]) and back["worst"] == float("inf") and back["n"] == 3 and back["list"] == [1, "a"]
+    assert back["nan"] != back["nan"] and back["table"].equals(value["table"]) and back["worst"] == float("inf") and back["n"] == 3 and back["list"] == [1, "a"]
     with pytest.raises(SerializationError):
         s.dumps({"f": _CreatesFile("/nonexistent")})
     with pytest.raises(ValueError):
