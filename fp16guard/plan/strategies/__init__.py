@@ -15,8 +15,9 @@ Strategies (``PlanSettings.strategy``):
   MatMul...) in FP32 than pinning, else the pinned plan on the unchanged model. Repair, when the
   flow runs it, starts from the chosen plan.
 
-``fold`` and ``auto`` then move FP16 runs too short to pay for their Casts to FP32
-(:mod:`fp16guard.plan.strategies.islands`); ``pin`` is today's rule, unchanged.
+When the folded model is used, FP16 runs too short to pay for their Casts then move to FP32
+(:mod:`fp16guard.plan.strategies.islands`); a pinned plan (``pin``, or ``auto`` falling back to
+it) is today's rule, unchanged.
 """
 
 from __future__ import annotations

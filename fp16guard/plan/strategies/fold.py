@@ -15,8 +15,8 @@ the flow then verifies the built artifact against the original FP32 model like a
 ``plan.json`` gets two keys besides the rules' ones:
 
 * ``strategy``: ``{"requested", "used", "why", "compute_fp32": {"pin": n, "fold": m}}``;
-* ``islands`` (``fold`` and ``auto``): FP16 runs moved to FP32 because their Casts cost more
-  than they save (:mod:`fp16guard.plan.strategies.islands`);
+* ``islands`` (when the folded model is used): FP16 runs moved to FP32 because their Casts
+  cost more than they save (:mod:`fp16guard.plan.strategies.islands`);
 * ``folding`` (only when the folded model is used): ``batchnorm`` (the folded pairs),
   ``exponents`` (tensor -> e, stored as x / 2**e; what the build re-applies), ``regions`` (each
   class of tensors that needed a scale: size, first/last tensor, exponent, scale, ``folded`` or
@@ -137,7 +137,7 @@ def plan_model(
         return merge_islands(folded, folded_plan), folded
     why = "no tensor needed a scale" if not folded_plan["folding"]["exponents"] else f"folding keeps {counts['fold']} compute nodes FP32, pinning {counts['pin']}: no gain"
     pinned["strategy"] = {"requested": "auto", "used": "pin", "why": why, "compute_fp32": counts}
-    return merge_islands(model, pinned), model
+    return pinned, model  # unchanged: islands only with folding until GPU profiles back the cost model
 
 
 def plan_with_strategy(model_path: str | os.PathLike, stats: pa.Table, settings: PlanSettings) -> dict:

@@ -6,6 +6,8 @@ A run of FP16 nodes squeezed between FP32 nodes pays a Cast on each tensor enter
 it; when the run holds only cheap, memory-bound ops (activations, element-wise arithmetic,
 reshapes), running it in FP32 instead is faster and never less accurate.
 
+Applied by the strategies when the folded model is used (:mod:`fp16guard.plan.strategies`).
+
 **Cost model** (bytes moved per element, the unit of memory-bound work; documented in
 ``docs/FOLDING.md``):
 
