@@ -142,7 +142,8 @@ def test_nan_candidate_in_ui_summary(nan_report):
 
 def test_nan_candidate_in_history(nan_report, tmp_path, capsys):
     from fp16guard.cli.main import main
-    from fp16guard.store.runs import Store, history
+    from fp16guard.store.audit import history
+    from fp16guard.store.runs import Store
 
     store = Store(tmp_path / "store")
     with store.stage_run("m", "1", "r1") as staged:

@@ -20,7 +20,7 @@ def _strict_load(text: str):
 def test_forced_nan_candidate_fails_everywhere(prefect_api_url, demo_files, tmp_path, capsys):
     from fp16guard.cli.commands.run import execute
     from fp16guard.records import worst_rel_error
-    from fp16guard.store.runs import history
+    from fp16guard.store.audit import history
 
     store = tmp_path / "store"
     # Every node forced to FP16: the demo model's all-FP16 build gives NaN (fp16guard.examples).
