@@ -16,7 +16,7 @@ def write_run_files(folder: Path, *, passed: bool = True, fp32: int = 2, rel_err
     (folder / "verification.json").write_text(
         json.dumps({"passed": passed, "reason": "" if passed else "y: max_rel_error 0.9 > 0.02", "outputs": {"y": {"max_rel_error": rel_error, "max_abs_error": 0.1, "cosine": 0.9999, "nonfinite": 0}}})
     )
-    outputs = {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in sorted(folder.iterdir()) if f.is_file()}
+    outputs = {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size} for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")}
     manifest = {"created": "2026-01-01T00:00:00Z", "trigger": {"type": trigger}, "outputs": outputs, "inputs": {}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
 

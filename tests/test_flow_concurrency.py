@@ -25,8 +25,8 @@ def test_two_simultaneous_runs_both_finish_and_one_is_released(prefect_api_url, 
     release = json.loads((store / "race" / "1" / "release.json").read_text())
     assert release["run_id"] == next(s["run_id"] for s in summaries if s["released"])
     # Both runs are complete and their files match their recorded hashes.
-    from fp16guard.store.runs import open_store
+    from fp16guard.store.audit import verify_run
 
     for s in summaries:
-        assert open_store(str(store)).verify_run("race", "1", s["run_id"]) == []
+        assert verify_run(str(store), "race", "1", s["run_id"]) == []
         assert (Path(s["run_dir"]) / "model.mixed.onnx").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import multiprocessing as mp
 from pathlib import Path
@@ -10,7 +12,8 @@ import pytest
 
 from fixtures_s3 import commit_run, race_worker, s3_root, s3_server, write_run_files  # noqa: F401 (pytest fixtures)
 from fp16guard.errors import StoreError
-from fp16guard.store.runs import DEFAULT_STORE, Store, history, resolve_root, verify_run
+from fp16guard.store.audit import history, verify_run
+from fp16guard.store.runs import DEFAULT_STORE, Store, resolve_root
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -201,7 +204,7 @@ def test_put_run_copies_a_folder(tmp_path):
     store = Store(f"file://{tmp_path / 's'}")
     run = store.put_run("m", "1", src, verified=True)
     assert run.status == "verified" and (src / "manifest.json").exists()
-    assert store.verify_run("m", "1", run.run_id) == []
+    assert verify_run(store, "m", "1", run.run_id) == []
 
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
@@ -223,22 +226,48 @@ def test_two_processes_racing_one_version(kind, tmp_path, request):
     assert outcome[record["run_id"]] is True
     assert json.loads(store.fs.read_bytes("m/1/release.json"))["run_id"] == record["run_id"]
     for rid in ("p1", "p2"):
-        assert store.verify_run("m", "1", rid) == []
+        assert verify_run(store, "m", "1", rid) == []
         assert store.read_bytes("m", "1", rid, "model.mixed.onnx") == rid.encode() * 1000
 
 
-def test_stale_staging_folders_are_cleaned(tmp_path):
-    import os
+def test_staging_folders_of_dead_processes_are_swept(tmp_path):
+    import json
+    import subprocess
+    import sys
     import time
 
-    from fp16guard.store.runs import Store
-    from fp16guard.store.fs import STALE_STAGING_S
+    from fp16guard.store.fs import OWNER_FILE, STALE_STAGING_S
 
     store = Store(str(tmp_path / "store"))
     dead = store.stage_run("m", "1")
     (dead.path / "half.bin").write_bytes(b"x")
+    owner = json.loads((dead.path / OWNER_FILE).read_text())
+    assert owner["pid"] == os.getpid()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a real process that is gone: its staging folder is abandoned
+    (dead.path / OWNER_FILE).write_text(json.dumps({**owner, "pid": proc.pid, "proc_start": None}))
+    legacy = store.stage_run("m", "1")  # no owner record (older version): the age rule applies
+    (legacy.path / OWNER_FILE).unlink()
     old = time.time() - STALE_STAGING_S - 60
-    os.utime(dead.path, (old, old))
+    os.utime(legacy.path, (old, old))
     live = store.stage_run("m", "1")
     fresh = store.stage_run("m", "1")
-    assert not dead.path.exists() and live.path.exists() and fresh.path.exists()
+    assert not dead.path.exists() and not legacy.path.exists()
+    assert live.path.exists() and fresh.path.exists()
+
+
+def test_run_folders_are_readable_per_umask(tmp_path):
+    import stat
+
+    store = Store(str(tmp_path / "store"))
+    old = os.umask(0o022)
+    try:
+        ref = commit_run(store, "m", "1", "r")
+        store.release("m", "1", "r")
+    finally:
+        os.umask(old)
+    run = Path(ref.url)
+    assert stat.S_IMODE(run.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in run.iterdir())
+    assert stat.S_IMODE((tmp_path / "store" / "m" / "1" / "release.json").stat().st_mode) == 0o644
+    assert not (run / ".owner.json").exists()

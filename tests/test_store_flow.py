@@ -11,6 +11,7 @@ import pytest
 from fixtures_s3 import s3_root, s3_server  # noqa: F401
 from fp16guard.cli.main import main
 from fp16guard.settings import RunParameters
+from fp16guard.store.audit import history, verify_run
 from fp16guard.store.runs import Store
 
 
@@ -30,11 +31,11 @@ def test_flow_twice_on_s3_store(prefect_api_url, demo_files, s3_root, tmp_path, 
 
     store = Store(s3_root)
     assert sorted(store.runs("demo", "1")) == sorted([first["run_id"], second["run_id"]])
-    rows = {r["run_id"]: r for r in store.history("demo", "1")}
+    rows = {r["run_id"]: r for r in history(store, "demo", "1")}
     assert rows[first["run_id"]]["released"] == "current" and rows[second["run_id"]]["released"] == ""
     assert all(r["status"] == "passed" and r["fp32_nodes"] > 0 for r in rows.values())
     for run_id in rows:
-        assert store.verify_run("demo", "1", run_id, check_inputs=True) == []
+        assert verify_run(store, "demo", "1", run_id, check_inputs=True) == []
     html = store.read_bytes("demo", "1", first["run_id"], "report.html").decode()
     assert "<svg" in html and "FP16 max 65504" in html
     m1 = store.read_json("demo", "1", first["run_id"], "manifest.json")

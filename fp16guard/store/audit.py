@@ -10,25 +10,30 @@ What this module reads from a run (written by the flow; the store does not write
 - ``plan.json``: ``counts.fp32`` (else the length of ``fp32_nodes``).
 
 Every file is optional for ``history`` (a missing figure is shown as None); ``verify_run`` reports a
-missing ``manifest.json`` as a problem.
+missing ``manifest.json`` as a problem. Damaged records (a ``status.json``, release record or
+manifest that is not the JSON object it should be) are findings: ``verify_run`` lists them,
+``history`` shows the run as ``damaged`` with the reason and goes on.
+
+Dependencies point one way: this module reads a :class:`fp16guard.store.runs.Store`; the store
+does not import it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from fp16guard.errors import StoreError
+from fp16guard.io.urls import is_remote, local_path
+from fp16guard.store.runs import DamagedRecord, Store, open_store
 
-if TYPE_CHECKING:  # pragma: no cover
-    from fp16guard.store.runs import Store
+__all__ = ["verify_run", "history", "worst_rel_error"]
 
 _STATUS_WORDS = {"verified": "passed", "rejected": "rejected"}
 
 
-def verify_run(store: "Store", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
+def verify_run(store: "Store | str | None", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
     """Re-hash every file of a run and compare with what was recorded.
 
     Checks (each failure is one line in the result):
@@ -39,7 +44,7 @@ def verify_run(store: "Store", name: str, version: str, run_id: str | None = Non
          location and matches its sha256.
 
     Args:
-        store: the store.
+        store: the store (or its root; see :func:`fp16guard.store.runs.open_store`).
         name, version: the model version.
         run_id: the run to check; default the version's current release.
         check_inputs: also re-hash the input files named in the manifest (they live outside
@@ -51,33 +56,46 @@ def verify_run(store: "Store", name: str, version: str, run_id: str | None = Non
     Raises:
         StoreError: the run (or, without ``run_id``, any release) does not exist.
     """
+    store = open_store(store)
+    problems: list[str] = []
     if run_id is None:
-        release = store.current_release(name, version)
+        release = store.current_release(name, version, problems)
         if release is None:
+            if problems:  # the release records themselves are the finding
+                return problems
             raise StoreError(f"{name}/{version} has no release in {store.url}; pass a run id (`fp16guard history {name}` lists them)")
         run_id = release["run_id"]
-    status = store.run_status(name, version, run_id)
-    run_dir = store._run_dir(name, version, run_id)
+    else:
+        store.release_history(name, version, problems)
+    run_dir = store.run_path(name, version, run_id)
+    try:
+        status = store.run_status(name, version, run_id)
+    except DamagedRecord as exc:
+        if not store.fs.exists(run_dir):
+            raise StoreError(f"run {name}/{version}/{run_id} not found in {store.url}") from None
+        problems.append(str(exc))
+        status = {"files": {}}
     present = {f for f in store.fs.files_under(run_dir) if not _hidden(f)}
-    problems: list[str] = []
 
     def check(rel: str, expected: str | None, source: str) -> None:
         if rel not in present:
             problems.append(f"{rel}: listed in {source} but missing from the run")
-        elif not expected:
+        elif not isinstance(expected, str) or not expected:
             problems.append(f"{rel}: {source} records no sha256")
+        elif getattr(store.fs, "is_link", lambda _: False)(f"{run_dir}/{rel}"):
+            problems.append(f"{rel}: is a symbolic link (a run holds files only; links are not followed)")
         elif (actual := store.fs.sha256(f"{run_dir}/{rel}")) != expected:
             problems.append(f"{rel}: sha256 {actual[:12]}… does not match {source} ({expected[:12]}…)")
 
-    recorded = status.get("files", {})
+    recorded = status.get("files") or {}
     for rel, rec in sorted(recorded.items()):
-        check(rel, rec.get("sha256"), "status.json")
+        check(rel, rec.get("sha256") if isinstance(rec, dict) else None, "status.json")
     for rel in sorted(present - set(recorded) - {"status.json"}):
         problems.append(f"{rel}: present in the run but not recorded at commit")
 
     try:
         manifest = store.read_json(name, version, run_id, "manifest.json")
-    except (StoreError, json.JSONDecodeError) as exc:
+    except StoreError as exc:
         problems.append(f"manifest.json: cannot be read ({exc})")
         return problems
     outputs = manifest.get("outputs") or {}
@@ -125,8 +143,8 @@ def _hash_location(location: str) -> str:
     data); anything else is the sha256 of the file's bytes (fsspec URLs included).
     """
     base, _, index = location.rpartition("#") if "#" in location else (location, "", "")
-    if "://" not in base or base.startswith("file://"):
-        path = base[len("file://") :] if base.startswith("file://") else base
+    if not is_remote(base):
+        path = local_path(base)
         if index:
             from fp16guard.io.shards import ShardRef, shard_digest
 
@@ -148,34 +166,47 @@ def _hash_location(location: str) -> str:
     return h.hexdigest()
 
 
-def history(store: "Store", name: str, version: str | None = None) -> list[dict]:
+def history(store: "Store | str | None", name: str, version: str | None = None, problems: list[str] | None = None) -> list[dict]:
     """One row per committed run of ``name`` (all versions, or one), oldest first per version.
 
-    Row keys: ``name, version, run_id, time, status ("passed"|"rejected"), reason,
+    Row keys: ``name, version, run_id, time, status ("passed"|"rejected"|"damaged"), reason,
     released ("current"|"previous"|""), fp32_nodes (int|None), worst_rel_error (float|None),
-    trigger (str)``.
+    trigger (str)``. A run whose ``status.json`` is damaged gets status ``"damaged"`` and the
+    damage as its reason; damaged run files count as missing.
+
+    Args:
+        store: the store (or its root).
+        name: model name. version: one version (default all).
+        problems: when given, one line is appended per damaged record met (release records,
+            status files, run files).
 
     Raises:
         StoreError: a bad name/version, or ``name`` has no runs at all.
     """
+    store = open_store(store)
+    problems = [] if problems is None else problems
     versions = [version] if version else store.versions(name)
     rows = []
     for ver in versions:
-        releases = store.release_history(name, ver)
+        releases = store.release_history(name, ver, problems)
         current = releases[-1]["run_id"] if releases else None
         ever = {r["run_id"] for r in releases}
         for run_id in store.runs(name, ver):
-            rows.append(_row(store, name, ver, run_id, current, ever))
+            rows.append(_row(store, name, ver, run_id, current, ever, problems))
     if not rows and not versions:
         raise StoreError(f"no model named {name!r} in {store.url}")
     return sorted(rows, key=lambda r: (r["version"], r["time"] or "", r["run_id"]))
 
 
-def _row(store: "Store", name: str, version: str, run_id: str, current: str | None, ever: set[str]) -> dict:
-    status = store.run_status(name, version, run_id)
-    manifest = _safe_json(store, name, version, run_id, "manifest.json")
-    verification = _safe_json(store, name, version, run_id, "verification.json")
-    plan = _safe_json(store, name, version, run_id, "plan.json")
+def _row(store: "Store", name: str, version: str, run_id: str, current: str | None, ever: set[str], problems: list[str]) -> dict:
+    try:
+        status = store.run_status(name, version, run_id)
+    except DamagedRecord as exc:
+        problems.append(str(exc))
+        status = {"status": "damaged", "reason": str(exc)}
+    manifest = _safe_json(store, name, version, run_id, "manifest.json", problems)
+    verification = _safe_json(store, name, version, run_id, "verification.json", problems)
+    plan = _safe_json(store, name, version, run_id, "plan.json", problems)
     trigger = manifest.get("trigger")
     if isinstance(trigger, dict):
         trigger = trigger.get("type")
@@ -204,9 +235,12 @@ def worst_rel_error(verification: dict) -> float | None:
     return _worst(verification)
 
 
-def _safe_json(store: "Store", name: str, version: str, run_id: str, filename: str) -> dict:
+def _safe_json(store: "Store", name: str, version: str, run_id: str, filename: str, problems: list[str] | None = None) -> dict:
+    """A run file as a dict; ``{}`` when missing or damaged (a damaged one is noted in ``problems``)."""
     try:
         value = store.read_json(name, version, run_id, filename, default={})
-    except json.JSONDecodeError:
+    except DamagedRecord as exc:
+        if problems is not None:
+            problems.append(str(exc))
         return {}
     return value if isinstance(value, dict) else {}

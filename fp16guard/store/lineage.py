@@ -58,8 +58,8 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def output_records(run_dir: str | os.PathLike, exclude: tuple[str, ...] = ("manifest.json",)) -> dict[str, dict]:
     """sha256 and size of every file of a run folder (the files the store publishes, see
-    :func:`fp16guard.store.runs.run_files`), keyed by relative POSIX path, minus ``exclude``."""
-    from fp16guard.store.runs import run_files
+    :func:`fp16guard.store.fs.run_files`), keyed by relative POSIX path, minus ``exclude``."""
+    from fp16guard.store.fs import run_files
 
     root = Path(run_dir)
     return {rel: file_record(root / rel) for rel in run_files(root) if rel not in exclude}

@@ -10,7 +10,7 @@ Layout (``<store>`` is a folder, a ``file://`` URL or any fsspec URL such as ``s
                                   this file exists
             manifest.json, plan.json, verification.json, stats.parquet, model.mixed.onnx,
             report.html, ...      whatever the flow wrote (the store does not interpret them,
-                                  except manifest.json for verify/history, see store_audit)
+                                  except manifest.json for verify/history, see store.audit)
         releases/000001.json      append-only release history, one record per release decision:
         releases/000002.json      {"seq", "run_id", "previous_run_id", "promoted", "released_at",
                                   "name", "version"}; the highest number is the current release
@@ -62,11 +62,18 @@ from typing import Any
 
 from fp16guard.errors import StoreError
 from fp16guard.settings import check_segment
-from fp16guard.store.fs import LocalFS, RemoteFS, open_fs
+from fp16guard.store.fs import LocalFS, RemoteFS, StoreIOError, UnsafeLink, new_work_dir, open_fs, run_files
+
+__all__ = [
+    "Store", "StagedRun", "RunRef", "ReleaseDecision", "DamagedRecord", "open_store", "resolve_root", "run_files",
+    "new_run_id", "utc_now", "STATUS_FILE", "VERIFIED", "REJECTED", "STORE_ENV", "DEFAULT_STORE",
+]
 
 STORE_ENV = "FP16GUARD_STORE"
 DEFAULT_STORE = "./fp16guard-store"
 STATUS_FILE = "status.json"
+#: Prefix of the local temporary folders that runs for object stores are written into.
+TEMP_PREFIX = "fp16guard-run-"
 VERIFIED, REJECTED = "verified", "rejected"
 _RELEASE_RETRIES = 50  # each retry means another writer released in between; 50 is plenty
 
@@ -86,6 +93,27 @@ def utc_now() -> str:
 def new_run_id() -> str:
     """A fresh, time-sortable run id: ``YYYYmmddTHHMMSSZ-<8 hex>``."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+class DamagedRecord(StoreError):
+    """A record the store wrote (``status.json``, a release record) or a run file it is asked to
+    parse is not what it should be: not JSON, not an object, or missing its fields. Readers
+    (``history``, ``show``, ``verify-store``) report it and go on where they can."""
+
+
+def _parse_record(data: bytes, where: str, required: dict[str, type] | None = None) -> dict:
+    """Parse a JSON object, raising :class:`DamagedRecord` naming ``where`` when it is not one
+    or lacks a ``required`` field of the right type."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise DamagedRecord(f"{where} is damaged: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise DamagedRecord(f"{where} is damaged: a JSON {type(value).__name__}, expected an object")
+    for key, kind in (required or {}).items():
+        if not isinstance(value.get(key), kind):
+            raise DamagedRecord(f"{where} is damaged: field {key!r} is {value.get(key)!r}, expected a {kind.__name__}")
+    return value
 
 
 def _segment(value: str, what: str) -> str:
@@ -145,12 +173,14 @@ class Store:
     def _version_dir(name: str, version: str) -> str:
         return f"{_segment(name, 'name')}/{_segment(version, 'version')}"
 
-    def _run_dir(self, name: str, version: str, run_id: str) -> str:
+    def run_path(self, name: str, version: str, run_id: str) -> str:
+        """The run folder relative to the store root (``<name>/<version>/runs/<id>``), for
+        calls on :attr:`fs`; names are checked (no '/', no '..')."""
         return f"{self._version_dir(name, version)}/runs/{_segment(run_id, 'run id')}"
 
     def run_url(self, name: str, version: str, run_id: str) -> str:
         """Location of a run folder (local path or URL), whether or not it exists."""
-        return f"{self.url}/{self._run_dir(name, version, run_id)}"
+        return f"{self.url}/{self.run_path(name, version, run_id)}"
 
     # ----------------------------------------------------------------- writing runs
     def stage_run(self, name: str, version: str, run_id: str | None = None) -> "StagedRun":
@@ -163,13 +193,15 @@ class Store:
             StoreError: bad name/version/run id, or the run id already exists.
         """
         run_id = run_id or new_run_id()
-        run_dir = self._run_dir(name, version, run_id)
+        run_dir = self.run_path(name, version, run_id)
         if self.fs.exists(f"{run_dir}/{STATUS_FILE}") or (self.fs.is_local and self.fs.exists(run_dir)):
             raise StoreError(f"run {name}/{version}/{run_id} already exists in {self.url}; expected a new run id (runs are never overwritten)")
         if isinstance(self.fs, LocalFS):
             path = self.fs.staging_dir(f"{self._version_dir(name, version)}/.staging")
         else:
-            path = Path(tempfile.mkdtemp(prefix="fp16guard-run-"))
+            # Object stores: files are uploaded from a local folder. Folders of runs whose
+            # process is gone are swept here, so killed runs do not fill the temp folder.
+            path = new_work_dir(tempfile.gettempdir(), TEMP_PREFIX)
         return StagedRun(self, name, version, run_id, path)
 
     def put_run(self, name: str, version: str, src_dir: str | os.PathLike, *, verified: bool, reason: str = "", run_id: str | None = None) -> RunRef:
@@ -200,40 +232,76 @@ class Store:
 
     def read_bytes(self, name: str, version: str, run_id: str, filename: str) -> bytes:
         """Bytes of one file of a committed run. Raises ``StoreError`` if missing."""
-        rel = f"{self._run_dir(name, version, run_id)}/{_relpath(filename)}"
+        rel = f"{self.run_path(name, version, run_id)}/{_relpath(filename)}"
         try:
             return self.fs.read_bytes(rel)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise StoreError(f"{filename} not found in run {name}/{version}/{run_id} of {self.url}") from None
 
     def read_json(self, name: str, version: str, run_id: str, filename: str, default: Any = StoreError) -> Any:
-        """Parsed JSON file of a run; ``default`` when missing (raises ``StoreError`` if not given)."""
+        """Parsed JSON object of a run file; ``default`` when missing (raises ``StoreError`` if
+        not given).
+
+        Raises:
+            DamagedRecord: the file exists but is not a JSON object.
+            UnsafeLink: the file is a symbolic link out of the store (not followed).
+        """
         try:
-            return json.loads(self.read_bytes(name, version, run_id, filename))
+            data = self.read_bytes(name, version, run_id, filename)
+        except (DamagedRecord, UnsafeLink):
+            raise
         except StoreError:
             if default is StoreError:
                 raise
             return default
+        return _parse_record(data, f"{filename} of run {name}/{version}/{run_id}")
 
     def run_status(self, name: str, version: str, run_id: str) -> dict:
-        """Content of the run's ``status.json``. Raises ``StoreError`` if the run does not exist."""
+        """Content of the run's ``status.json``.
+
+        Raises:
+            StoreError: the run does not exist.
+            DamagedRecord: ``status.json`` is not a JSON object with a string ``status``.
+        """
         try:
-            return json.loads(self.fs.read_bytes(f"{self._run_dir(name, version, run_id)}/{STATUS_FILE}"))
+            data = self.fs.read_bytes(f"{self.run_path(name, version, run_id)}/{STATUS_FILE}")
         except FileNotFoundError:
             raise StoreError(f"run {name}/{version}/{run_id} not found in {self.url}; `fp16guard history {name}` lists the runs") from None
+        status = _parse_record(data, f"{STATUS_FILE} of run {name}/{version}/{run_id}", {"status": str})
+        if not isinstance(status.get("files", {}), dict):
+            raise DamagedRecord(f"{STATUS_FILE} of run {name}/{version}/{run_id} is damaged: 'files' is not an object")
+        return status
 
-    def release_history(self, name: str, version: str) -> list[dict]:
-        """Every release record of a version, oldest first (the last one is current)."""
+    def release_history(self, name: str, version: str, problems: list[str] | None = None) -> list[dict]:
+        """Every sound release record of a version, oldest first (the last one is current).
+
+        Args:
+            problems: when given, one line is appended per damaged record (not JSON, no integer
+                ``seq`` or string ``run_id``, or a ``seq`` that differs from its file name);
+                damaged records are skipped either way.
+        """
         base = f"{self._version_dir(name, version)}/releases"
         records = []
-        for entry in self.fs.listdir(base):
-            if entry.endswith(".json") and entry[:-5].isdigit():
-                records.append(json.loads(self.fs.read_bytes(f"{base}/{entry}")))
+        for entry in self._release_files(base):
+            where = f"release record {name}/{version}/releases/{entry}"
+            try:
+                record = _parse_record(self.fs.read_bytes(f"{base}/{entry}"), where, {"seq": int, "run_id": str})
+                if record["seq"] != int(entry[:-5]):
+                    raise DamagedRecord(f"{where} is damaged: seq {record['seq']} does not match its file name")
+            except DamagedRecord as exc:
+                if problems is not None:
+                    problems.append(str(exc))
+                continue
+            records.append(record)
         return sorted(records, key=lambda r: r["seq"])
 
-    def current_release(self, name: str, version: str) -> dict | None:
-        """The current release record of a version, or None if nothing was released."""
-        records = self.release_history(name, version)
+    def _release_files(self, base: str) -> list[str]:
+        return sorted(e for e in self.fs.listdir(base) if e.endswith(".json") and e[:-5].isdigit())
+
+    def current_release(self, name: str, version: str, problems: list[str] | None = None) -> dict | None:
+        """The current release record of a version (the highest sound one), or None if nothing
+        was released; damaged records are noted in ``problems`` (see :meth:`release_history`)."""
+        records = self.release_history(name, version, problems)
         return records[-1] if records else None
 
     # ----------------------------------------------------------------- releasing
@@ -260,8 +328,11 @@ class Store:
                     return ReleaseDecision(True, run_id, run_id, current.get("previous_run_id"), f"run {run_id} is already the release of {name}/{version}")
                 if current and not promote:
                     return ReleaseDecision(False, run_id, cur_id, None, f"{name}/{version} is already released (run {cur_id}); pass promote=True (--promote) to replace it")
+                # The next number follows every record file, damaged ones included (their
+                # numbers are taken).
+                taken = [int(e[:-5]) for e in self._release_files(f"{vdir}/releases")]
                 record = {
-                    "seq": (current["seq"] if current else 0) + 1,
+                    "seq": max(taken + [current["seq"] if current else 0]) + 1,
                     "name": name,
                     "version": version,
                     "run_id": run_id,
@@ -270,9 +341,17 @@ class Store:
                     "released_at": utc_now(),
                 }
                 data = _json_bytes(record)
-                if self.fs.create_exclusive(f"{vdir}/releases/{record['seq']:06d}.json", data):
-                    self._write_mirror(vdir, name, version)
+                try:
+                    created = self.fs.create_exclusive(f"{vdir}/releases/{record['seq']:06d}.json", data)
+                except StoreIOError as exc:
+                    raise StoreIOError(f"{exc}; nothing was released (run {run_id} is stored, verified, and can be released later)") from None
+                if created:
                     why = f"promoted over run {cur_id}" if current else f"first verified run of {name}/{version}"
+                    try:
+                        self._write_mirror(vdir, name, version)
+                    except StoreIOError as exc:
+                        # The record above *is* the release; the mirror is a convenience copy.
+                        why += f" (release.json not updated: {exc}; releases/{record['seq']:06d}.json is authoritative)"
                     return ReleaseDecision(True, run_id, run_id, cur_id, why, record)
                 # Another writer took this sequence number between our read and our create: re-read.
         raise StoreError(f"could not record a release of {name}/{version} after {_RELEASE_RETRIES} attempts; other writers keep releasing")
@@ -285,19 +364,6 @@ class Store:
             self.fs.write_bytes(f"{vdir}/release.json", _json_bytes(newest))
             if self.current_release(name, version) == newest:
                 return
-
-    # ----------------------------------------------------------------- audit
-    def verify_run(self, name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
-        """Re-hash a run's files; see :func:`fp16guard.store.audit.verify_run`."""
-        from fp16guard.store.audit import verify_run
-
-        return verify_run(self, name, version, run_id, check_inputs=check_inputs)
-
-    def history(self, name: str, version: str | None = None) -> list[dict]:
-        """Rows describing every run; see :func:`fp16guard.store.audit.history`."""
-        from fp16guard.store.audit import history
-
-        return history(self, name, version)
 
 
 @dataclass
@@ -356,7 +422,7 @@ class StagedRun:
             "version": self.version,
             "files": files,
         }
-        store, run_dir = self.store, self.store._run_dir(self.name, self.version, self.run_id)
+        store, run_dir = self.store, self.store.run_path(self.name, self.version, self.run_id)
         taken = StoreError(f"run {self.name}/{self.version}/{self.run_id} already exists in {store.url}; runs are never overwritten")
         if isinstance(store.fs, LocalFS):
             from fp16guard.io import atomic
@@ -378,16 +444,6 @@ class StagedRun:
         return self.committed
 
 
-def run_files(root: Path) -> list[str]:
-    """Relative '/'-joined paths of the files under ``root``, skipping names that start with '.'."""
-    out = []
-    for f in sorted(root.rglob("*")):
-        rel = f.relative_to(root)
-        if f.is_file() and not any(part.startswith(".") for part in rel.parts):
-            out.append(rel.as_posix())
-    return out
-
-
 def _relpath(filename: str) -> str:
     parts = str(filename).replace("\\", "/").split("/")
     if not parts or any(p in ("", ".", "..") for p in parts):
@@ -403,12 +459,3 @@ def open_store(store: "Store | str | os.PathLike | None" = None) -> Store:
     """Return ``store`` if it is a :class:`Store`, else open one at that root (see :func:`resolve_root`)."""
     return store if isinstance(store, Store) else Store(store)
 
-
-def verify_run(store: "Store | str | None", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
-    """Module-level form of :meth:`Store.verify_run`."""
-    return open_store(store).verify_run(name, version, run_id, check_inputs=check_inputs)
-
-
-def history(store: "Store | str | None", name: str, version: str | None = None) -> list[dict]:
-    """Module-level form of :meth:`Store.history`."""
-    return open_store(store).history(name, version)

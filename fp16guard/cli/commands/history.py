@@ -35,18 +35,24 @@ def _num(value, fmt: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Print the history; returns 0."""
+    import sys
+
+    from fp16guard.store.audit import history
     from fp16guard.store.runs import Store
 
     store = Store(args.store)
-    rows = store.history(args.name, args.model_version)
+    damaged: list[str] = []  # damaged records are reported and skipped, not fatal
+    rows = history(store, args.name, args.model_version, damaged)
     versions = sorted({r["version"] for r in rows}) if not args.model_version else [args.model_version]
     releases = {v: store.release_history(args.name, v) for v in versions}
     if args.json:
         from fp16guard.records import dumps
 
         # Strict JSON: a non-finite worst error (an output went NaN/inf) is the string "inf".
-        print(dumps({"store": store.url, "name": args.name, "runs": rows, "releases": releases}, indent=2, sort_keys=False))
+        print(dumps({"store": store.url, "name": args.name, "runs": rows, "releases": releases, "damaged": damaged}, indent=2, sort_keys=False))
         return 0
+    for line in dict.fromkeys(damaged):
+        print(f"fp16guard: warning: {line}", file=sys.stderr)
     if not rows:
         print(f"{args.name}/{args.model_version}: no runs in {store.url}")
         return 0

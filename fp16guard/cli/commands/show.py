@@ -35,16 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Print the run's records; returns 0."""
+    import sys
+
     from fp16guard.errors import StoreError
-    from fp16guard.store.runs import Store
+    from fp16guard.store.fs import UnsafeLink
+    from fp16guard.store.runs import DamagedRecord, Store
 
     store = Store(args.store)
     name, version = args.name, model_version(args)
-    release = store.current_release(name, version)
+    damaged: list[str] = []  # damaged records are reported and skipped, not fatal
+    release = store.current_release(name, version, damaged)
+    for line in damaged:
+        print(f"fp16guard: warning: {line}", file=sys.stderr)
     run_id = args.run_id or (release or {}).get("run_id")
     if run_id is None:
         raise StoreError(f"{name}/{version} has no release in {store.url}; pass --run ID (`fp16guard history {name}` lists the runs)")
-    status = store.run_status(name, version, run_id)
+    try:
+        status = store.run_status(name, version, run_id)
+    except DamagedRecord as exc:
+        print(f"fp16guard: warning: {exc}", file=sys.stderr)
+        status = {"status": "damaged", "reason": str(exc)}
     if getattr(args, "export", None):
         return _export(store, name, version, run_id, args.export)
     released = "current release" if release and release["run_id"] == run_id else "not released"
@@ -54,7 +64,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"location: {store.run_url(name, version, run_id)}")
     for filename in ("manifest.json", "verification.json"):
         print(f"\n== {filename}")
-        content = store.read_json(name, version, run_id, filename, default=None)
+        try:
+            content = store.read_json(name, version, run_id, filename, default=None)
+        except (DamagedRecord, UnsafeLink) as exc:
+            print(f"(not shown: {exc})")
+            continue
         print(json.dumps(content, indent=2, sort_keys=True) if content is not None else "(missing)")
     return 0
 
@@ -69,7 +83,9 @@ def _export(store, name: str, version: str, run_id: str, fmt: str) -> int:
     plan = store.read_json(name, version, run_id, "plan.json")
     artifact = f"{store.run_url(name, version, run_id)}/model.mixed.onnx"
     model = None
-    if "://" not in artifact and Path(artifact).is_file():
+    from fp16guard.io.urls import is_remote
+
+    if not is_remote(artifact) and Path(artifact).is_file():
         from fp16guard.io.model import load_graph
 
         model = load_graph(artifact)  # types each pinned output (int outputs keep their type)

@@ -29,12 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Print the verdict; returns 0 (all match) or 1 (problems)."""
+    from fp16guard.store.audit import verify_run
     from fp16guard.store.runs import Store
 
     args.model_version = model_version(args)
     store = Store(args.store)
     run_id = args.run_id or (store.current_release(args.name, args.model_version) or {}).get("run_id")
-    problems = store.verify_run(args.name, args.model_version, run_id, check_inputs=args.inputs)
+    # Damaged records (status.json, release records, manifest) come back as problems: exit 1.
+    problems = verify_run(store, args.name, args.model_version, run_id, check_inputs=args.inputs)
     where = f"{args.name}/{args.model_version}/{run_id or '(release)'}"
     if problems:
         print(f"{where}: {len(problems)} problem(s)")
