@@ -150,5 +150,5 @@ def test_speed_summary_wording():
 def test_run_parameters_profile_batches():
     assert RunParameters(**_params()).profile_batches is None
     assert RunParameters(**_params(profile_batches=[])).profile_batches == []
-    with pytest.raises(ValueError, match="between 1 and 65536"):
+    with pytest.raises(ValueError, match="profile_batches"):
         RunParameters(**_params(profile_batches=[0]))

@@ -6,7 +6,7 @@ unreachable reference for speed). Each is timed with IOBinding (inputs copied to
 once, outputs left there), after warm-up runs, and reported as the median of the timed runs in
 milliseconds. Summary per batch: ``speedup`` = FP32 / artifact, ``fp16_speedup`` = FP32 /
 all-FP16, ``gain_kept`` = (FP32 - artifact) / (FP32 - all-FP16), the share of FP16's gain that the
-artifact keeps (None when all-FP16 is not faster than FP32 by at least 2%: then there is no
+artifact keeps (None when all-FP16 is not faster than FP32 by at least 5%: then there is no
 gain to keep, which happens at small batches where kernel launches dominate; docs/GPU.md).
 
 On the CPU provider FP16 nodes run as FP32 behind casts: a CPU latency says nothing about FP16
@@ -31,7 +31,7 @@ CPU_NOTE = (
     "not measured: onnxruntime's CPU provider runs FP16 nodes as FP32 behind casts, so a CPU latency says nothing "
     "about FP16 speed; run on a GPU worker (onnxruntime-gpu) to profile"
 )
-_NO_GAIN = 0.02
+_NO_GAIN = 0.05
 
 
 def default_batches(specs, shard_batch: int) -> list[int]:
@@ -68,6 +68,7 @@ def measure_latency(
     warmup: int = 10,
     iterations: int = 50,
     external_data_dir: str | os.PathLike | None = None,
+    tf32: bool = True,
 ) -> dict:
     """Median latency of one model with IOBinding.
 
@@ -77,6 +78,8 @@ def measure_latency(
         providers: onnxruntime providers (CUDA options as in the runner: TF32 off).
         warmup: untimed runs first (cuDNN algorithm search, allocations).
         iterations: timed runs.
+        tf32: CUDA provider ``use_tf32`` (default True: onnxruntime's own default, what a
+            deployment gets; verification and statistics turn it off, timings keep the default).
 
     Returns:
         ``{"median_ms", "min_ms", "iterations", "providers"}``.
@@ -85,7 +88,8 @@ def measure_latency(
 
     from fp16guard.runners.onnxrt import CUDA, OnnxRuntimeRunner
 
-    with OnnxRuntimeRunner(model, providers=list(providers), external_data_dir=external_data_dir) as runner:
+    options = {"use_tf32": "1" if tf32 else "0"}
+    with OnnxRuntimeRunner(model, providers=list(providers), external_data_dir=external_data_dir, cuda_options=options) as runner:
         session = runner.session
         on_gpu = runner.providers[0] == CUDA
         device = "cuda" if on_gpu else "cpu"
@@ -122,6 +126,7 @@ def profile_artifact(
     iterations: int | None = None,
     time_on_cpu: bool = False,
     all_fp16=None,
+    tf32: bool = True,
 ) -> dict:
     """Time FP32, the artifact and the all-FP16 build at each batch size.
 
@@ -136,6 +141,9 @@ def profile_artifact(
         time_on_cpu: time on the CPU provider too (default: record that nothing was measured).
         all_fp16: the all-FP16 build (``ModelProto`` or path); default: built here from the FP32
             model with :func:`fp16guard.graph.convert.to_mixed_precision` (no FP32 nodes).
+        tf32: CUDA ``use_tf32`` for all three models (default True, onnxruntime's default: FP32
+            as a deployment runs it; with TF32 off FP32 GEMMs and convolutions are several times
+            slower on Hopper, which would flatter FP16).
 
     Returns:
         ``{"measured", "device", "providers", "fp16_kernels", "note", "warmup", "iterations",
@@ -153,6 +161,7 @@ def profile_artifact(
         "device": device_name(providers),
         "providers": providers,
         "fp16_kernels": on_gpu,
+        "tf32": bool(tf32) if on_gpu else None,
         "note": None,
         "batches": [],
         "summary": None,
@@ -175,7 +184,7 @@ def profile_artifact(
         feeds = _feeds_at(sample_feeds, batch, dynamic)
         times = {}
         for label, model in (("fp32", str(model_path)), ("artifact", str(artifact_path)), ("all_fp16", all_fp16)):
-            times[label] = measure_latency(model, feeds, providers, warmup, iterations, external_data_dir=external if label == "all_fp16" else None)
+            times[label] = measure_latency(model, feeds, providers, warmup, iterations, external_data_dir=external if label == "all_fp16" else None, tf32=tf32)
         real_batch = next((int(np.shape(v)[0]) for k, v in feeds.items() if k in dynamic), batch)
         rows.append(_row(real_batch, times["fp32"]["median_ms"], times["artifact"]["median_ms"], times["all_fp16"]["median_ms"]))
     record.update(measured=True, warmup=warmup, iterations=iterations, batches=rows)
@@ -218,7 +227,7 @@ def speed_summary(record: Mapping | None) -> str | None:
         else:
             text += f"; keeps {kept:.0%} of the FP16 gain" if kept > 0 else "; keeps none of the FP16 gain"
         parts.append(text)
-    where = f" ({record.get('device')})" if record.get("device") else ""
+    where = f" ({record.get('device')}{', TF32 on' if record.get('tf32') else ''})" if record.get("device") else ""
     line = " | ".join(parts) + where
     if not record.get("fp16_kernels"):
         line += " — CPU latency, not FP16's"

@@ -190,6 +190,10 @@ class OnnxRuntimeRunner(RunnerBase):
             return
         import onnxruntime as ort
 
+        # The default logger (process-wide) prints provider-internal errors that onnxruntime
+        # recovers from, e.g. cuDNN frontend "No execution plans support the graph" while it
+        # picks a convolution algorithm; errors that matter are raised and reach the user.
+        ort.set_default_logger_severity(4)
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[self._optimization])
         options.intra_op_num_threads = self._threads
