@@ -9,9 +9,10 @@ environment at import time.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from fp16guard import FP16_MAX
 from fp16guard.backends.registry import backend_names
@@ -32,10 +33,42 @@ def check_segment(value: str, what: str) -> str:
     return value
 
 
+#: Form titles where the field name does not read well (the Prefect UI shows them as labels).
+TITLES = {
+    "calib": "Calibration data",
+    "holdout": "Holdout data",
+    "model": "FP32 ONNX model",
+    "name": "Model name",
+    "version": "Model version",
+    "store": "Store",
+    "providers": "Execution providers",
+    "tensorrt_mode": "TensorRT typing mode",
+    "tensorrt_workspace_mib": "TensorRT workspace (MiB)",
+    "plan": "Plan: which nodes stay FP32",
+    "verify": "Verification tolerances",
+    "promote": "Promote to release",
+    "max_rel_error": "Max relative error",
+    "min_cosine": "Min cosine similarity",
+    "force_fp32_nodes": "Force FP32: node name regex",
+    "force_fp32_ops": "Force FP32: op types",
+    "force_fp16_nodes": "Force FP16: node name regex",
+    "k": "k (top-k)",
+}
+_WORDS = {"fp32": "FP32", "fp16": "FP16", "tensorrt": "TensorRT", "mib": "MiB", "rel": "relative", "max": "max", "min": "min"}
+
+
+def field_title(name: str, _info: Any = None) -> str:
+    """The form title of a field: :data:`TITLES`, else its name in words ("batch_size" → "Batch size")."""
+    if name in TITLES:
+        return TITLES[name]
+    words = [_WORDS.get(w, w) for w in name.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
+
+
 class PlanSettings(BaseModel):
     """Which nodes stay in FP32."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
     threshold: float = Field(
         10000.0,
@@ -72,7 +105,7 @@ class PlanSettings(BaseModel):
 class OutputGate(BaseModel):
     """How one output is judged, when not by the numeric figures (fp16guard.verify.task_checks)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
     gate: Literal["numeric", "top1", "topk", "threshold"] = Field(
         "numeric",
@@ -86,7 +119,7 @@ class OutputGate(BaseModel):
 class VerifySettings(BaseModel):
     """When the built artifact counts as equivalent to the FP32 model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
     max_rel_error: float = Field(
         0.02, gt=0, le=1, description="Largest allowed max|candidate - fp32| / max|fp32| per output, over all holdout samples."
@@ -112,13 +145,20 @@ class VerifySettings(BaseModel):
 class RunParameters(BaseModel):
     """Parameters of one fp16guard run (the flow's form in the Prefect UI)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        field_title_generator=field_title,
+        title="fp16guard run",
+        json_schema_extra={"patternProperties": {"^trigger_event$": {"anyOf": [{"type": "object"}, {"type": "null"}]}}},
+    )
 
     model: str = Field(..., description="Path of the FP32 ONNX model (external-data files beside it), readable where the run executes.")
     calib: list[str] = Field(..., min_length=1, description="Calibration data: .npz files, folders of them, globs, or Polygraphy JSON inputs files.")
     holdout: list[str] = Field(..., min_length=1, description="Holdout data for verification, same formats as calib. Should not overlap calib.")
-    name: str = Field(..., description="Model name in the store (letters, digits, '.', '_', '-').")
-    version: str = Field(..., description="Model version in the store (letters, digits, '.', '_', '-').")
+    # The pattern goes into the schema, so the Prefect server refuses a name like ../x when the
+    # run is created, not when it starts.
+    name: str = Field(..., pattern=SAFE_SEGMENT.pattern, description="Model name in the store: 1-128 letters, digits, '.', '_', '-', starting with a letter or digit.")
+    version: str = Field(..., pattern=SAFE_SEGMENT.pattern, description="Model version in the store: 1-128 letters, digits, '.', '_', '-', starting with a letter or digit.")
     store: str | None = Field(None, description="Store root (folder or fsspec URL). Default: $FP16GUARD_STORE, else ./fp16guard-store.")
     backend: BackendName = Field("onnxruntime", description="What to build: a mixed-precision ONNX model on onnxruntime, or a TensorRT engine.")
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description="Samples per inference call; larger shards run in slices. Default: whole shard.")
@@ -134,11 +174,13 @@ class RunParameters(BaseModel):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")
-    profile_batches: list[int] | None = Field(
+    profile_batches: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None,
         description="Batch sizes at which to time FP32, the artifact and the all-FP16 build on the worker's runtime. None (default): the calibration shard's batch and 32 when the batch is dynamic. Empty list: no profiling. Not timed on the CPU (FP16 nodes there run as FP32).",
     )
-    trigger_event: dict[str, Any] | None = Field(
+    # Internal: not in the form (SkipJsonSchema), but still accepted by the server's validation
+    # through patternProperties (see model_config), because triggered deployments fill it in.
+    trigger_event: SkipJsonSchema[dict[str, Any] | None] = Field(
         None,
         description="Filled in by event-triggered deployments (event id, name, resource); leave empty when starting a run by hand.",
     )
@@ -150,15 +192,16 @@ class RunParameters(BaseModel):
             raise ValueError(f"batch sizes must be between 1 and 65536, got {value}")
         return value
 
-    @field_validator("name")
+    # "before": our one-line message, not pydantic's "should match pattern".
+    @field_validator("name", mode="before")
     @classmethod
-    def _safe_name(cls, value: str) -> str:
-        return check_segment(value, "name")
+    def _safe_name(cls, value: Any) -> Any:
+        return check_segment(value, "name") if isinstance(value, str) else value
 
-    @field_validator("version")
+    @field_validator("version", mode="before")
     @classmethod
-    def _safe_version(cls, value: str) -> str:
-        return check_segment(value, "version")
+    def _safe_version(cls, value: Any) -> Any:
+        return check_segment(value, "version") if isinstance(value, str) else value
 
 
 def parse_parameters(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:

@@ -127,11 +127,12 @@ def test_cli_register_bad_input_exits_2(model_and_data, capsys, argv, text):
     assert text in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_register_without_server_exits_2(model_and_data, capsys, monkeypatch):
-    # Port 1 on loopback refuses connections at once: the event cannot be sent.
+def test_cli_register_without_server_exits_3(model_and_data, capsys, monkeypatch):
+    # Port 1 on loopback refuses connections at once: the event cannot be sent. That is the
+    # environment's failure (exit 3), not bad input (2).
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:1/api"}):
-        code = main(["register", "m.onnx", "--name", "mlp", "--version", "1", "--calib", "calib", "--holdout", "hold"])
-    assert code == 2
+        code = main(["register", "m.onnx", "--name", "mlp", "--model-version", "1", "--calib", "calib", "--holdout", "hold"])
+    assert code == 3
     assert "cannot send the event" in capsys.readouterr().err
