@@ -82,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as exc:
+        # A full disk, a read-only or missing mount met while writing run files (the store's
+        # own calls already raise StoreIOError): the environment failed, one line, status 3.
+        from fp16guard.store.fs import ENVIRONMENT_ERRNOS, describe_os_error
+
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        print(f"fp16guard: error: cannot write {exc.filename or 'a file'}: {describe_os_error(exc)}", file=sys.stderr)
+        code = EnvironmentFailure.exit_code
     sys.exit(code) if argv is None else None
     return code
 

@@ -50,7 +50,7 @@ from fp16guard.io.urls import is_remote, local_path, protocol
 
 __all__ = [
     "LocalFS", "RemoteFS", "StoreIOError", "UnsafeLink", "open_fs", "is_local", "run_files", "io_errors", "describe_os_error",
-    "new_work_dir", "sweep_work_dirs", "STALE_STAGING_S", "OWNER_FILE",
+    "new_work_dir", "sweep_work_dirs", "STALE_STAGING_S", "OWNER_FILE", "ENVIRONMENT_ERRNOS",
 ]
 
 #: A staging folder with no owner record (or another host's) untouched this long (seconds) is
@@ -70,6 +70,10 @@ _CAUSES = {
     errno.EPERM: "operation not permitted",
     errno.EIO: "input/output error",
 }
+
+
+#: errno values that mean "the environment failed" (not a bug, not bad input).
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOTDIR, errno.EACCES, errno.EPERM})
 
 
 class StoreIOError(EnvironmentFailure):

@@ -62,7 +62,7 @@ from typing import Any
 
 from fp16guard.errors import StoreError
 from fp16guard.settings import check_segment
-from fp16guard.store.fs import LocalFS, RemoteFS, StoreIOError, UnsafeLink, new_work_dir, open_fs, run_files
+from fp16guard.store.fs import LocalFS, RemoteFS, StoreIOError, UnsafeLink, io_errors, new_work_dir, open_fs, run_files
 
 __all__ = [
     "Store", "StagedRun", "RunRef", "ReleaseDecision", "DamagedRecord", "open_store", "resolve_root", "run_files",
@@ -213,7 +213,11 @@ class Store:
         if not src.is_dir():
             raise StoreError(f"run folder {src} does not exist; expected a folder of run outputs")
         with self.stage_run(name, version, run_id) as staged:
-            shutil.copytree(src, staged.path, dirs_exist_ok=True)
+            with io_errors("copy the run into", staged.path):
+                # File by file (not copytree, which folds errors into one errno-less shutil.Error).
+                for rel in run_files(src):
+                    (staged.path / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src / rel, staged.path / rel)
             return staged.commit(verified=verified, reason=reason)
 
     # ----------------------------------------------------------------- reading
@@ -412,7 +416,8 @@ class StagedRun:
             raise StoreError(f"run {self.run_id} is already committed; a committed run cannot be written again")
         from fp16guard.store.lineage import output_records
 
-        files = output_records(self.path, exclude=(STATUS_FILE,))
+        with io_errors("read the staged run", self.path):
+            files = output_records(self.path, exclude=(STATUS_FILE,))
         status = {
             "status": VERIFIED if verified else REJECTED,
             "reason": reason,
@@ -427,7 +432,8 @@ class StagedRun:
         if isinstance(store.fs, LocalFS):
             from fp16guard.io import atomic
 
-            atomic.write_bytes(self.path / STATUS_FILE, _json_bytes(status))
+            with io_errors("write", self.path / STATUS_FILE):
+                atomic.write_bytes(self.path / STATUS_FILE, _json_bytes(status))
             try:
                 store.fs.publish_dir(self.path, run_dir)
             except FileExistsError:
