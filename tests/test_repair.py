@@ -94,7 +94,9 @@ def test_repair_makes_a_precision_failure_verify_with_a_small_fp32_set(tmp_path)
     assert record.outcome == "repaired", record
     assert repaired.fp32_names == {"shift", "unshift"}
     assert [s.passed for s in record.steps] == [False, True]
-    assert record.steps[0].added[0]["name"] == "unshift" and "of its max |x| off FP32" in record.steps[0].added[0]["why"]
+    unshift, shift = record.steps[0].added
+    assert unshift["name"] == "unshift" and "appears at its output 'back'" in unshift["why"]
+    assert shift["name"] == "shift" and "produces 'shifted'" in shift["why"]  # the cause: x + 1000 stored in FP16
     assert all(e.reason == REPAIR_REASON for e in repaired.fp32_nodes)
     assert repaired.counts["fp32"] == 2 and repaired.counts["fp16"] == plan.counts["fp16"] - 2
     _, after = verify_mixed(model, repaired.fp32_names, holdout, VerifySettings())

@@ -39,13 +39,16 @@ from fp16guard.io.shards import ShardRef, peek_shard
 from fp16guard.plan.records import Plan, PlanEntry, RepairRecord, RepairStep
 from fp16guard.settings import PlanSettings, VerifySettings
 
-__all__ = ["REPAIR_REASON", "repair_plan", "calibration_slice"]
+__all__ = ["REPAIR_REASON", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "trace_sources", "fp16_upstream"]
 
 #: Reason code of the nodes that repair pins.
 REPAIR_REASON = "repair_precision"
 #: A pinned node whose error is at least this share due to reading FP16-stored activations
 #: (``LocalError.input_error``) also pins the producers of those activations.
 INPUT_SHARE = 0.5
+#: An input carries a node's error when its relative error is at least this share of the output's
+#: (:func:`trace_sources`).
+CARRY = 0.25
 
 
 def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef]:
@@ -59,6 +62,66 @@ def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef
         if total >= samples:
             break
     return picked
+
+
+def _fmt(value: float) -> str:
+    return "inf (not finite)" if math.isinf(value) else f"{value:.3g}"
+
+
+def trace_sources(model: onnx.ModelProto, errors: dict[str, float], start: Sequence[str], carry: float = CARRY) -> list[tuple[str, str, float]]:
+    """Follow the error from ``start`` tensors upstream to the nodes where it appears.
+
+    A node's input *carries* the error when its relative error is at least ``carry`` times the
+    output's; the walk continues through carriers. A node none of whose inputs carries its
+    output's error is a **source**: the error appears there.
+
+    Returns:
+        ``(node, output tensor, relative error of that output)`` per source, largest error first.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    found: dict[str, tuple[str, float]] = {}
+    seen: set[str] = set()
+    stack = list(start)
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen or tensor not in producers:
+            continue
+        seen.add(tensor)
+        node = producers[tensor]
+        out = errors.get(tensor, 0.0)
+        if out <= 0:
+            continue
+        carriers = [i for i in node.input if errors.get(i, 0.0) > 0 and errors[i] >= carry * out]
+        if carriers:
+            stack.extend(carriers)
+        elif out > found.get(node.name, ("", -1.0))[1]:
+            found[node.name] = (tensor, out)
+    return sorted(((n, t, e) for n, (t, e) in found.items()), key=lambda s: -s[2])
+
+
+def fp16_upstream(model: onnx.ModelProto, node_name: str, errors: dict[str, float], fp32: set[str], eligible: set[str], limit: int) -> list[tuple[str, str]]:
+    """Up to ``limit`` FP16 nodes upstream of ``node_name``, nearest first, along tensors that
+    carry any error (breadth-first, through FP32 nodes and FP16 ones alike).
+
+    Returns ``(producer, tensor it feeds on the way)`` pairs.
+    """
+    from collections import deque
+
+    nodes = {n.name: n for n in model.graph.node}
+    producers = {o: n.name for n in model.graph.node for o in n.output if o}
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    queue = deque(i for i in nodes[node_name].input if errors.get(i, 0.0) > 0)
+    while queue and len(found) < limit:
+        tensor = queue.popleft()
+        if tensor in seen or tensor not in producers:
+            continue
+        seen.add(tensor)
+        producer = producers[tensor]
+        if producer in eligible and producer not in fp32:
+            found.append((producer, tensor))
+        queue.extend(i for i in nodes[producer].input if errors.get(i, 0.0) > 0)
+    return found
 
 
 def _check(model: onnx.ModelProto, fp32: set[str], shards: Sequence[ShardRef], settings: VerifySettings, batch_size: int | None) -> dict:
@@ -104,7 +167,7 @@ def repair_plan(
     if not settings.repair or not calibration:
         why = "repair is off (plan.repair = false)" if not settings.repair else "no calibration data to check on"
         return replace(plan, repair=RepairRecord("skipped", why))
-    from fp16guard.verify.attribute import local_errors
+    from fp16guard.verify.attribute import global_errors, local_errors
 
     shards = calibration_slice(calibration, settings.repair_samples)
     samples = settings.repair_samples
@@ -145,9 +208,9 @@ def repair_plan(
             spent = "iterations" if iteration >= settings.repair_max_iterations else "seconds"
             message = f"still failing after {iteration} repair iteration(s) and {time.monotonic() - started:.0f} s (budget of {spent} spent): {step['reason']}"
             break
-        ranked = local_errors(model, candidates, shards, samples, batch_size)
         k = max(1, math.ceil(len(candidates) / 64)) if k == 0 else k * 2
         added: list[dict] = []
+        tag = f"repair iteration {iteration + 1}"
 
         def pin(name: str, local: float | None, why: str, trigger: str) -> None:
             fp32.add(name)
@@ -158,18 +221,38 @@ def repair_plan(
                 reason=REPAIR_REASON, reasons=(REPAIR_REASON,), details=(why,), triggers=(trigger,),
             ))
 
-        for rank, err in enumerate(ranked[:k], 1):
-            if err.node in fp32:
-                continue  # already pinned as the producer of a node ranked above
-            shown = "inf (not finite)" if math.isinf(err.rel_error) else f"{err.rel_error:.3g}"
-            local = None if math.isinf(err.rel_error) else err.rel_error
-            pin(err.node, local, f"in FP16 on exact FP32 inputs, output {err.output!r} is {shown} of its max |x| off FP32 (rank {rank} of {len(ranked)}, repair iteration {iteration + 1})", err.output)
-            if err.input_error >= INPUT_SHARE * err.rel_error and err.input_error > 0:
-                # Most of its error comes from reading FP16-stored activations: their producers go FP32 too.
-                for name in nodes[err.node].input:
-                    producer = producers.get(name)
-                    if producer is not None and producer in eligible_set and producer not in fp32:
-                        pin(producer, None, f"produces {name!r}, which {err.node!r} reads: stored in FP16 it leaves {err.input_error:.3g} of relative error in {err.node!r} even in FP32 (repair iteration {iteration + 1})", name)
+        # 1. Where does the error that reaches the failing outputs appear? (side-by-side run)
+        errors = global_errors(model, fp32, shards, samples, batch_size)
+        outputs = [o.name for o in model.graph.output if o.name in errors]
+        failing = [o for o in outputs if errors[o] > verify_settings.max_rel_error] or [o for o in outputs if errors[o] > 0]
+        sources = trace_sources(model, errors, failing)[:k]
+        fp16_sources = [name for name, _, _ in sources if name in eligible_set and name not in fp32]
+        local = {e.node: e for e in local_errors(model, fp16_sources, shards, samples, batch_size)} if fp16_sources else {}
+        for name, tensor, err in sources:
+            shown = _fmt(err)
+            if name in eligible_set and name not in fp32:
+                le = local.get(name)
+                pin(name, None if le is None or math.isinf(le.rel_error) else le.rel_error,
+                    f"the FP16 error reaching the failing outputs appears at its output {tensor!r} ({shown} of its max |x|; its inputs carry little) ({tag})", tensor)
+                if le is not None and le.input_error > 0 and le.input_error >= INPUT_SHARE * le.rel_error:
+                    # Most of its error comes from reading FP16-stored activations: their producers go FP32 too.
+                    for t in nodes[name].input:
+                        producer = producers.get(t)
+                        if producer in eligible_set and producer not in fp32:
+                            pin(producer, None, f"produces {t!r}, which {name!r} reads: stored in FP16 it leaves {le.input_error:.3g} of relative error in {name!r} even in FP32 ({tag})", t)
+            else:
+                # The error appears at a node that is FP32 already (or cannot be FP16): it amplifies
+                # the rounding of what it reads (log of tiny values, a division by a small difference).
+                # Pin up to k FP16 nodes upstream of it, nearest first (k grows geometrically).
+                for producer, t in fp16_upstream(model, name, errors, fp32, eligible_set, k):
+                    if producer not in fp32:
+                        pin(producer, None, f"feeds {t!r} to {name!r} (FP32), whose output {tensor!r} is {shown} off FP32: {name!r} amplifies the FP16 rounding of what it reads ({tag})", t)
+        if not added:
+            # Nothing traced to an FP16 node: fall back to the nodes with the largest local error.
+            for rank, err in enumerate(local_errors(model, candidates, shards, samples, batch_size)[:k], 1):
+                if err.node not in fp32:
+                    pin(err.node, None if math.isinf(err.rel_error) else err.rel_error,
+                        f"in FP16 on exact FP32 inputs, output {err.output!r} is {_fmt(err.rel_error)} of its max |x| off FP32 (rank {rank} by local error, {tag})", err.output)
         steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3), added=tuple(added)))
         iteration += 1
 

@@ -34,7 +34,7 @@ from fp16guard.graph.info import NameAllocator, all_names, fp16_slots, opset_map
 from fp16guard.io.model import input_specs
 from fp16guard.io.shards import ShardRef, batch_count, head, iter_slices, load_shard, prepare_feeds, slice_size
 
-__all__ = ["LocalError", "local_errors", "local_error_model"]
+__all__ = ["LocalError", "local_errors", "local_error_model", "global_errors"]
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
@@ -144,7 +144,12 @@ def local_error_model(model: onnx.ModelProto, nodes: Iterable[str]) -> tuple[onn
             ref = alloc.new(f"{out}__attr_ref")
             extra.append(helper.make_node("Sub", [local, out], [diff], name=alloc.new(f"{diff}__sub")))
             extra.append(helper.make_node("Abs", [diff], [absd], name=alloc.new(f"{absd}__abs")))
-            extra.append(helper.make_node("ReduceMax", [absd], [err], name=alloc.new(f"{err}__max"), keepdims=0))
+            # ReduceMax drops a NaN unless it comes first; sum(d - d) is 0, or NaN when any d is not finite.
+            dmax, nanflag, dd = alloc.new(f"{out}__attr_dmax"), alloc.new(f"{out}__attr_nan"), alloc.new(f"{out}__attr_dd")
+            extra.append(helper.make_node("ReduceMax", [absd], [dmax], name=alloc.new(f"{dmax}__max"), keepdims=0))
+            extra.append(helper.make_node("Sub", [diff, diff], [dd], name=alloc.new(f"{dd}__sub")))
+            extra.append(helper.make_node("ReduceSum", [dd], [nanflag], name=alloc.new(f"{nanflag}__sum"), keepdims=0))
+            extra.append(helper.make_node("Add", [dmax, nanflag], [err], name=alloc.new(f"{err}__add")))
             extra.append(helper.make_node("Abs", [out], [absr], name=alloc.new(f"{absr}__abs")))
             extra.append(helper.make_node("ReduceMax", [absr], [ref], name=alloc.new(f"{ref}__max"), keepdims=0))
             graph.output.extend([helper.make_tensor_value_info(err, FLOAT, []), helper.make_tensor_value_info(ref, FLOAT, [])])
@@ -154,7 +159,11 @@ def local_error_model(model: onnx.ModelProto, nodes: Iterable[str]) -> tuple[onn
                 pdiff, pabs = alloc.new(f"{out}__attr_pdiff"), alloc.new(f"{out}__attr_pabs")
                 extra.append(helper.make_node("Sub", [pinned.output[k], out], [pdiff], name=alloc.new(f"{pdiff}__sub")))
                 extra.append(helper.make_node("Abs", [pdiff], [pabs], name=alloc.new(f"{pabs}__abs")))
-                extra.append(helper.make_node("ReduceMax", [pabs], [input_err], name=alloc.new(f"{input_err}__max"), keepdims=0))
+                pmax, pnan, pdd = alloc.new(f"{out}__attr_pmax"), alloc.new(f"{out}__attr_pnan"), alloc.new(f"{out}__attr_pdd")
+                extra.append(helper.make_node("ReduceMax", [pabs], [pmax], name=alloc.new(f"{pmax}__max"), keepdims=0))
+                extra.append(helper.make_node("Sub", [pdiff, pdiff], [pdd], name=alloc.new(f"{pdd}__sub")))
+                extra.append(helper.make_node("ReduceSum", [pdd], [pnan], name=alloc.new(f"{pnan}__sum"), keepdims=0))
+                extra.append(helper.make_node("Add", [pmax, pnan], [input_err], name=alloc.new(f"{input_err}__add")))
                 graph.output.append(helper.make_tensor_value_info(input_err, FLOAT, []))
             pairs.append((out, err, ref, input_err))
         outputs[node.name] = pairs
@@ -225,3 +234,73 @@ def _slice_feeds(shards: Sequence[ShardRef], specs, samples: int) -> list[dict[s
         if left <= 0:
             break
     return out
+
+
+def _compare(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float, bool]:
+    """(max |cand - ref| where ref is finite, max |ref| there, whether cand departs non-finitely)."""
+    r, c = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+    if r.shape != c.shape:
+        return math.inf, 0.0, True
+    fin = np.isfinite(r)
+    bad = bool(np.any(~np.isfinite(c[fin])))
+    if not fin.all():  # a non-finite FP32 value must be matched exactly (-inf masks, say)
+        rn, cn = r[~fin], c[~fin]
+        bad = bad or bool(np.any(~((rn == cn) | (np.isnan(rn) & np.isnan(cn)))))
+    if not fin.any():
+        return 0.0, 0.0, bad
+    return float(np.max(np.abs(c[fin] - r[fin]))), float(np.max(np.abs(r[fin]))), bad
+
+
+def global_errors(
+    model: onnx.ModelProto,
+    fp32_nodes: Iterable[str],
+    shards: Sequence[ShardRef],
+    samples: int,
+    batch_size: int | None = None,
+    window: int = 128,
+) -> dict[str, float]:
+    """Relative error of every float tensor of the main graph in the candidate, against FP32.
+
+    The candidate is the mixed-precision build for ``fp32_nodes`` through FP16 storage emulation.
+    Both models run side by side on the first ``samples`` calibration samples with a window of
+    ``window`` intermediate tensors exposed at a time (memory: one window of tensors for one
+    inference slice); each tensor is reduced to ``max |cand - fp32| / max |fp32|`` at once
+    (``inf`` when the candidate has a non-finite value where FP32 has none, or vice versa).
+
+    Returns:
+        ``{tensor: relative error}`` for every FLOAT node output of the main graph.
+    """
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.graph.emulate import emulate_fp16_storage
+    from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+    candidate = emulate_fp16_storage(to_mixed_precision(model, set(fp32_nodes), check=False), check=False)
+    types = tensor_types(model)
+    produced = {o for n in candidate.graph.node for o in n.output}
+    names = [o for n in model.graph.node for o in n.output if o and types.is_float32(o) and o in produced]
+    names = list(dict.fromkeys(names))
+    specs = input_specs(model)
+    feeds = _slice_feeds(shards, specs, samples)
+    ref_model, cand_model = onnx.ModelProto(), onnx.ModelProto()
+    ref_model.CopyFrom(model)
+    cand_model.CopyFrom(candidate)
+    keep_ref, keep_cand = len(ref_model.graph.output), len(cand_model.graph.output)
+    acc: dict[str, list] = {n: [0.0, 0.0, False] for n in names}
+    for start in range(0, len(names), max(1, window)):
+        part = names[start : start + window]
+        for m, keep in ((ref_model, keep_ref), (cand_model, keep_cand)):
+            del m.graph.output[keep:]
+            present = {o.name for o in m.graph.output}
+            m.graph.output.extend(helper.make_tensor_value_info(n, FLOAT, None) for n in part if n not in present)
+        with OnnxRuntimeRunner(ref_model) as ref_run, OnnxRuntimeRunner(cand_model) as cand_run:
+            for batch in feeds:
+                size = slice_size(specs, next(iter(batch.values())).shape[0], batch_size or 4)
+                for piece in iter_slices(batch, size):
+                    r_out = ref_run.infer(piece, part)
+                    c_out = cand_run.infer(piece, part)
+                    for n in part:
+                        d, m_, bad = _compare(r_out[n], c_out[n])
+                        a = acc[n]
+                        a[0], a[1], a[2] = max(a[0], d), max(a[1], m_), a[2] or bad
+                    del r_out, c_out
+    return {n: (math.inf if bad else _rel(d, m_)) for n, (d, m_, bad) in acc.items()}
