@@ -4,17 +4,23 @@ events but draws no lineage graph; the lineage lives in manifest.json)."""
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.assets import Asset, materialize
 
+from fp16guard.report.outcome import outcome_lines, report_link
 from fp16guard.report.summary import artifact_key, summary_markdown, tensors_near_limit
 
 
 @task(name="publish-ui-artifacts")
 def publish_ui_task(store_url: str, name: str, version: str, result: dict, plan: dict, verification: dict) -> list[str]:
-    """Create the run's markdown summary, its table of tensors nearest the FP16 limit, and a
-    link to ``report.html``, under keys derived from name and version.
+    """Log the run's outcome in fp16guard's words and create its UI artifacts, under keys
+    derived from name and version: the markdown summary (verdict, figures, FP32 nodes and
+    largest activations as tables, readable in the UI itself), the table of tensors nearest the
+    FP16 limit, and the report: a presigned link for an object store whose file system can sign
+    (:func:`fp16guard.report.outcome.report_link`), else a note saying where the file is.
+
+    Side effects: four INFO lines in the flow run's log (plan, verification, release, artifacts).
 
     Returns:
         The artifact keys written.
@@ -25,12 +31,21 @@ def publish_ui_task(store_url: str, name: str, version: str, result: dict, plan:
 
     from fp16guard.store.runs import open_store
 
-    stats = pq.read_table(io.BytesIO(open_store(store_url).read_bytes(name, version, result["run_id"], "stats.parquet")))
+    logger = get_run_logger()
+    for line in outcome_lines(name, version, result, plan, verification):
+        logger.info(line)
+    store = open_store(store_url)
+    stats = pq.read_table(io.BytesIO(store.read_bytes(name, version, result["run_id"], "stats.parquet")))
     fp32 = {n["name"] for n in plan.get("fp32_nodes", [])}
     keys = [artifact_key(name, version, k) for k in ("summary", "tensors", "report")]
     create_markdown_artifact(summary_markdown(name, version, result, plan, verification, stats), key=keys[0], description=f"fp16guard run of {name} {version}")
     create_table_artifact(tensors_near_limit(stats, plan["threshold"], fp32), key=keys[1], description="tensors nearest or above the FP16 limit")
-    create_link_artifact(_as_url(result["report"]), link_text=f"report.html of {name} {version}", key=keys[2])
+    url, note = report_link(store, name, version, result["run_id"])
+    if url:
+        create_link_artifact(url, link_text=f"report.html of {name} {version}", key=keys[2], description=note)
+    else:
+        create_markdown_artifact(f"**report.html** of {name} {version}: {note}. The summary artifact has the key tables.\n", key=keys[2], description="where the report is")
+    logger.info(f"report: {url or note}")
     return keys
 
 

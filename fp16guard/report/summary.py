@@ -72,19 +72,25 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
     for out, fig in record.outputs.items():
         c = fig.checks
         lines.append(
-            f"| `{out}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} "
-            f"| {_fmt(c.get('top1_agreement'))} | {_fmt(c.get('topk_agreement'))} | {_fmt(c.get('threshold_agreement'))} | {fig.gate or 'numeric'} |"
+            f"| `{_cell(out)}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} "
+            f"| {_fmt(c.get('top1_agreement'))} | {_fmt(c.get('topk_agreement'))} | {_fmt(c.get('threshold_agreement'))} | {_cell(fig.gate or 'numeric')} |"
         )
     lines += ["", "## Nodes kept in FP32", "", "| node | op | reason |", "|---|---|---|"]
     for node in plan.get("fp32_nodes", [])[:50]:
         detail = "; ".join(node.get("details", [])[:2])
-        lines.append(f"| `{node['name']}` | {node['op_type']} | {node['reason']}: {detail} |")
+        lines.append(f"| `{_cell(node['name'])}` | {_cell(node['op_type'])} | {_cell(node['reason'])}: {_cell(detail)} |")
     if len(plan.get("fp32_nodes", [])) > 50:
         lines.append(f"| … | | {len(plan['fp32_nodes']) - 50} more in plan.json |")
     lines += ["", "## Largest activations", "", "| tensor | producer | max abs | of 65504 |", "|---|---|---|---|"]
     for row in tensors_near_limit(stats, plan.get("threshold", FP16_MAX), set(), limit=10):
-        lines.append(f"| `{row['tensor']}` | {row['producer']} | {row['max_abs']:g} | {row['of_fp16_max']:.2%} |")
+        lines.append(f"| `{_cell(row['tensor'])}` | {_cell(row['producer'])} | {row['max_abs']:g} | {row['of_fp16_max']:.2%} |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(text) -> str:
+    """Text safe inside a markdown table cell: a ``|`` (as in "max |x|") would end the cell,
+    a newline the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _finite_or_inf(x: float) -> float:
