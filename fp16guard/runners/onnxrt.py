@@ -149,7 +149,9 @@ class OnnxRuntimeRunner(RunnerBase):
             learn which provider ran each node (side effect: a JSON file in a temporary folder,
             removed on close). Costs a little time on the runs before it is read.
         disable_cpu_fallback: make session creation fail (ModelError) when any node would be
-            placed on the CPU provider while another provider is requested.
+            placed on the CPU provider while another provider is requested. The CPU provider
+            is then left out of the session's list (onnxruntime refuses the option when the CPU
+            provider is listed explicitly: "Conflicting session configuration").
 
     Example:
         >>> with OnnxRuntimeRunner("model.onnx") as runner:
@@ -213,6 +215,8 @@ class OnnxRuntimeRunner(RunnerBase):
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(self._profile_dir, "ort")
         providers = resolve_providers(self._requested, ort.get_available_providers())
+        if self._disable_cpu_fallback and len(providers) > 1:
+            providers = [p for p in providers if p != CPU]
         with_options = [(p, dict(self._cuda_options)) if p == CUDA else p for p in providers]
         source = self._model
         what = str(source) if isinstance(source, (str, os.PathLike)) else "the model"
