@@ -69,7 +69,7 @@ def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path):
 def test_cli_run_with_unreachable_api_exits_3_in_one_line(demo_files, tmp_path):
     store = tmp_path / "store"
     proc = run_cli(
-        ["run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"], "--name", "m", "--version", "1", "--store", str(store)],
+        ["run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"], "--name", "m", "--model-version", "1", "--store", str(store)],
         env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},
     )
     assert proc.returncode == 3, (proc.stdout, proc.stderr)

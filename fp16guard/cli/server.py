@@ -2,7 +2,7 @@
 
 Without ``PREFECT_API_URL`` (environment or active Prefect profile), Prefect would start an
 embedded server inside every ``fp16guard run``: ~20-30 s each time on 2 cores, and a
-``RuntimeError`` when that takes longer than its 20 s limit on a busy machine (docs/SERVER.md).
+``RuntimeError`` when that takes longer than its 20 s limit on a busy machine (docs/FACTS.md #14).
 Instead, the first run starts ``prefect server start`` as a detached background process on
 127.0.0.1 with a free port; its URL and pid are recorded in ``<PREFECT_HOME>/fp16guard-server.json``
 and later runs reuse it after a health check (seconds), so the runs stay visible in its UI.
@@ -43,8 +43,9 @@ __all__ = [
     "startup_timeout",
 ]
 
-#: Seconds a new local server may take to answer its health check. A cold start measured 30 s
-#: on 2 lightly loaded cores (2026-12-01); under load 6-8 it takes several times longer.
+#: Seconds a new local server may take to answer its health check. A cold start (fresh Prefect
+#: home: database created and migrated) took 22-30 s on the 2-core VM under light load and about
+#: 60 s with four CPU-bound processes beside it (2026-12-01); Prefect's own limit is 20 s.
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
 #: Environment variable overriding :data:`DEFAULT_STARTUP_TIMEOUT_S` (seconds).
 TIMEOUT_ENV = "FP16GUARD_SERVER_STARTUP_TIMEOUT"
