@@ -101,7 +101,7 @@ class OutputFigures:
             if name in _FLOAT_FIELDS:
                 value = read_float(value)
             elif name in _INT_FIELDS:
-                value = int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else (0 if name != "mismatches" else None)
+                value = _read_count(value, None if name == "mismatches" else 0)
             elif name == "checks":
                 value = dict(value) if isinstance(value, Mapping) else {}
             elif name == "passed":
@@ -200,6 +200,13 @@ class VerificationReport:
                 out[name] = getattr(self, name)
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out
+
+
+def _read_count(value: Any, default: int | None) -> int | None:
+    """A count as written (an int, or a float from an older writer); ``default`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return default
+    return int(value)
 
 
 def worst_rel_error(report: Mapping[str, Any] | VerificationReport | None) -> float | None:
