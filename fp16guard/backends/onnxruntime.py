@@ -8,7 +8,7 @@
   inside the CUDA session (ops without a CUDA kernel) would hide overflow the same way: they are
   found from the profiler (:meth:`OnnxRuntimeRunner.node_placement`) and, when any of them
   touches an FP16 tensor, the whole verification falls back to FP16 storage emulation (on the
-  same providers); ``verification.json`` names them (``cpu_fallback_nodes``) and says which
+  CPU provider, as the CPU backend does); ``verification.json`` names them (``cpu_fallback_nodes``) and says which
   check ran (``execution``).
 
 :func:`make_backend` chooses: explicit providers decide; none (or ``auto``) means CUDA when a GPU
@@ -148,7 +148,7 @@ def verify_on_cuda(
     First a profiled session of the candidate runs one slice of the first holdout shard to learn
     where onnxruntime placed each node. If no node that touches FP16 ran on the CPU provider,
     the candidate runs as built (real FP16); otherwise the whole verification runs through FP16
-    storage emulation on the same providers, and the report says so.
+    storage emulation on the CPU provider, and the report says so.
 
     Returns:
         The report of :func:`fp16guard.verify.compare.verify` plus ``cpu_fallback_nodes`` (list
@@ -191,7 +191,9 @@ def verify_on_cuda(
         report = verify(model_path, candidate, holdout, settings, batch_size=batch_size, providers=[CPU])
         report["execution"] += "; the CUDA provider was requested but onnxruntime did not use it for this model"
     elif fallback:
-        report = verify(model_path, candidate, holdout, settings, batch_size=batch_size, providers=providers, emulate=True)
+        # Emulation on the CPU provider: the configuration whose faithfulness the CPU tests check
+        # (tests/test_emulate.py); slower than the GPU, and only taken in this case.
+        report = verify(model_path, candidate, holdout, settings, batch_size=batch_size, providers=[CPU], emulate=True)
         names = ", ".join(f"{f['node']} ({f['op_type']})" for f in fallback[:5]) + (f" and {len(fallback) - 5} more" if len(fallback) > 5 else "")
         report["execution"] += (
             f"; fell back to emulation because onnxruntime ran {len(fallback)} FP16 node(s) on the CPU provider inside the CUDA "
