@@ -152,11 +152,17 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
             print(f"flow run: {seen['flow_run_url']}", flush=True)
 
     # Prefect reads its environment once, at import: the local server is installed as a setting.
-    with temporary_settings({PREFECT_API_URL: api_url} if local else {}):
+    from fp16guard.cli.watchdog import ServerWatchdog
+
+    # The watchdog turns a server lost mid-run into exit 3 within about a minute (issue 13).
+    with temporary_settings({PREFECT_API_URL: api_url} if local else {}), ServerWatchdog(api_url) as watchdog:
         try:
             result = calibrate.with_options(on_running=[_announce])(params)
         except VerificationFailed as exc:
             result = {"passed": False, "status": "rejected", "reason": exc.reason, **exc.report.get("_run", {})}
+        except BaseException as exc:
+            watchdog.check(exc)  # ServerLost (exit 3) when the server went away
+            raise
     summary = {k: v for k, v in result.items() if not k.startswith("_")}
     if seen.get("flow_run_url"):
         summary["flow_run_url"] = seen["flow_run_url"]

@@ -1,0 +1,90 @@
+"""A Prefect server lost mid-run: exit status 3 in bounded time, one line, nothing published."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fp16guard.cli.watchdog import ServerLost, ServerWatchdog
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 — the stdlib's name
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"true")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_watchdog_interrupts_the_run_when_the_server_stops_answering():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    start = None
+    with pytest.raises(ServerLost, match="stopped answering") as caught:
+        with ServerWatchdog(url, lost_s=1.0, check_s=0.2, hard_exit=False) as dog:
+            try:
+                time.sleep(1.0)  # healthy: nothing happens
+                assert dog.lost is None
+                server.shutdown()
+                server.server_close()
+                start = time.monotonic()
+                while True:  # the "run": interrupted by the watchdog
+                    time.sleep(0.05)
+            except KeyboardInterrupt as exc:
+                dog.check(exc)
+                raise
+    assert time.monotonic() - start < 5
+    assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_cli_run_whose_server_is_killed_exits_3_and_publishes_nothing(demo_files, tmp_path):
+    from fp16guard.cli.server import LocalServer
+
+    home = tmp_path / "home"
+    server = LocalServer(home)
+    try:
+        state = server.ensure(timeout_s=240)
+    except Exception as exc:  # noqa: BLE001 — a machine too busy to start a server
+        pytest.skip(f"no local Prefect server could be started here: {exc}")
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "FP16GUARD_SERVER_LOST_S": "5"}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fp16guard.cli.main", "run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"],
+         "--name", "demo", "--model-version", "1", "--store", str(store)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
+    )
+    try:
+        line = proc.stdout.readline()  # "flow run: <url>" once the flow is running
+        assert "flow run" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        os.kill(state["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop() if hasattr(server, "stop") else None
+    assert proc.returncode == 3, err
+    assert took < 60
+    lines = [l for l in err.splitlines() if l.startswith("fp16guard:")]
+    assert lines and "stopped answering" in lines[-1]
+    assert "Traceback" not in err
+    runs = store / "demo" / "1" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "nothing is published"
+    staging = store / "demo" / "1" / ".staging"
+    assert not staging.exists() or not any(staging.iterdir()), "no staging folder is left"
