@@ -1,26 +1,33 @@
-"""Benchmark: ``fp16guard stats`` against a plain FP32 onnxruntime pass, whole processes.
+"""Benchmark: ``fp16guard stats`` against a plain FP32 onnxruntime pass, whole processes, on two
+kinds of VGG-19 side by side.
 
-What it builds (in a work folder, default a temporary one):
+What it uses (in a work folder, default a temporary one):
 
-* ``vgg19.onnx``: a VGG-19-shaped FP32 model, opset 17, input ``x`` [N, 3, 224, 224] (dynamic
-  batch): 16 Conv 3x3 (pad 1) each followed by Relu, in blocks of 2-2-4-4-4 convolutions
-  (64-128-256-512-512 channels) each closed by MaxPool 2x2; Flatten; Gemm 25088->4096, Relu,
-  Gemm 4096->4096, Relu, Gemm 4096->1000. No normalisation. 143.7 M parameters (575 MB),
-  embedded in the file, He-initialised random weights (seeded).
-* ``shards/s<i>.npz``: shards of ``--samples-per-shard`` samples (default 2) of N(0, 1) inputs.
+* ``stored``: ``vgg19.onnx``, a VGG-19-shaped FP32 model built here, opset 17, input ``x``
+  [N, 3, 224, 224] (dynamic batch): 16 Conv 3x3 (pad 1) each followed by Relu, in blocks of
+  2-2-4-4-4 convolutions (64-128-256-512-512 channels) each closed by MaxPool 2x2; Flatten; Gemm
+  25088->4096, Relu, Gemm 4096->4096, Relu, Gemm 4096->1000. No normalisation. 143.7 M parameters
+  (575 MB) stored in the file, He-initialised random weights (seeded).
+* ``constant``: ``light_vgg19.onnx``, the ONNX project's VGG-19 test model as shipped in the
+  ``onnx`` package (``onnx/backend/test/data/light``, 9 KB): opset 9, IR 3, input ``data_0``
+  [1, 3, 224, 224] (static batch 1), the same 143.7 M parameters produced at load time by 36
+  ConstantOfShape nodes, plus Dropout and Softmax.
+* ``shards-<kind>/s<i>.npz``: shards of ``--samples-per-shard`` samples (default 2) of N(0, 1)
+  inputs (the batch-1 model runs them one sample per call, in both processes).
 
-Then, ``--repeats`` times, alternating, it runs as separate processes and measures wall time and
-peak RSS of each child (``os.wait4`` rusage of that very child):
+Then, per kind, ``--repeats`` times, alternating, it runs as separate processes and measures wall
+time and peak RSS of each child (``os.wait4`` rusage of that very child):
 
 * plain: ``python -c`` that creates an onnxruntime session from the model path (default
-  options, CPU) and runs each shard once;
-* stats: ``python -m fp16guard.cli.main stats vgg19.onnx --calib <shards> --out ...``.
+  options, CPU) and runs each shard once (in slices of the model's static batch, if any);
+* stats: ``python -m fp16guard.cli.main stats <model> --calib <shards> --out ...``.
 
-It prints the medians and the ratios stats/plain for ``--shards`` shards (default 2), and
-the peak RSS of the stats process for 2 and for 8 shards (memory must not grow with shards).
+It prints the medians and the ratios stats/plain per kind for ``--shards`` shards (default 2),
+and the peak RSS of the stats process for 2 and for 8 shards of the stored model (memory must
+not grow with shards). Targets (issue 8): at most 1.2x the time and 1.1x the peak memory.
 
 Usage:
-    .venv/bin/python benchmarks/bench_stats.py [--repeats 3] [--shards 2] [--workdir DIR]
+    .venv/bin/python benchmarks/bench_stats.py [--repeats 3] [--shards 2] [--kinds stored constant] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -42,10 +49,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PLAIN = r"""
 import sys, numpy as np, onnxruntime as ort
 s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+names = {i.name for i in s.get_inputs()}
+lead = s.get_inputs()[0].shape[0]
 for path in sys.argv[2:]:
     with np.load(path) as z:
-        feeds = {k: z[k] for k in z.files}
-    s.run(None, feeds)
+        feeds = {k: z[k] for k in z.files if k in names}
+    n = next(iter(feeds.values())).shape[0]
+    step = lead if isinstance(lead, int) and lead > 0 else n
+    for i in range(0, n, step):
+        s.run(None, {k: v[i : i + step] for k, v in feeds.items()})
 """
 
 #: Where the time goes, inside one child process: session creation vs inference, both ways.
@@ -60,7 +72,11 @@ for p in shards:
         feeds.append({k: z[k] for k in z.files})
 for rep in range(2):
     t0 = time.perf_counter(); s = ort.InferenceSession(model, providers=["CPUExecutionProvider"]); t1 = time.perf_counter()
-    for f in feeds: s.run(None, f)
+    lead = s.get_inputs()[0].shape[0]
+    for f in feeds:
+        n = next(iter(f.values())).shape[0]
+        step = lead if isinstance(lead, int) and lead > 0 else n
+        for i in range(0, n, step): s.run(None, {k: v[i : i + step] for k, v in f.items()})
     t2 = time.perf_counter(); del s
     t3 = time.perf_counter(); st = StatsSession(model).__enter__(); t4 = time.perf_counter()
     for p in shards: st.run(ShardRef(p, p))
@@ -122,14 +138,27 @@ def build_vgg19(path: Path, seed: int = 0) -> int:
     return params
 
 
-def make_shards(folder: Path, count: int, samples: int, seed: int = 1) -> list[Path]:
+def light_vgg19(path: Path) -> Path:
+    """Copy the ONNX project's ConstantOfShape-weights VGG-19 test model to ``path``."""
+    import shutil
+
+    import onnx.backend.test
+
+    src = Path(onnx.backend.test.__file__).parent / "data" / "light" / "light_vgg19.onnx"
+    if not src.is_file():
+        raise SystemExit(f"{src} is missing; expected the onnx package's light test models (onnx >= 1.15)")
+    shutil.copyfile(src, path)
+    return path
+
+
+def make_shards(folder: Path, count: int, samples: int, seed: int = 1, name: str = "x") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
     for i in range(count):
         p = folder / f"s{i}.npz"
         if not p.exists():
-            np.savez(p, x=rng.standard_normal((samples, 3, 224, 224), dtype=np.float32))
+            np.savez(p, **{name: rng.standard_normal((samples, 3, 224, 224), dtype=np.float32)})
         paths.append(p)
     return paths
 
@@ -154,55 +183,67 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shards", type=int, default=2, help="shards in the side-by-side comparison")
     ap.add_argument("--samples-per-shard", type=int, default=2)
-    ap.add_argument("--workdir", default=None, help="keep the model and shards here (reused if present)")
+    ap.add_argument("--kinds", nargs="+", choices=["stored", "constant"], default=["stored", "constant"], help="which VGG-19 models to measure")
+    ap.add_argument("--workdir", default=None, help="keep the models and shards here (reused if present)")
     ap.add_argument("--detail", action="store_true", help="also split session creation from inference (one child process)")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the 2-vs-8-shards memory check")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "vgg19.onnx"
-    if not model.exists():
-        # Built in a child process: Linux carries a process's peak RSS across fork and exec, so
-        # a driver that held the model would inflate every child's measured peak.
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_stats as b; print(b.build_vgg19(b.Path({str(model)!r})))"
-        t = time.perf_counter()
-        params = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-        print(f"built {model} ({params / 1e6:.1f} M parameters, {model.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
-    shards_all = make_shards(work / "shards", max(8, args.shards), args.samples_per_shard)
+    models = {}
+    if "stored" in args.kinds:
+        model = work / "vgg19.onnx"
+        if not model.exists():
+            # Built in a child process: Linux carries a process's peak RSS across fork and exec, so
+            # a driver that held the model would inflate every child's measured peak.
+            code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_stats as b; print(b.build_vgg19(b.Path({str(model)!r})))"
+            t = time.perf_counter()
+            params = int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+            print(f"built {model} ({params / 1e6:.1f} M parameters, {model.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f}s")
+        models["stored"] = (model, make_shards(work / "shards-stored", max(8, args.shards), args.samples_per_shard, name="x"))
+    if "constant" in args.kinds:
+        model = work / "light_vgg19.onnx"
+        if not model.exists():
+            light_vgg19(model)
+        models["constant"] = (model, make_shards(work / "shards-constant", args.shards, args.samples_per_shard, name="data_0"))
     driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f"driver peak RSS {driver_rss:.0f} MiB (a child's peak cannot read below this)")
     py = sys.executable
 
-    def plain_cmd(shards):
+    def plain_cmd(model, shards):
         return [py, "-c", PLAIN, str(model), *map(str, shards)]
 
-    def stats_cmd(shards):
+    def stats_cmd(model, shards):
         return [py, "-m", "fp16guard.cli.main", "stats", str(model), "--calib", *map(str, shards), "--out", str(work / "stats.parquet")]
 
-    shards = shards_all[: args.shards]
-    results: dict[str, list[tuple[float, float]]] = {"plain": [], "stats": []}
-    for r in range(args.repeats):
-        for name, cmd in (("plain", plain_cmd(shards)), ("stats", stats_cmd(shards))):
-            wall, rss = measure(cmd)
-            results[name].append((wall, rss))
-            print(f"  run {r + 1} {name:<5} wall {wall:6.2f} s  peak RSS {rss:7.0f} MiB", flush=True)
-    med = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
+    summary = {}
+    for kind, (model, shards_all) in models.items():
+        shards = shards_all[: args.shards]
+        results: dict[str, list[tuple[float, float]]] = {"plain": [], "stats": []}
+        for r in range(args.repeats):
+            for name, cmd in (("plain", plain_cmd(model, shards)), ("stats", stats_cmd(model, shards))):
+                wall, rss = measure(cmd)
+                results[name].append((wall, rss))
+                print(f"  {kind:<8} run {r + 1} {name:<5} wall {wall:6.2f} s  peak RSS {rss:7.0f} MiB", flush=True)
+        summary[kind] = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
+        if args.detail:
+            env = dict(os.environ, PYTHONPATH=str(ROOT))
+            subprocess.run([py, "-c", DETAIL, str(model), *map(str, shards)], check=True, env=env)
     samples = args.shards * args.samples_per_shard
     print(f"\n{args.shards} shards x {args.samples_per_shard} samples ({samples} samples), medians of {args.repeats}:")
-    for k, (w, m) in med.items():
-        print(f"  {k:<5} wall {w:6.2f} s  peak RSS {m:7.0f} MiB")
-    wr, mr = med["stats"][0] / med["plain"][0], med["stats"][1] / med["plain"][1]
-    print(f"  ratio stats/plain: wall {wr:.2f}x (target <= 1.30), peak RSS {mr:.2f}x (target <= 1.30)")
+    print(f"  {'model':<9} {'plain wall':>10} {'stats wall':>10} {'ratio':>6}   {'plain RSS':>9} {'stats RSS':>9} {'ratio':>6}")
+    for kind, med in summary.items():
+        (pw, pm), (sw, sm) = med["plain"], med["stats"]
+        print(f"  {kind:<9} {pw:9.2f}s {sw:9.2f}s {sw / pw:5.2f}x   {pm:6.0f} MiB {sm:5.0f} MiB {sm / pm:5.2f}x")
+    print("  targets: wall <= 1.20x, peak RSS <= 1.10x")
 
-    if args.detail:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        subprocess.run([py, "-c", DETAIL, str(model), *map(str, shards)], check=True, env=env)
-    if not args.skip_scaling:
-        few = measure(stats_cmd(shards_all[:2]))[1]
-        many = measure(stats_cmd(shards_all[:8]))[1]
-        print(f"  stats peak RSS, 2 shards: {few:.0f} MiB; 8 shards: {many:.0f} MiB ({many / few:.2f}x)")
-    print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d')}; work folder {work}")
+    if not args.skip_scaling and "stored" in models:
+        model, shards_all = models["stored"]
+        few = measure(stats_cmd(model, shards_all[:2]))[1]
+        many = measure(stats_cmd(model, shards_all[:8]))[1]
+        print(f"  stats peak RSS (stored), 2 shards: {few:.0f} MiB; 8 shards: {many:.0f} MiB ({many / few:.2f}x)")
+    print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}; work folder {work}")
     return 0
 
 

@@ -15,23 +15,29 @@ A ``Relu`` whose input is instrumented gets its statistics from its input's scal
 (min = max(min_in, 0), max = max(max_in, 0); finite in, finite out), which saves three passes
 over every post-activation tensor.
 
-With ``underflow=True`` (the default) six more scalars per tensor say how much of it falls below
-FP16's normal range (smallest normal ``T`` = 2**-14 ≈ 6.10e-5; docs/NUMERICS.md), all exact:
+With ``underflow=True`` (the default) more scalars per tensor say how much of it falls below
+FP16's normal range (smallest normal ``T`` = 2**-14 ≈ 6.10e-5; docs/NUMERICS.md). Measured on VGG-19,
+a chain of six elementwise ops per tensor cost 2.5-3x a plain pass, so the figures are split by
+cost:
 
-* ``nonzero`` = ReduceSum(Sign(|t|)): elements != 0;
-* ``below`` = ReduceSum(HardSigmoid(|t|; alpha=-2**38, beta=2**24)): elements with |x| < T, zeros
-  included. The affine map is exact in float32 (a power-of-two scale; 2**24 - 1 is the image of
-  the float just below T), so the clip is a step at T: 1 below, 0 from T up (tested against numpy);
-* ``below_abs_sum`` = ReduceSum(|t| * that step) and ``abs_sum`` = ReduceSum(|t|);
-* ``min_nonzero_abs`` = ReduceMin(Where(|t| > 0, |t|, +inf));
-* ``elements`` = Size(t) (int64, no pass over the data).
+* over every element, with one elementwise op: ``abs_sum`` = ReduceL1(t) (a reduction, no
+  temporary) and ``normal_abs_sum`` = ReduceL1(Shrink(t, lambd=<float32 just below T>)), the
+  magnitude in elements with |x| >= T (Shrink's boundary is exact). Their difference is the
+  magnitude below FP16's normal range, which the underflow rule compares with ``abs_sum``; being
+  a difference of float32 sums it is accurate to about 1e-6 of ``abs_sum``, plenty for a share;
+* over a strided sample of between :data:`SAMPLE` and 2 x :data:`SAMPLE` elements (every element
+  of tensors below 2 x SAMPLE; ``Slice`` of the flattened tensor with the odd step
+  ``2 * (size // (2 * SAMPLE)) + 1``, so the sample is spread over the whole tensor and does not
+  alias with power-of-two periods such as channel counts; a period sharing a factor with the
+  step can still bias it): ``nonzero`` = ReduceSum(Sign(|s|)), ``below`` = the elements with
+  |x| < T, zeros included (ReduceSum(HardSigmoid(|s|; alpha=-2**38, beta=2**24)): the affine map
+  is exact in float32 and the float just below T maps to 2**24 - 1, so the clip is a step at T),
+  ``min_nonzero_abs`` = ReduceMin(Where(|s| > 0, |s|, +inf)) and ``examined`` = Size(s).
 
-Sign and Where need opset 9; models of older opsets get no underflow figures.
-That is one Abs, Sign, HardSigmoid, Mul, Greater and Where per tensor: each allocates a temporary of
-the tensor's size that the priority-based execution order frees right after its reduction, so
-the peak grows by a few activations, not with their number. A Relu output is non-negative, so
-its Abs is skipped. Float32 sums of 0/1 are exact up to 2**24 per lane and onnxruntime reduces in
-blocks (a sum of 5e7 ones came back exact).
+Shrink needs opset 9 and a strided Slice opset 10: models of older opsets get no underflow
+figures, opset 9 only the exact ones. Constant tensors are measured by :func:`constant_model`,
+without the Shrink (a constant can be a whole weight matrix; its stored source is judged from its
+values by the planner).
 
 Reductions are written without ``axes`` (all axes) and with ``keepdims=0``, which means the same
 from opset 1 to the newest, so no opset-specific form (attribute before 18, input from 18) is
@@ -59,7 +65,8 @@ __all__ = [
     "TensorInfo",
     "output_names",
     "underflow_names",
-    "underflow_supported",
+    "underflow_level",
+    "SAMPLE",
     "tensor_types",
     "float_tensors",
     "constant_tensors",
@@ -71,6 +78,10 @@ __all__ = [
 PREFIX = "fp16guard_stats"
 #: FP16's smallest positive normal value, 2**-14: below it FP16 keeps fewer than 11 bits.
 FP16_MIN_NORMAL = 2.0**-14
+#: Sample size scale (elements per tensor and inference call) for the sampled underflow figures.
+SAMPLE = 1 << 16
+#: The float32 just below 2**-14: Shrink zeroes |x| <= this, i.e. exactly the |x| < 2**-14.
+_BELOW_NORMAL = 6.103515261202119e-05  # np.nextafter(np.float32(2**-14), 0)
 #: HardSigmoid(|x|; alpha, beta) = clip(beta + alpha*|x|, 0, 1) is exactly 1 for |x| < 2**-14 and
 #: 0 from 2**-14 up: |x| * 2**38 is exact, and the float just below 2**-14 maps to 2**24 - 1.
 _STEP_ALPHA = -(2.0**38)
@@ -107,17 +118,19 @@ def output_names(info_index: int) -> tuple[str, str, str]:
 
 
 def underflow_names(info_index: int) -> tuple[str, str, str, str, str, str]:
-    """Names of the (nonzero, below, below_abs_sum, abs_sum, min_nonzero_abs, elements) outputs
-    of the ``info_index``-th tensor (see the module docstring); ``elements`` is int64, the rest
-    float32."""
+    """Names of the (abs_sum, normal_abs_sum, nonzero, below, min_nonzero_abs, examined) outputs
+    of the ``info_index``-th tensor (see the module docstring); ``examined`` is int64, the rest
+    float32. The last four exist only when :func:`underflow_level` is 2."""
     base = f"{PREFIX}/{info_index}"
-    return f"{base}/nonzero", f"{base}/below", f"{base}/below_abs_sum", f"{base}/abs_sum", f"{base}/min_nonzero_abs", f"{base}/elements"
+    return f"{base}/abs_sum", f"{base}/normal_abs_sum", f"{base}/nonzero", f"{base}/below", f"{base}/min_nonzero_abs", f"{base}/examined"
 
 
-def underflow_supported(model: onnx.ModelProto) -> bool:
-    """Whether :func:`instrument` can add underflow figures: the default-domain opset is >= 9."""
+def underflow_level(model: onnx.ModelProto) -> int:
+    """Which underflow figures :func:`instrument` can add at the model's default-domain opset:
+    0 none (opset < 9), 1 the exact magnitudes (opset 9: Shrink), 2 also the sampled counts
+    (opset >= 10: Slice with steps)."""
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return version >= 9
+    return 0 if version < 9 else 1 if version < 10 else 2
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -190,8 +203,14 @@ def constant_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False) -> onnx.ModelProto:
-    """The statistics model of constant ``tensors`` alone: :func:`instrument` of them, without
-    graph inputs and without the nodes their values do not need, so it runs with no feeds.
+    """The statistics model of constant ``tensors`` alone: :func:`instrument` of them (without
+    ``normal_abs_sum``, see ``exact_magnitude``), without graph inputs and without the nodes
+    their values do not need, so it runs with no feeds.
+
+    Run it with graph optimisations off: onnxruntime's constant folding would evaluate every
+    statistic node at session creation and keep the intermediate results of whole weight
+    matrices alive at once (measured on VGG-19 with ConstantOfShape weights: 17-22 s and 1.5 GiB
+    for session creation, against 3-5 s and 0.96 GiB for a plain session).
 
     Raises:
         ValueError: a tensor depends on a graph input (see :func:`constant_tensors`).
@@ -200,7 +219,7 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
     loose = [t.name for t in tensors if t.name not in const]
     if loose:
         raise ValueError(f"tensors {loose[:3]} depend on graph inputs; expected constant tensors only")
-    out = instrument(model, tensors, exact_counts=exact_counts)
+    out = instrument(model, tensors, exact_counts=exact_counts, exact_magnitude=False)
     graph = out.graph
     needed = {o.name for o in graph.output}
     keep: list[onnx.NodeProto] = []
@@ -217,15 +236,19 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
     return out
 
 
-def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False, underflow: bool = True) -> onnx.ModelProto:
+def instrument(
+    model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False, underflow: bool = True, exact_magnitude: bool = True
+) -> onnx.ModelProto:
     """Return a copy of ``model`` whose only outputs are per-tensor statistics (scalars).
 
     For tensor ``k`` of ``tensors`` the outputs are named by :func:`output_names` ``(k)``:
     ``min`` and ``max`` (float32 scalars) and ``nonfinite``: with ``exact_counts=False`` a float32
     flag, non-finite iff the tensor may hold NaN/inf; with ``exact_counts=True`` the exact int64
     number of NaN/inf elements (allocates full-size boolean temporaries; use for diagnosis only).
-    With ``underflow=True`` (ignored when ``exact_counts``) the six scalars named by
-    :func:`underflow_names` ``(k)`` come too (see the module docstring).
+    With ``underflow=True`` (ignored when ``exact_counts``) the scalars named by
+    :func:`underflow_names` ``(k)`` that the opset allows (:func:`underflow_level`) come too;
+    with ``exact_magnitude=False`` all but ``normal_abs_sum`` (no Shrink: no temporary of the
+    tensor's size; used for constant tensors, which can be whole weight matrices).
 
     The original graph outputs are dropped: a caller wants the statistics, and keeping outputs
     would keep their buffers. The input model is not modified; its weights are shared by
@@ -243,11 +266,22 @@ def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_coun
     if zero in taken:
         raise ValueError(f"model already has a tensor named {zero}")
     graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
-    inf = f"{PREFIX}/inf"
-    # Sign and Where exist from opset 9 on; older models get no underflow figures (null).
-    underflow = underflow and not exact_counts and underflow_supported(model)
-    if underflow:
-        graph.initializer.append(helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]))
+    inf, flat, sample, one = (f"{PREFIX}/{n}" for n in ("inf", "flat_shape", "sample", "one"))
+    ends, starts, axes0 = (f"{PREFIX}/{n}" for n in ("ends", "starts", "axes0"))
+    level = underflow_level(model) if underflow and not exact_counts else 0
+    if level >= 2:
+        graph.initializer.extend(
+            [
+                helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]),
+                helper.make_tensor(flat, TensorProto.INT64, [1], [-1]),
+                helper.make_tensor(sample, TensorProto.INT64, [], [2 * SAMPLE]),
+                helper.make_tensor(f"{PREFIX}/two", TensorProto.INT64, [], [2]),
+                helper.make_tensor(one, TensorProto.INT64, [], [1]),
+                helper.make_tensor(starts, TensorProto.INT64, [1], [0]),
+                helper.make_tensor(ends, TensorProto.INT64, [1], [2**62]),
+                helper.make_tensor(axes0, TensorProto.INT64, [1], [0]),
+            ]
+        )
 
     producers = {name: node for node in graph.node for name in node.output}
     by_name = {t.name: k for k, t in enumerate(tensors)}
@@ -283,20 +317,31 @@ def instrument(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_coun
                 node("ReduceSum", [as_int], nf, keepdims=0)
             else:
                 node("ReduceSum", [x], nf, keepdims=0)
-        if underflow:
-            nz, below, below_sum, abs_sum, min_nz, elements = underflow_names(k)
-            node("Size", [info.name], elements)
-            # A Relu output is already non-negative: |x| is x.
-            a = x if relu_input is not None else node("Abs", [x], f"{PREFIX}/{k}/abs")
-            node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], nz, keepdims=0)
-            step = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
-            node("ReduceSum", [step], below, keepdims=0)
-            node("ReduceSum", [node("Mul", [a, step], f"{PREFIX}/{k}/below_abs")], below_sum, keepdims=0)
-            node("ReduceSum", [a], abs_sum, keepdims=0)
+        if level >= 1:
+            names = underflow_names(k)
+            node("ReduceL1", [x], names[0], keepdims=0)
+            outputs.append(helper.make_tensor_value_info(names[0], TensorProto.FLOAT, []))
+            if exact_magnitude:
+                normal = node("Shrink", [x], f"{PREFIX}/{k}/normal", lambd=_BELOW_NORMAL, bias=0.0)
+                node("ReduceL1", [normal], names[1], keepdims=0)
+                outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, []))
+        if level >= 2:
+            # A strided sample of about SAMPLE elements, spread over the whole tensor. An odd step
+            # (2 * (size // (2 * SAMPLE)) + 1) never aliases with a power-of-two period (channels).
+            size = node("Size", [x], f"{PREFIX}/{k}/size")
+            half = node("Div", [size, sample], f"{PREFIX}/{k}/size_div")
+            step = node("Add", [node("Mul", [half, f"{PREFIX}/two"], f"{PREFIX}/{k}/even"), one], f"{PREFIX}/{k}/step")
+            step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
+            xs = node("Slice", [node("Reshape", [x, flat], f"{PREFIX}/{k}/flat"), starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
+            a = xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs")  # a Relu output is >= 0
+            node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], names[2], keepdims=0)
+            below = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
+            node("ReduceSum", [below], names[3], keepdims=0)
             is_nonzero = node("Greater", [a, zero], f"{PREFIX}/{k}/is_nonzero")
-            node("ReduceMin", [node("Where", [is_nonzero, a, inf], f"{PREFIX}/{k}/nonzero_abs")], min_nz, keepdims=0)
-            outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in underflow_names(k)[:5])
-            outputs.append(helper.make_tensor_value_info(elements, TensorProto.INT64, []))
+            node("ReduceMin", [node("Where", [is_nonzero, a, inf], f"{PREFIX}/{k}/nonzero_abs")], names[4], keepdims=0)
+            node("Size", [xs], names[5])
+            outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in names[2:5])
+            outputs.append(helper.make_tensor_value_info(names[5], TensorProto.INT64, []))
         outputs.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
         outputs.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))
         outputs.append(helper.make_tensor_value_info(nf, TensorProto.INT64 if exact_counts else TensorProto.FLOAT, []))

@@ -38,8 +38,8 @@ from fp16guard.graph.instrument import (
     float_tensors,
     instrument,
     output_names,
+    underflow_level,
     underflow_names,
-    underflow_supported,
 )
 from fp16guard.io.model import input_specs, normalize_model
 from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public stats API lives here)
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 #: Underflow columns, in the order the per-slice arrays are kept.
-_UNDERFLOW_COLUMNS = ("nonzero", "subnormal", "min_nonzero_abs", "abs_sum", "subnormal_abs_sum")
+_UNDERFLOW_COLUMNS = ("nonzero", "subnormal", "min_nonzero_abs", "examined", "abs_sum", "subnormal_abs_sum")
 
 
 class StatsSession:
@@ -101,7 +101,7 @@ class StatsSession:
         self._const = [k for k, t in enumerate(self.tensors) if t.name in const]
         self._varying = [k for k, t in enumerate(self.tensors) if t.name not in const]
         self._outputs = {o.name for o in model.graph.output}
-        self._underflow = underflow_supported(model)
+        self._underflow = underflow_level(model)
         self._model = model  # graph only (weights are references): small
         self._runner = None
         self._const_figures: dict[str, np.ndarray] | None = None
@@ -112,8 +112,14 @@ class StatsSession:
         if self._const and self._const_figures is None:
             # Before the per-shard session exists, so the two never hold their weights at once.
             chosen = [self.tensors[k] for k in self._const]
-            with OnnxRuntimeRunner(constant_model(self._model, chosen), providers=self.providers, external_data_dir=self.model_path.parent) as runner:
-                values = runner.infer({}, self._fetch(len(chosen)))
+            with OnnxRuntimeRunner(
+                constant_model(self._model, chosen),
+                providers=self.providers,
+                external_data_dir=self.model_path.parent,
+                optimization="disable",  # see constant_model: folding it all at creation costs GiBs
+                execution_order="priority_based",
+            ) as runner:
+                values = runner.infer({}, self._fetch(len(chosen), magnitude=False))
             self._const_figures = self._figures(values, len(chosen))
             flags = self._const_figures["flag"]
             suspect = ~np.isfinite(flags) | np.isnan(self._const_figures["min"]) | np.isnan(self._const_figures["max"])
@@ -142,27 +148,36 @@ class StatsSession:
         """The execution providers onnxruntime uses for this session (empty when not open)."""
         return self._runner.providers if self._runner is not None else []
 
-    def _fetch(self, n: int) -> list[str]:
-        """Output names of the instrumented model of ``n`` tensors."""
+    def _fetch(self, n: int, magnitude: bool = True) -> list[str]:
+        """Output names of the instrumented model of ``n`` tensors (``magnitude``: with
+        ``normal_abs_sum``; False for the constant model)."""
         names = [name for k in range(n) for name in output_names(k)]
-        if self._underflow:
-            names += [name for k in range(n) for name in underflow_names(k)]
+        wanted = {0: (), 1: (0, 1), 2: (0, 1, 2, 3, 4, 5)}[self._underflow]
+        wanted = tuple(i for i in wanted if magnitude or i != 1)
+        names += [underflow_names(k)[i] for k in range(n) for i in wanted]
         return names
 
     def _figures(self, values: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
         """Per-tensor arrays (float64) of one inference's scalars: min, max, flag, and the
         underflow figures (NaN when not measured)."""
         out = {key: np.array([values[output_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(("min", "max", "flag"))}
-        if self._underflow:
-            raw = {key: np.array([values[underflow_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(("nonzero", "below", "below_sum", "abs_sum", "min_nz", "elements"))}
+        for key in _UNDERFLOW_COLUMNS:
+            out[key] = np.full(n, np.nan)
+        if self._underflow >= 1:
+            abs_sum = np.array([values[underflow_names(k)[0]] for k in range(n)], dtype=np.float64)
+            out["abs_sum"] = abs_sum
+            if n and underflow_names(0)[1] in values:  # not measured for constant tensors
+                normal = np.array([values[underflow_names(k)[1]] for k in range(n)], dtype=np.float64)
+                # Rounding of the two float32 sums can leave a tiny negative difference; inf - inf
+                # (a tensor holding inf) is NaN and is discarded with that slice's figures.
+                with np.errstate(invalid="ignore"):
+                    out["subnormal_abs_sum"] = np.maximum(abs_sum - normal, 0.0)
+        if self._underflow >= 2:
+            raw = {key: np.array([values[underflow_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in ((2, "nonzero"), (3, "below"), (4, "min_nz"), (5, "examined"))}
             out["nonzero"] = raw["nonzero"]
-            out["subnormal"] = raw["below"] - (raw["elements"] - raw["nonzero"])  # |x| < T minus the zeros
+            out["subnormal"] = raw["below"] - (raw["examined"] - raw["nonzero"])  # |x| < T minus the zeros
             out["min_nonzero_abs"] = raw["min_nz"]
-            out["abs_sum"] = raw["abs_sum"]
-            out["subnormal_abs_sum"] = raw["below_sum"]
-        else:
-            for key in _UNDERFLOW_COLUMNS:
-                out[key] = np.full(n, np.nan)
+            out["examined"] = raw["examined"]
         return out
 
     def run(self, ref: data.ShardRef) -> pa.Table:
@@ -249,6 +264,7 @@ class StatsSession:
             "nonzero": nullable(cols["nonzero"], True),
             "subnormal": nullable(cols["subnormal"], True),
             "min_nonzero_abs": nullable(cols["min_nonzero_abs"], False),
+            "examined": nullable(cols["examined"], True),
             "abs_sum": nullable(cols["abs_sum"], False),
             "subnormal_abs_sum": nullable(cols["subnormal_abs_sum"], False),
             "samples": [samples] * total,
@@ -281,7 +297,8 @@ class StatsSession:
         picked = [chosen[k] for k in suspects]
         # No feeds: the constant tensors, measured by a model of their own.
         counted = instrument(self._model, picked, exact_counts=True) if feeds else constant_model(self._model, picked, exact_counts=True)
-        with OnnxRuntimeRunner(counted, providers=self.providers, external_data_dir=self.model_path.parent) as runner:
+        optimization = "all" if feeds else "disable"  # constants: see constant_model
+        with OnnxRuntimeRunner(counted, providers=self.providers, external_data_dir=self.model_path.parent, optimization=optimization) as runner:
             values = runner.infer(feeds, [output_names(j)[2] for j in range(len(picked))])
         found = {int(k): int(values[output_names(j)[2]]) for j, k in enumerate(suspects)}
         return {k: c for k, c in found.items() if c}

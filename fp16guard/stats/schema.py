@@ -32,16 +32,19 @@ _TENSOR_FIELDS = [
     pa.field("max", pa.float64(), nullable=False),
     pa.field("max_abs", pa.float64(), nullable=False),  # max(-min, max)
     pa.field("nonfinite", pa.int64(), nullable=False),  # NaN/inf elements
-    # Underflow figures (nullable: null = not measured).
-    pa.field("nonzero", pa.int64()),  # elements != 0
-    pa.field("subnormal", pa.int64()),  # elements with 0 < |x| < 2**-14 (FP16 smallest normal)
-    pa.field("min_nonzero_abs", pa.float64()),  # smallest |x| over elements != 0 (inf: none)
-    pa.field("abs_sum", pa.float64()),  # sum of |x|
-    pa.field("subnormal_abs_sum", pa.float64()),  # sum of |x| over the ``subnormal`` elements
+    # Underflow figures (nullable: null = not measured). The first four are counted over the
+    # ``examined`` elements, a strided sample of at most 65536 per tensor and inference call
+    # (every element of smaller tensors); the two sums cover every element.
+    pa.field("nonzero", pa.int64()),  # examined elements != 0
+    pa.field("subnormal", pa.int64()),  # examined elements with 0 < |x| < 2**-14 (FP16 smallest normal)
+    pa.field("min_nonzero_abs", pa.float64()),  # smallest non-zero |x| examined (inf: none)
+    pa.field("examined", pa.int64()),  # elements behind the three figures above
+    pa.field("abs_sum", pa.float64()),  # sum of |x| over all elements
+    pa.field("subnormal_abs_sum", pa.float64()),  # sum of |x| over all elements with |x| < 2**-14
 ]
 
 #: Columns newer than the first schema: a file without them reads with them null.
-ADDED_COLUMNS = frozenset({"nonzero", "subnormal", "min_nonzero_abs", "abs_sum", "subnormal_abs_sum", "nonfinite_shard"})
+ADDED_COLUMNS = frozenset({"nonzero", "subnormal", "min_nonzero_abs", "examined", "abs_sum", "subnormal_abs_sum", "nonfinite_shard"})
 
 #: One row per (shard, tensor). ``samples``: samples in the shard.
 SHARD_SCHEMA = pa.schema(
