@@ -57,6 +57,30 @@ def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
     ui = prefect_api_url.removesuffix("/api")
     assert summary["flow_run_url"].startswith(f"{ui}/runs/flow-run/")
     assert f"flow run: {summary['flow_run_url']}" in out
+    # The flow run's log (what the UI shows) has the outcome in fp16guard's words.
+    messages = _flow_run_log(summary["flow_run_url"].rsplit("/", 1)[-1])
+    assert any(m.startswith("plan: ") and "nodes stay FP32" in m for m in messages), messages
+    assert any(m.startswith("release: released") for m in messages), messages
+    assert any(m.startswith("artifacts: run folder ") for m in messages), messages
+
+
+def _flow_run_log(flow_run_id: str, wait_s: float = 30.0) -> list[str]:
+    """Messages of a flow run's log as the server has them (logs are shipped in batches)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            messages = [log.message for log in logs]
+            if any(m.startswith("artifacts: ") for m in messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.5)
 
 
 def test_verification_failure_exits_1(prefect_api_url, demo_files, tmp_path, capsys):
@@ -142,12 +166,19 @@ def test_bad_input_before_flow(case, demo_files, tmp_path, capsys, no_server):
     assert _store_is_empty(store)
 
 
-def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path, capsys):
+def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path):
+    # A subprocess: only a fresh process shows that Prefect's console logging stays off stderr
+    # (in this process Prefect is already imported with its console handlers).
+    from conftest import run_cli
+
     model = _overflowing_fp32_model(tmp_path / "inf.onnx")
     shard = _write_npz(tmp_path / "x.npz", x=np.ones((3, 4), np.float32))
     store = tmp_path / "store"
-    code = main(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--model-version", "1", "--store", str(store)])
-    _assert_one_line_error(code, capsys, "x.npz", "'y'", "NaN/inf")
+    proc = run_cli(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--model-version", "1", "--store", str(store)], api_url=prefect_api_url)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert all(n in lines[0] for n in ("x.npz", "'y'", "NaN/inf")), lines[0]
     assert not list(store.glob("*/*/runs/*")) and not list(store.glob("*/*/.staging/*"))
 
 

@@ -44,8 +44,8 @@ __all__ = [
 ]
 
 #: Seconds a new local server may take to answer its health check. A cold start (fresh Prefect
-#: home: database created and migrated) took 22-30 s on the 2-core VM under light load and about
-#: 60 s with four CPU-bound processes beside it (2026-12-01); Prefect's own limit is 20 s.
+#: home: database created and migrated) took 22-30 s on the 2-core VM under light load and
+#: under 60 s with four CPU-bound processes beside it (2026-12-01); Prefect's own limit is 20 s.
 DEFAULT_STARTUP_TIMEOUT_S = 120.0
 #: Environment variable overriding :data:`DEFAULT_STARTUP_TIMEOUT_S` (seconds).
 TIMEOUT_ENV = "FP16GUARD_SERVER_STARTUP_TIMEOUT"

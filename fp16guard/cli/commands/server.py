@@ -34,8 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Carry out the action; see the module docstring for exit statuses."""
-    from fp16guard.cli.server import local_server
+    import sys
 
+    from fp16guard.cli.server import configured_api_url, local_server
+
+    configured = configured_api_url()
+    if configured:
+        print(f"note: PREFECT_API_URL is set ({configured}); runs use that server, not the local one", file=sys.stderr)
     server = local_server()
     if args.action == "stop":
         print("stopped the local Prefect server" if server.stop() else "no local Prefect server was running")
