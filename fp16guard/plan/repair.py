@@ -167,7 +167,12 @@ def repair_plan(
     if not settings.repair or not calibration:
         why = "repair is off (plan.repair = false)" if not settings.repair else "no calibration data to check on"
         return replace(plan, repair=RepairRecord("skipped", why))
+    from fp16guard.io.model import PROTOBUF_LIMIT
     from fp16guard.verify.attribute import global_errors, local_errors
+
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        # Candidates are handed to onnxruntime in memory, which protobuf caps at 2 GB.
+        return replace(plan, repair=RepairRecord("skipped", "the model is 2 GB or larger: repair builds candidates in memory, which protobuf cannot hold; the holdout check still applies"))
 
     shards = calibration_slice(calibration, settings.repair_samples)
     samples = settings.repair_samples
