@@ -152,3 +152,23 @@ def test_run_parameters_profile_batches():
     assert RunParameters(**_params(profile_batches=[])).profile_batches == []
     with pytest.raises(ValueError, match="profile_batches"):
         RunParameters(**_params(profile_batches=[0]))
+
+
+def test_no_backend_name_is_compared_outside_the_registry():
+    """Issue 11: backend names are compared only in fp16guard/backends/ (AST scan of the code)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = set(backend_names()) | {"onnxruntime-cpu", "onnxruntime-gpu"}
+    offenders = []
+    for folder in ("fp16guard", "tasks", "flows"):
+        for path in (root / folder).rglob("*.py"):
+            if "backends" in path.relative_to(root).parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Compare):
+                    for side in [node.left, *node.comparators]:
+                        if isinstance(side, ast.Constant) and side.value in names:
+                            offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []
