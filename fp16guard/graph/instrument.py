@@ -51,7 +51,7 @@ measures them once per session instead of on every slice (:mod:`fp16guard.stats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Sequence
 
 import onnx
 from onnx import TensorProto, helper
@@ -71,6 +71,7 @@ __all__ = [
     "float_tensors",
     "constant_tensors",
     "constant_model",
+    "constant_groups",
     "instrument",
 ]
 
@@ -202,6 +203,34 @@ def constant_tensors(model: onnx.ModelProto) -> set[str]:
     return found
 
 
+def constant_groups(model: onnx.ModelProto, names: Sequence[str]) -> list[list[str]]:
+    """Split constant tensors ``names`` into groups that share no computation: the connected
+    components of the constant nodes producing them and their constant ancestors. Each group
+    can be measured by its own :func:`constant_model`, so only one group's values (for a
+    ConstantOfShape VGG-19: one weight matrix) are in memory at a time. Groups follow graph order.
+    """
+    const = constant_tensors(model)
+    producers = {o: n for n in model.graph.node for o in n.output if o}
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for node in model.graph.node:
+        outs = [o for o in node.output if o in const]
+        if not outs:
+            continue
+        for other in outs[1:] + [i for i in node.input if i in const and i in producers]:
+            parent[find(other)] = find(outs[0])
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(find(name), []).append(name)
+    return list(groups.values())
+
+
 def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False) -> onnx.ModelProto:
     """The statistics model of constant ``tensors`` alone: :func:`instrument` of them (without
     ``normal_abs_sum``, see ``exact_magnitude``), without graph inputs and without the nodes
@@ -237,7 +266,12 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
 
 
 def instrument(
-    model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False, underflow: bool = True, exact_magnitude: bool = True
+    model: onnx.ModelProto,
+    tensors: Sequence[TensorInfo],
+    exact_counts: bool = False,
+    underflow: bool = True,
+    exact_magnitude: bool = True,
+    reductions_only: Collection[str] = (),
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` whose only outputs are per-tensor statistics (scalars).
 
@@ -248,7 +282,9 @@ def instrument(
     With ``underflow=True`` (ignored when ``exact_counts``) the scalars named by
     :func:`underflow_names` ``(k)`` that the opset allows (:func:`underflow_level`) come too;
     with ``exact_magnitude=False`` all but ``normal_abs_sum`` (no Shrink: no temporary of the
-    tensor's size; used for constant tensors, which can be whole weight matrices).
+    tensor's size; used for constant tensors, which can be whole weight matrices). Tensors named
+    in ``reductions_only`` get plain reductions only (min, max, flag, ``abs_sum``): no temporary
+    at all, and nothing onnxruntime's constant folding would have to materialise.
 
     The original graph outputs are dropped: a caller wants the statistics, and keeping outputs
     would keep their buffers. The input model is not modified; its weights are shared by
@@ -317,15 +353,16 @@ def instrument(
                 node("ReduceSum", [as_int], nf, keepdims=0)
             else:
                 node("ReduceSum", [x], nf, keepdims=0)
+        cheap = info.name in reductions_only
         if level >= 1:
             names = underflow_names(k)
             node("ReduceL1", [x], names[0], keepdims=0)
             outputs.append(helper.make_tensor_value_info(names[0], TensorProto.FLOAT, []))
-            if exact_magnitude:
+            if exact_magnitude and not cheap:
                 normal = node("Shrink", [x], f"{PREFIX}/{k}/normal", lambd=_BELOW_NORMAL, bias=0.0)
                 node("ReduceL1", [normal], names[1], keepdims=0)
                 outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, []))
-        if level >= 2:
+        if level >= 2 and not cheap:
             # A strided sample of about SAMPLE elements, spread over the whole tensor. An odd step
             # (2 * (size // (2 * SAMPLE)) + 1) never aliases with a power-of-two period (channels).
             size = node("Size", [x], f"{PREFIX}/{k}/size")

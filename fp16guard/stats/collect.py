@@ -33,6 +33,7 @@ from fp16guard.io import shards as data
 from fp16guard.errors import NonFiniteError
 from fp16guard.graph.instrument import (
     TensorInfo,
+    constant_groups,
     constant_model,
     constant_tensors,
     float_tensors,
@@ -110,22 +111,7 @@ class StatsSession:
         from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
         if self._const and self._const_figures is None:
-            # Before the per-shard session exists, so the two never hold their weights at once.
-            chosen = [self.tensors[k] for k in self._const]
-            with OnnxRuntimeRunner(
-                constant_model(self._model, chosen),
-                providers=self.providers,
-                external_data_dir=self.model_path.parent,
-                optimization="disable",  # see constant_model: folding it all at creation costs GiBs
-                execution_order="priority_based",
-            ) as runner:
-                values = runner.infer({}, self._fetch(len(chosen), magnitude=False))
-            self._const_figures = self._figures(values, len(chosen))
-            flags = self._const_figures["flag"]
-            suspect = ~np.isfinite(flags) | np.isnan(self._const_figures["min"]) | np.isnan(self._const_figures["max"])
-            suspect |= (self._const_figures["min"] == -np.inf) | (self._const_figures["max"] == np.inf)
-            counts = self._count_nonfinite(chosen, {}, np.flatnonzero(suspect)) if suspect.any() else {}
-            self._const_figures["nonfinite"] = np.array([counts.get(i, 0) for i in range(len(chosen))], dtype=np.int64)
+            self._const_figures = self._measure_constants()
         self._runner = OnnxRuntimeRunner(
             instrument(self._model, [self.tensors[k] for k in self._varying]),
             providers=self.providers,
@@ -147,6 +133,41 @@ class StatsSession:
     def providers_used(self) -> list[str]:
         """The execution providers onnxruntime uses for this session (empty when not open)."""
         return self._runner.providers if self._runner is not None else []
+
+    def _measure_constants(self) -> dict[str, np.ndarray]:
+        """Figures of the constant tensors (arrays in ``self._const`` order), measured once.
+
+        One feed-less model per group of constants that share computation
+        (:func:`~fp16guard.graph.instrument.constant_groups`), run before the per-shard session
+        exists and without graph optimisations, so memory holds one group's values at a time.
+        """
+        from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+        position = {self.tensors[k].name: i for i, k in enumerate(self._const)}
+        n = len(self._const)
+        figures: dict[str, np.ndarray] | None = None
+        for group in constant_groups(self._model, [self.tensors[k].name for k in self._const]):
+            chosen = [self.tensors[self._const[position[name]]] for name in group]
+            with OnnxRuntimeRunner(
+                constant_model(self._model, chosen),
+                providers=self.providers,
+                external_data_dir=self.model_path.parent,
+                optimization="disable",  # see constant_model: folding it all at creation costs GiBs
+                execution_order="priority_based",
+            ) as runner:
+                values = runner.infer({}, self._fetch(len(chosen), magnitude=False))
+            part = self._figures(values, len(chosen))
+            suspect = ~np.isfinite(part["flag"]) | np.isnan(part["min"]) | np.isnan(part["max"]) | (part["min"] == -np.inf) | (part["max"] == np.inf)
+            counts = self._count_nonfinite(chosen, {}, np.flatnonzero(suspect)) if suspect.any() else {}
+            part["nonfinite"] = np.array([counts.get(i, 0) for i in range(len(chosen))], dtype=np.float64)
+            if figures is None:
+                figures = {key: np.full(n, np.nan) for key in part}
+            rows = [position[name] for name in group]
+            for key, arr in part.items():
+                figures[key][rows] = arr
+        assert figures is not None
+        figures["nonfinite"] = figures["nonfinite"].astype(np.int64)
+        return figures
 
     def _fetch(self, n: int, magnitude: bool = True) -> list[str]:
         """Output names of the instrumented model of ``n`` tensors (``magnitude``: with
