@@ -51,7 +51,7 @@ measures them once per session instead of on every slice (:mod:`fp16guard.stats.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Sequence
+from typing import Sequence
 
 import onnx
 from onnx import TensorProto, helper
@@ -236,10 +236,12 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
     ``normal_abs_sum``, see ``exact_magnitude``), without graph inputs and without the nodes
     their values do not need, so it runs with no feeds.
 
-    Run it with graph optimisations off: onnxruntime's constant folding would evaluate every
-    statistic node at session creation and keep the intermediate results of whole weight
-    matrices alive at once (measured on VGG-19 with ConstantOfShape weights: 17-22 s and 1.5 GiB
-    for session creation, against 3-5 s and 0.96 GiB for a plain session).
+    Run it with graph optimisations off, and do not leave the statistics of constants in the
+    per-shard model for onnxruntime to fold: its constant folding evaluates every statistic node
+    at session creation and is slow on whole weight matrices (measured on the ConstantOfShape
+    VGG-19, 2 CPUs under load: 17-22 s and 1.5 GiB to create the session with the full statistics
+    of the constants in it, 21 s and 1.0 GiB with only their min/max/sum, against 3-6 s and
+    0.96 GiB for a plain session).
 
     Raises:
         ValueError: a tensor depends on a graph input (see :func:`constant_tensors`).
@@ -271,7 +273,6 @@ def instrument(
     exact_counts: bool = False,
     underflow: bool = True,
     exact_magnitude: bool = True,
-    reductions_only: Collection[str] = (),
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` whose only outputs are per-tensor statistics (scalars).
 
@@ -282,9 +283,7 @@ def instrument(
     With ``underflow=True`` (ignored when ``exact_counts``) the scalars named by
     :func:`underflow_names` ``(k)`` that the opset allows (:func:`underflow_level`) come too;
     with ``exact_magnitude=False`` all but ``normal_abs_sum`` (no Shrink: no temporary of the
-    tensor's size; used for constant tensors, which can be whole weight matrices). Tensors named
-    in ``reductions_only`` get plain reductions only (min, max, flag, ``abs_sum``): no temporary
-    at all, and nothing onnxruntime's constant folding would have to materialise.
+    tensor's size; used for constant tensors, which can be whole weight matrices).
 
     The original graph outputs are dropped: a caller wants the statistics, and keeping outputs
     would keep their buffers. The input model is not modified; its weights are shared by
@@ -353,16 +352,15 @@ def instrument(
                 node("ReduceSum", [as_int], nf, keepdims=0)
             else:
                 node("ReduceSum", [x], nf, keepdims=0)
-        cheap = info.name in reductions_only
         if level >= 1:
             names = underflow_names(k)
             node("ReduceL1", [x], names[0], keepdims=0)
             outputs.append(helper.make_tensor_value_info(names[0], TensorProto.FLOAT, []))
-            if exact_magnitude and not cheap:
+            if exact_magnitude:
                 normal = node("Shrink", [x], f"{PREFIX}/{k}/normal", lambd=_BELOW_NORMAL, bias=0.0)
                 node("ReduceL1", [normal], names[1], keepdims=0)
                 outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, []))
-        if level >= 2 and not cheap:
+        if level >= 2:
             # A strided sample of about SAMPLE elements, spread over the whole tensor. An odd step
             # (2 * (size // (2 * SAMPLE)) + 1) never aliases with a power-of-two period (channels).
             size = node("Size", [x], f"{PREFIX}/{k}/size")
