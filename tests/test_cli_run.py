@@ -224,3 +224,12 @@ def test_help_has_a_description_and_the_exit_statuses(command, capsys):
     assert description and not description.startswith(("positional arguments", "options")), out
     for line in ("0  success", "1  run: verification failed", "2  bad input", "3  environment failure"):
         assert line in out, out
+
+
+@pytest.mark.parametrize("argv", [["run", "m.onnx", "--bogus"], ["nosuch"], ["run", "m.onnx", "--calib"], ["show"]])
+def test_usage_errors_are_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], lines

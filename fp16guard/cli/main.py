@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fp16guard import __version__
     from fp16guard.cli.common import EXIT_STATUS_HELP
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fp16guard",
         description="Find FP16 overflow on real data, keep those nodes in FP32, verify against FP32.",
         epilog=EXIT_STATUS_HELP,
@@ -47,6 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         if not command.description:
             command.description = helps.get(name)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (exit 2), not a usage dump; the command's
+    parsers inherit it (argparse builds subparsers with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 class _HelpFormatter(argparse.HelpFormatter):

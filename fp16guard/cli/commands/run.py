@@ -22,7 +22,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``run`` command."""
-    p = sub.add_parser("run", help="calibrate, plan, build and verify a model; publish the run to the store")
+    p = sub.add_parser(
+        "run",
+        help="calibrate, plan, build and verify a model; publish the run to the store",
+        usage="%(prog)s MODEL --calib PATH... --holdout PATH... --name NAME --model-version V [options]",
+        description=(
+            "Measure every activation of MODEL on the calibration data, keep the nodes that exceed the threshold in FP32, "
+            "build the mixed-precision model and verify it against FP32 on the holdout data, as a Prefect flow; the run is "
+            "stored (verified or rejected) and the first verified run of a version is released. MODEL may come before or "
+            "after the options. Uses the Prefect server at PREFECT_API_URL, else a shared local one (fp16guard server)."
+        ),
+    )
     p.add_argument("model", nargs="?", help="FP32 ONNX model (before or after the options)")
     p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON")
     p.add_argument("--holdout", nargs="+", required=True, metavar="PATH", help="holdout data for verification (same formats)")
