@@ -76,3 +76,10 @@ def test_cli_run_with_unreachable_api_exits_3_in_one_line(demo_files, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "does not answer" in lines[0], proc.stderr
     assert not store.exists() or not any(store.rglob("*"))
+
+
+def test_unusable_prefect_home_is_environment_failure(tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file where the Prefect home should be")
+    with pytest.raises(EnvironmentFailure, match="cannot start the local Prefect server"):
+        LocalServer(home).ensure(timeout_s=5)

@@ -13,7 +13,8 @@ One server per Prefect home: the server keeps its database in ``PREFECT_HOME`` (
 ``flock`` on ``<PREFECT_HOME>/fp16guard-server.lock``: two runs started at once share one server.
 
 A server that cannot be reached or started raises
-:class:`fp16guard.errors.EnvironmentFailure` (exit status 3, one line).
+:class:`fp16guard.errors.EnvironmentFailure` (exit status 3, one line). POSIX only (``flock``,
+process groups), like the rest of fp16guard's local store locking.
 
 Prefect is imported lazily (only to read the configured API URL and Prefect home): this module
 belongs to the CLI, never to the library.
@@ -143,12 +144,17 @@ class LocalServer:
         state = self.running()
         if state:
             return state
-        with self._locked(timeout_s):
-            state = self.running()  # another run may have started it while we waited
-            if state:
-                return state
-            self.stop()  # a recorded process that does not answer: replace it
-            return self._start(timeout_s)
+        try:
+            with self._locked(timeout_s):
+                state = self.running()  # another run may have started it while we waited
+                if state:
+                    return state
+                self.stop()  # a recorded process that does not answer: replace it
+                return self._start(timeout_s)
+        except OSError as exc:  # the Prefect home is a file, read-only, full...
+            raise EnvironmentFailure(
+                f"cannot start the local Prefect server in {self.home} ({type(exc).__name__}: {exc}); expected a writable Prefect home, or set PREFECT_API_URL"
+            ) from None
 
     def _start(self, timeout_s: float) -> dict:
         port = _free_port()
@@ -163,20 +169,25 @@ class LocalServer:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
         state = {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "pid": proc.pid, "port": port, "started_at": time.time(), "log": str(self.log_path)}
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise EnvironmentFailure(
-                    f"the local Prefect server exited with status {proc.returncode} while starting (log: {self.log_path}); set PREFECT_API_URL to a running server instead"
-                )
-            if healthy(api_url, timeout_s=5.0):
-                _write_json(self.state_path, state)
-                return state
-            time.sleep(0.5)
-        _terminate(proc.pid)
-        raise EnvironmentFailure(
-            f"the local Prefect server did not answer within {timeout_s:g} s (log: {self.log_path}); "
-            f"raise {TIMEOUT_ENV} on a busy machine, or set PREFECT_API_URL to a running server"
-        )
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise EnvironmentFailure(
+                        f"the local Prefect server exited with status {proc.returncode} while starting (log: {self.log_path}); set PREFECT_API_URL to a running server instead"
+                    )
+                if healthy(api_url, timeout_s=5.0):
+                    _write_json(self.state_path, state)
+                    return state
+                time.sleep(0.5)
+            raise EnvironmentFailure(
+                f"the local Prefect server did not answer within {timeout_s:g} s (log: {self.log_path}); "
+                f"raise {TIMEOUT_ENV} on a busy machine, or set PREFECT_API_URL to a running server"
+            )
+        except BaseException:
+            # Timeout, Ctrl-C or a state file that cannot be written: a server nobody recorded
+            # would run for ever, so it goes too.
+            _terminate(proc.pid)
+            raise
 
     def stop(self) -> bool:
         """Stop the recorded server (SIGTERM, then SIGKILL after 10 s) and forget it.
