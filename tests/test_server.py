@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli  # noqa: E402  (tests/ is on sys.path under pytest)
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+from fp16guard.cli.main import main
 from fp16guard.cli.server import LocalServer, healthy
 from fp16guard.errors import EnvironmentFailure
 
@@ -46,7 +48,7 @@ def test_start_failure_is_environment_failure_and_leaves_no_process(tmp_path):
     assert _processes_with_home(server.home) == []
 
 
-def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path):
+def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path, capsys):
     home = tmp_path / "home"
     server = LocalServer(home)
     try:
@@ -56,8 +58,9 @@ def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path):
         second = LocalServer(home).ensure(timeout_s=180)
         assert second == first  # same process and URL, not a new server
         assert time.monotonic() - started < 15
-        status = run_cli(["server", "status"], env={"PREFECT_HOME": str(home)})
-        assert status.returncode == 0 and str(first["pid"]) in status.stdout, status.stderr
+        with temporary_settings({PREFECT_HOME: str(home)}):
+            assert main(["server", "status"]) == 0
+        assert str(first["pid"]) in capsys.readouterr().out
     finally:
         server.stop()
     assert not healthy(first["api_url"], timeout_s=2)
@@ -66,15 +69,15 @@ def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path):
     assert server.state() is None
 
 
-def test_cli_run_with_unreachable_api_exits_3_in_one_line(demo_files, tmp_path):
+def test_cli_run_with_unreachable_api_exits_3_in_one_line(demo_files, tmp_path, capsys):
     store = tmp_path / "store"
-    proc = run_cli(
-        ["run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"], "--name", "m", "--model-version", "1", "--store", str(store)],
-        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},
-    )
-    assert proc.returncode == 3, (proc.stdout, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "does not answer" in lines[0], proc.stderr
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        code = main(["run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"], "--name", "m", "--model-version", "1", "--store", str(store)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "does not answer" in lines[0], err
     assert not store.exists() or not any(store.rglob("*"))
 
 
