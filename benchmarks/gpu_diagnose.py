@@ -22,9 +22,7 @@ import numpy as np
 
 def placement_facts() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
 
     from test_gpu_ort import _CPU_ONLY_CANDIDATES, _fp16_chain
     from fp16guard.runners.onnxrt import CPU, CUDA, OnnxRuntimeRunner
@@ -64,9 +62,10 @@ def placement_facts() -> None:
 def rmsnorm_facts() -> None:
     from fp16guard import examples
     from fp16guard.graph.convert import to_mixed_precision
-    from fp16guard.runners.onnxrt import CPU, CUDA, OnnxRuntimeRunner
     import onnx
     import onnxruntime as ort
+
+    from fp16guard.runners.onnxrt import CPU, CUDA, OnnxRuntimeRunner
 
     model = examples.build_model("rmsnorm")
     feeds = examples.sample_inputs("rmsnorm", 16, seed=3)
