@@ -15,29 +15,27 @@ A ``Relu`` whose input is instrumented gets its statistics from its input's scal
 (min = max(min_in, 0), max = max(max_in, 0); finite in, finite out), which saves three passes
 over every post-activation tensor.
 
-With ``underflow=True`` (the default) more scalars per tensor say how much of it falls below
-FP16's normal range (smallest normal ``T`` = 2**-14 ≈ 6.10e-5; docs/NUMERICS.md). Measured on VGG-19,
-a chain of six elementwise ops per tensor cost 2.5-3x a plain pass, so the figures are split by
-cost:
+With ``underflow=True`` (the default) six more scalars per tensor say how much of it falls below
+FP16's normal range (smallest normal ``T`` = 2**-14 ≈ 6.10e-5; docs/NUMERICS.md), all over a
+strided **sample** of the tensor: between :data:`SAMPLE` and 2 x :data:`SAMPLE` elements, every
+element of smaller tensors (``Slice`` of the flattened tensor with the odd step
+``2 * (size // (2 * SAMPLE)) + 1``: spread over the whole tensor, and never aliasing with a
+power-of-two period such as a channel count; a period sharing a factor with the step can still
+bias it). With ``s`` the sample and ``a = |s|``:
 
-* over every element, with one elementwise op: ``abs_sum`` = ReduceL1(t) (a reduction, no
-  temporary) and ``normal_abs_sum`` = ReduceL1(Shrink(t, lambd=<float32 just below T>)), the
-  magnitude in elements with |x| >= T (Shrink's boundary is exact). Their difference is the
-  magnitude below FP16's normal range, which the underflow rule compares with ``abs_sum``; being
-  a difference of float32 sums it is accurate to about 1e-6 of ``abs_sum``, plenty for a share;
-* over a strided sample of between :data:`SAMPLE` and 2 x :data:`SAMPLE` elements (every element
-  of tensors below 2 x SAMPLE; ``Slice`` of the flattened tensor with the odd step
-  ``2 * (size // (2 * SAMPLE)) + 1``, so the sample is spread over the whole tensor and does not
-  alias with power-of-two periods such as channel counts; a period sharing a factor with the
-  step can still bias it): ``nonzero`` = ReduceSum(Sign(|s|)), ``below`` = the elements with
-  |x| < T, zeros included (ReduceSum(HardSigmoid(|s|; alpha=-2**38, beta=2**24)): the affine map
-  is exact in float32 and the float just below T maps to 2**24 - 1, so the clip is a step at T),
-  ``min_nonzero_abs`` = ReduceMin(Where(|s| > 0, |s|, +inf)) and ``examined`` = Size(s).
+* ``nonzero`` = ReduceSum(Sign(a)); ``examined`` = Size(s);
+* ``below`` = ReduceSum(step), the elements with |x| < T, zeros included, where
+  step = HardSigmoid(a; alpha=-2**38, beta=2**24) is exactly 1 below T and 0 from T up (the
+  affine map is exact in float32: a power-of-two scale, and the float just below T maps to
+  2**24 - 1);
+* ``below_abs_sum`` = ReduceSum(a * step) and ``abs_sum`` = ReduceSum(a);
+* ``min_nonzero_abs`` = ReduceMin(Where(a > 0, a, +inf)).
 
-Shrink needs opset 9 and a strided Slice opset 10: models of older opsets get no underflow
-figures, opset 9 only the exact ones. Constant tensors are measured by :func:`constant_model`,
-without the Shrink (a constant can be a whole weight matrix; its stored source is judged from its
-values by the planner).
+Why a sample (measured on VGG-19, 2 CPUs under load, 2026-12-01): six elementwise ops over every
+element made inference 2.5-3x a plain pass; one Shrink over every element (for an exact magnitude
+below T) plus this sample still took 1.8x a plain pass end to end (24.6 s vs 13.5 s). Each
+elementwise op writes a temporary of the tensor's size. The sample costs a strided read of at most
+131071 elements per tensor. Strided Slice needs opset 10: older models get no underflow figures.
 
 Reductions are written without ``axes`` (all axes) and with ``keepdims=0``, which means the same
 from opset 1 to the newest, so no opset-specific form (attribute before 18, input from 18) is
@@ -65,7 +63,7 @@ __all__ = [
     "TensorInfo",
     "output_names",
     "underflow_names",
-    "underflow_level",
+    "underflow_supported",
     "SAMPLE",
     "tensor_types",
     "float_tensors",
@@ -79,10 +77,8 @@ __all__ = [
 PREFIX = "fp16guard_stats"
 #: FP16's smallest positive normal value, 2**-14: below it FP16 keeps fewer than 11 bits.
 FP16_MIN_NORMAL = 2.0**-14
-#: Sample size scale (elements per tensor and inference call) for the sampled underflow figures.
+#: Sample size scale (elements per tensor and inference call) for the underflow figures.
 SAMPLE = 1 << 16
-#: The float32 just below 2**-14: Shrink zeroes |x| <= this, i.e. exactly the |x| < 2**-14.
-_BELOW_NORMAL = 6.103515261202119e-05  # np.nextafter(np.float32(2**-14), 0)
 #: HardSigmoid(|x|; alpha, beta) = clip(beta + alpha*|x|, 0, 1) is exactly 1 for |x| < 2**-14 and
 #: 0 from 2**-14 up: |x| * 2**38 is exact, and the float just below 2**-14 maps to 2**24 - 1.
 _STEP_ALPHA = -(2.0**38)
@@ -119,19 +115,18 @@ def output_names(info_index: int) -> tuple[str, str, str]:
 
 
 def underflow_names(info_index: int) -> tuple[str, str, str, str, str, str]:
-    """Names of the (abs_sum, normal_abs_sum, nonzero, below, min_nonzero_abs, examined) outputs
+    """Names of the (nonzero, below, below_abs_sum, abs_sum, min_nonzero_abs, examined) outputs
     of the ``info_index``-th tensor (see the module docstring); ``examined`` is int64, the rest
-    float32. The last four exist only when :func:`underflow_level` is 2."""
+    float32."""
     base = f"{PREFIX}/{info_index}"
-    return f"{base}/abs_sum", f"{base}/normal_abs_sum", f"{base}/nonzero", f"{base}/below", f"{base}/min_nonzero_abs", f"{base}/examined"
+    return f"{base}/nonzero", f"{base}/below", f"{base}/below_abs_sum", f"{base}/abs_sum", f"{base}/min_nonzero_abs", f"{base}/examined"
 
 
-def underflow_level(model: onnx.ModelProto) -> int:
-    """Which underflow figures :func:`instrument` can add at the model's default-domain opset:
-    0 none (opset < 9), 1 the exact magnitudes (opset 9: Shrink), 2 also the sampled counts
-    (opset >= 10: Slice with steps)."""
+def underflow_supported(model: onnx.ModelProto) -> bool:
+    """Whether :func:`instrument` can add underflow figures: default-domain opset >= 10 (Slice
+    with steps)."""
     version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return 0 if version < 9 else 1 if version < 10 else 2
+    return version >= 10
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -232,9 +227,8 @@ def constant_groups(model: onnx.ModelProto, names: Sequence[str]) -> list[list[s
 
 
 def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_counts: bool = False) -> onnx.ModelProto:
-    """The statistics model of constant ``tensors`` alone: :func:`instrument` of them (without
-    ``normal_abs_sum``, see ``exact_magnitude``), without graph inputs and without the nodes
-    their values do not need, so it runs with no feeds.
+    """The statistics model of constant ``tensors`` alone: :func:`instrument` of them, without
+    graph inputs and without the nodes their values do not need, so it runs with no feeds.
 
     Run it with graph optimisations off, and do not leave the statistics of constants in the
     per-shard model for onnxruntime to fold: its constant folding evaluates every statistic node
@@ -250,7 +244,7 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
     loose = [t.name for t in tensors if t.name not in const]
     if loose:
         raise ValueError(f"tensors {loose[:3]} depend on graph inputs; expected constant tensors only")
-    out = instrument(model, tensors, exact_counts=exact_counts, exact_magnitude=False)
+    out = instrument(model, tensors, exact_counts=exact_counts)
     graph = out.graph
     needed = {o.name for o in graph.output}
     keep: list[onnx.NodeProto] = []
@@ -272,7 +266,6 @@ def instrument(
     tensors: Sequence[TensorInfo],
     exact_counts: bool = False,
     underflow: bool = True,
-    exact_magnitude: bool = True,
 ) -> onnx.ModelProto:
     """Return a copy of ``model`` whose only outputs are per-tensor statistics (scalars).
 
@@ -280,10 +273,8 @@ def instrument(
     ``min`` and ``max`` (float32 scalars) and ``nonfinite``: with ``exact_counts=False`` a float32
     flag, non-finite iff the tensor may hold NaN/inf; with ``exact_counts=True`` the exact int64
     number of NaN/inf elements (allocates full-size boolean temporaries; use for diagnosis only).
-    With ``underflow=True`` (ignored when ``exact_counts``) the scalars named by
-    :func:`underflow_names` ``(k)`` that the opset allows (:func:`underflow_level`) come too;
-    with ``exact_magnitude=False`` all but ``normal_abs_sum`` (no Shrink: no temporary of the
-    tensor's size; used for constant tensors, which can be whole weight matrices).
+    With ``underflow=True`` (ignored when ``exact_counts``, and when the opset is below 10) the six
+    scalars named by :func:`underflow_names` ``(k)`` come too.
 
     The original graph outputs are dropped: a caller wants the statistics, and keeping outputs
     would keep their buffers. The input model is not modified; its weights are shared by
@@ -303,8 +294,8 @@ def instrument(
     graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
     inf, flat, sample, one = (f"{PREFIX}/{n}" for n in ("inf", "flat_shape", "sample", "one"))
     ends, starts, axes0 = (f"{PREFIX}/{n}" for n in ("ends", "starts", "axes0"))
-    level = underflow_level(model) if underflow and not exact_counts else 0
-    if level >= 2:
+    underflow = underflow and not exact_counts and underflow_supported(model)
+    if underflow:
         graph.initializer.extend(
             [
                 helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]),
@@ -352,30 +343,23 @@ def instrument(
                 node("ReduceSum", [as_int], nf, keepdims=0)
             else:
                 node("ReduceSum", [x], nf, keepdims=0)
-        if level >= 1:
+        if underflow:
             names = underflow_names(k)
-            node("ReduceL1", [x], names[0], keepdims=0)
-            outputs.append(helper.make_tensor_value_info(names[0], TensorProto.FLOAT, []))
-            if exact_magnitude:
-                normal = node("Shrink", [x], f"{PREFIX}/{k}/normal", lambd=_BELOW_NORMAL, bias=0.0)
-                node("ReduceL1", [normal], names[1], keepdims=0)
-                outputs.append(helper.make_tensor_value_info(names[1], TensorProto.FLOAT, []))
-        if level >= 2:
-            # A strided sample of about SAMPLE elements, spread over the whole tensor. An odd step
-            # (2 * (size // (2 * SAMPLE)) + 1) never aliases with a power-of-two period (channels).
             size = node("Size", [x], f"{PREFIX}/{k}/size")
             half = node("Div", [size, sample], f"{PREFIX}/{k}/size_div")
             step = node("Add", [node("Mul", [half, f"{PREFIX}/two"], f"{PREFIX}/{k}/even"), one], f"{PREFIX}/{k}/step")
             step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
             xs = node("Slice", [node("Reshape", [x, flat], f"{PREFIX}/{k}/flat"), starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
             a = xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs")  # a Relu output is >= 0
-            node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], names[2], keepdims=0)
+            node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], names[0], keepdims=0)
             below = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
-            node("ReduceSum", [below], names[3], keepdims=0)
+            node("ReduceSum", [below], names[1], keepdims=0)
+            node("ReduceSum", [node("Mul", [a, below], f"{PREFIX}/{k}/below_abs")], names[2], keepdims=0)
+            node("ReduceSum", [a], names[3], keepdims=0)
             is_nonzero = node("Greater", [a, zero], f"{PREFIX}/{k}/is_nonzero")
             node("ReduceMin", [node("Where", [is_nonzero, a, inf], f"{PREFIX}/{k}/nonzero_abs")], names[4], keepdims=0)
             node("Size", [xs], names[5])
-            outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in names[2:5])
+            outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in names[:5])
             outputs.append(helper.make_tensor_value_info(names[5], TensorProto.INT64, []))
         outputs.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))
         outputs.append(helper.make_tensor_value_info(mx, TensorProto.FLOAT, []))

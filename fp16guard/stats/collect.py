@@ -39,8 +39,8 @@ from fp16guard.graph.instrument import (
     float_tensors,
     instrument,
     output_names,
-    underflow_level,
     underflow_names,
+    underflow_supported,
 )
 from fp16guard.io.model import input_specs, normalize_model
 from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public stats API lives here)
@@ -102,9 +102,10 @@ class StatsSession:
         self._const = [k for k, t in enumerate(self.tensors) if t.name in const]
         self._varying = [k for k, t in enumerate(self.tensors) if t.name not in const]
         self._outputs = {o.name for o in model.graph.output}
-        self._underflow = underflow_level(model)
+        self._underflow = underflow_supported(model)
         self._model = model  # graph only (weights are references): small
         self._runner = None
+        self._open = False
         self._const_figures: dict[str, np.ndarray] | None = None
 
     def __enter__(self) -> "StatsSession":
@@ -112,6 +113,9 @@ class StatsSession:
 
         if self._const and self._const_figures is None:
             self._const_figures = self._measure_constants()
+        self._open = True
+        if not self._varying:  # every float tensor is constant: nothing to run per shard
+            return self
         self._runner = OnnxRuntimeRunner(
             instrument(self._model, [self.tensors[k] for k in self._varying]),
             providers=self.providers,
@@ -128,6 +132,7 @@ class StatsSession:
         if self._runner is not None:
             self._runner.close()
         self._runner = None
+        self._open = False
 
     @property
     def providers_used(self) -> list[str]:
@@ -155,10 +160,13 @@ class StatsSession:
                 optimization="disable",  # see constant_model: folding it all at creation costs GiBs
                 execution_order="priority_based",
             ) as runner:
-                values = runner.infer({}, self._fetch(len(chosen), magnitude=False))
+                values = runner.infer({}, self._fetch(len(chosen)))
             part = self._figures(values, len(chosen))
             suspect = ~np.isfinite(part["flag"]) | np.isnan(part["min"]) | np.isnan(part["max"]) | (part["min"] == -np.inf) | (part["max"] == np.inf)
             counts = self._count_nonfinite(chosen, {}, np.flatnonzero(suspect)) if suspect.any() else {}
+            for i, count in counts.items():
+                if chosen[i].name in self._outputs:
+                    raise NonFiniteError(f"FP32 output '{chosen[i].name}' is a constant holding {count} NaN/inf values; expected finite outputs (the FP32 model itself fails, whatever the data)")
             part["nonfinite"] = np.array([counts.get(i, 0) for i in range(len(chosen))], dtype=np.float64)
             if figures is None:
                 figures = {key: np.full(n, np.nan) for key in part}
@@ -169,13 +177,11 @@ class StatsSession:
         figures["nonfinite"] = figures["nonfinite"].astype(np.int64)
         return figures
 
-    def _fetch(self, n: int, magnitude: bool = True) -> list[str]:
-        """Output names of the instrumented model of ``n`` tensors (``magnitude``: with
-        ``normal_abs_sum``; False for the constant model)."""
+    def _fetch(self, n: int) -> list[str]:
+        """Output names of the instrumented model of ``n`` tensors."""
         names = [name for k in range(n) for name in output_names(k)]
-        wanted = {0: (), 1: (0, 1), 2: (0, 1, 2, 3, 4, 5)}[self._underflow]
-        wanted = tuple(i for i in wanted if magnitude or i != 1)
-        names += [underflow_names(k)[i] for k in range(n) for i in wanted]
+        if self._underflow:
+            names += [name for k in range(n) for name in underflow_names(k)]
         return names
 
     def _figures(self, values: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -184,21 +190,15 @@ class StatsSession:
         out = {key: np.array([values[output_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(("min", "max", "flag"))}
         for key in _UNDERFLOW_COLUMNS:
             out[key] = np.full(n, np.nan)
-        if self._underflow >= 1:
-            abs_sum = np.array([values[underflow_names(k)[0]] for k in range(n)], dtype=np.float64)
-            out["abs_sum"] = abs_sum
-            if n and underflow_names(0)[1] in values:  # not measured for constant tensors
-                normal = np.array([values[underflow_names(k)[1]] for k in range(n)], dtype=np.float64)
-                # Rounding of the two float32 sums can leave a tiny negative difference; inf - inf
-                # (a tensor holding inf) is NaN and is discarded with that slice's figures.
-                with np.errstate(invalid="ignore"):
-                    out["subnormal_abs_sum"] = np.maximum(abs_sum - normal, 0.0)
-        if self._underflow >= 2:
-            raw = {key: np.array([values[underflow_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in ((2, "nonzero"), (3, "below"), (4, "min_nz"), (5, "examined"))}
+        if self._underflow:
+            keys = ("nonzero", "below", "below_abs_sum", "abs_sum", "min_nonzero_abs", "examined")
+            raw = {key: np.array([values[underflow_names(k)[i]] for k in range(n)], dtype=np.float64) for i, key in enumerate(keys)}
             out["nonzero"] = raw["nonzero"]
             out["subnormal"] = raw["below"] - (raw["examined"] - raw["nonzero"])  # |x| < T minus the zeros
-            out["min_nonzero_abs"] = raw["min_nz"]
+            out["min_nonzero_abs"] = raw["min_nonzero_abs"]
             out["examined"] = raw["examined"]
+            out["abs_sum"] = raw["abs_sum"]
+            out["subnormal_abs_sum"] = raw["below_abs_sum"]  # zeros add nothing
         return out
 
     def run(self, ref: data.ShardRef) -> pa.Table:
@@ -209,7 +209,7 @@ class StatsSession:
             NonFiniteError: a graph output of the FP32 model holds NaN/inf on this shard (names
                 the shard and the output). NaN/inf in other tensors is counted, not raised.
         """
-        if self._runner is None:
+        if not self._open:
             raise RuntimeError("StatsSession is not open; use it as a context manager")
         feeds = data.prepare_feeds(ref, data.load_shard(ref), self.specs)
         samples = data.batch_count(feeds)
@@ -223,6 +223,8 @@ class StatsSession:
         under["min_nonzero_abs"] = np.full(n, np.inf)
         fetch = self._fetch(n)
         for piece in data.iter_slices(feeds, size):
+            if self._runner is None:
+                break
             with data.shard_context(ref):
                 values = self._runner.infer(piece, fetch)
             fig = self._figures(values, n)

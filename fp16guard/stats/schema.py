@@ -32,15 +32,15 @@ _TENSOR_FIELDS = [
     pa.field("max", pa.float64(), nullable=False),
     pa.field("max_abs", pa.float64(), nullable=False),  # max(-min, max)
     pa.field("nonfinite", pa.int64(), nullable=False),  # NaN/inf elements
-    # Underflow figures (nullable: null = not measured). The first four are counted over the
-    # ``examined`` elements, a strided sample of at most 65536 per tensor and inference call
-    # (every element of smaller tensors); the two sums cover every element.
+    # Underflow figures (nullable: null = not measured), over the ``examined`` elements: a strided
+    # sample of 65536-131071 elements per tensor and inference call, every element of smaller
+    # tensors (fp16guard.graph.instrument).
     pa.field("nonzero", pa.int64()),  # examined elements != 0
     pa.field("subnormal", pa.int64()),  # examined elements with 0 < |x| < 2**-14 (FP16 smallest normal)
     pa.field("min_nonzero_abs", pa.float64()),  # smallest non-zero |x| examined (inf: none)
-    pa.field("examined", pa.int64()),  # elements behind the three figures above
-    pa.field("abs_sum", pa.float64()),  # sum of |x| over all elements
-    pa.field("subnormal_abs_sum", pa.float64()),  # sum of |x| over all elements with |x| < 2**-14
+    pa.field("examined", pa.int64()),  # elements behind these six figures
+    pa.field("abs_sum", pa.float64()),  # sum of |x| over the examined elements
+    pa.field("subnormal_abs_sum", pa.float64()),  # sum of |x| over the ``subnormal`` elements
 ]
 
 #: Columns newer than the first schema: a file without them reads with them null.

@@ -2,8 +2,9 @@
 
 ``activation_underflow`` keeps FP32 every node that reads or writes a FLOAT activation (graph
 input or node output, measured by the statistics pass) which **underflows**: more than
-:data:`MASS_FRACTION` of its magnitude (sum of |x| over all calibration data) lies in non-zero
-values below FP16's smallest normal 2**-14 ≈ 6.10e-5. Those values keep fewer than 11 bits in FP16
+:data:`MASS_FRACTION` of its magnitude (sum of |x| over the elements the statistics pass
+examined: a strided sample of each tensor on each call, docs/NUMERICS.md) lies in non-zero values
+below FP16's smallest normal 2**-14 ≈ 6.10e-5. Those values keep fewer than 11 bits in FP16
 (subnormals) or become 0 (|x| <= 2**-25); when they carry most of the tensor, FP16 storage
 changes the tensor as a whole (``x*x`` of small features, a variance of tiny activations, a
 flat softmax over a very large vocabulary), and the op that reads it (``Log``, ``Div``,
@@ -20,7 +21,7 @@ is below 2**-14 and each other non-zero value at least 2**-14, a share above one
 that more than half of the non-zero values are below FP16's normal range. The same share is used
 for stored values by :mod:`.initializer_underflow`.
 
-Tensors whose statistics lack the underflow columns (files from before them, opsets below 9,
+Tensors whose statistics lack the underflow columns (files from before them, opsets below 10,
 a shard where the tensor held NaN/inf) are unknown, and unknown is not a finding. Outputs of
 Constant/ConstantOfShape nodes are left to :mod:`.initializer_underflow`, which reads their values.
 """
