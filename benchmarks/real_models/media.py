@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "SENTENCES",
+    "SPEECH_ENGINE",
     "WORDS",
     "espeak",
     "formant_speech",
@@ -136,12 +137,20 @@ def formant_speech(rng: np.random.Generator, seconds: float = 2.0, sr: int = 160
     return out
 
 
+#: Where speech comes from: "auto" (espeak-ng when installed, else formant speech), "espeak",
+#: or "formant" (the tests use it, so their data do not depend on what is installed).
+SPEECH_ENGINE = "auto"
+
+
 def speech(rng: np.random.Generator, sr: int = 16000, count: int = 6) -> list[np.ndarray]:
-    """``count`` spoken utterances at ``sr`` (espeak-ng when installed, else formant speech)."""
+    """``count`` spoken utterances at ``sr`` (see :data:`SPEECH_ENGINE`)."""
     voices = ["en", "en-us", "en+m3", "en+f2", "en-gb-x-rp", "en+f4", "en-us+m7"]
     out = []
     for i in range(count):
-        spoken = espeak(SENTENCES[i % len(SENTENCES)], voices[i % len(voices)], int(rng.integers(130, 200)), int(rng.integers(30, 70)))
+        speed, pitch = int(rng.integers(130, 200)), int(rng.integers(30, 70))
+        spoken = None if SPEECH_ENGINE == "formant" else espeak(SENTENCES[i % len(SENTENCES)], voices[i % len(voices)], speed, pitch)
+        if spoken is None and SPEECH_ENGINE == "espeak":
+            raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
         if spoken is None:
             out.append(formant_speech(rng, rng.uniform(1.5, 3.0), sr))
         else:

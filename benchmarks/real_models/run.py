@@ -8,7 +8,7 @@ against a local Prefect server this script starts (and stops):
 2. ``--force-fp32-nodes '.*'`` — the all-FP32 build: whether the model is verifiable at all
    (the FP32 model runs on the data and the comparison works).
 
-Writes a markdown table (and the raw results as JSON beside it) with date and machine.
+Writes a markdown table with date and machine (raw results as JSON in the cache's ``results/``).
 
 Usage::
 
@@ -218,6 +218,23 @@ def _fmt_err(v) -> str:
         return str(v)
 
 
+def _top1(run: dict) -> str:
+    """Lowest top-1 agreement with FP32 over the outputs (the task check of class-score outputs)."""
+    values = [fig["checks"]["top1_agreement"] for fig in (run.get("outputs") or {}).values()
+              if isinstance(fig, dict) and isinstance(fig.get("checks"), dict) and fig["checks"].get("top1_agreement") is not None]
+    return f"{min(values):.3f}" if values else "—"
+
+
+def _repair_cell(rep) -> str:
+    """``outcome, N it., S s`` from the plan's repair record."""
+    if not isinstance(rep, dict):
+        return "—"
+    steps = rep.get("steps") or []
+    iters = max(len(steps) - 1, 0)
+    secs = rep.get("seconds")
+    return f"{rep.get('outcome', '?')}" + (f", {iters} it., {float(secs):.0f} s" if iters and secs is not None else "")
+
+
 def _one_line(text) -> str:
     return " ".join(str(text or "").split()).replace("|", "\\|")
 
@@ -236,8 +253,8 @@ def table(results: list[dict], when: str, host: str, seconds: float) -> str:
         "the model is verifiable at all. FP32 nodes / total from `plan.json` (`counts`); worst error is the",
         "largest max-abs-error relative to the output's scale over the outputs; time is the whole CLI call.",
         "",
-        "| model | kind | package | data | default | FP32 nodes / total | worst rel. error | time s | all-FP32 build |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | kind | package | data | default | FP32 nodes / total | worst rel. error | top-1 agreement | repair | time s | all-FP32 build |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         d, a = r.get("default", {}), r.get("all_fp32", {})
@@ -249,7 +266,7 @@ def table(results: list[dict], when: str, host: str, seconds: float) -> str:
         if a.get("status") == "verified":
             a_cell = f"verified ({_fmt_err(a.get('worst_rel_error'))})"
         lines.append(f"| {r['name']} | {r['kind']} | {r['package']} {r['version']} | {r['inputs']} | **{d.get('status', r.get('error', '?'))}** | "
-                     f"{nodes} | {_fmt_err(d.get('worst_rel_error'))} | {d.get('time_s', '—')} | {a_cell} |")
+                     f"{nodes} | {_fmt_err(d.get('worst_rel_error'))} | {_top1(d)} | {_repair_cell(d.get('repair'))} | {d.get('time_s', '—')} | {a_cell} |")
     lines += ["", "## Reasons and details", ""]
     for r in results:
         d, a = r.get("default", {}), r.get("all_fp32", {})
@@ -259,12 +276,17 @@ def table(results: list[dict], when: str, host: str, seconds: float) -> str:
             lines.append(f"  - harness error: {_one_line(r['error'])}")
         if d.get("fp32_reasons"):
             lines.append(f"  - FP32 nodes by reason: {', '.join(f'{k} {v}' for k, v in sorted(d['fp32_reasons'].items()))}")
-        if d.get("repair") is not None:
+        if isinstance(d.get("repair"), dict):
             rep = d["repair"]
-            lines.append(f"  - repair: {_one_line(json.dumps(rep, default=str))[:400]}")
+            lines.append(f"  - repair: {rep.get('outcome')} — {_one_line(rep.get('message'))}")
+            for step in rep.get("steps") or []:
+                lines.append(f"    - iteration {step.get('iteration')}: {step.get('fp32_nodes')} FP32 nodes, worst {_fmt_err(step.get('worst_rel_error'))}"
+                             f", {'passed' if step.get('passed') else 'failed'}, {len(step.get('added') or [])} added, {_fmt_err(step.get('seconds'))} s")
         for oname, fig in (d.get("outputs") or {}).items():
             if isinstance(fig, dict):
                 keep = {k: v for k, v in fig.items() if isinstance(v, (int, float, str, bool)) and k not in ("name",)}
+                if isinstance(fig.get("checks"), dict):
+                    keep.update({f"checks.{k}": v for k, v in fig["checks"].items() if isinstance(v, (int, float))})
                 lines.append(f"  - output `{oname}`: " + ", ".join(f"{k}={_fmt_err(v) if isinstance(v, float) else v}" for k, v in keep.items()))
         if a.get("status") and a.get("status") != "verified":
             lines.append(f"  - all-FP32 build: **{a['status']}** — {_one_line(a.get('reason'))}")
@@ -275,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", help="model names (default: all); see --list")
     parser.add_argument("--list", action="store_true", help="list the models and exit")
+    parser.add_argument("--render", metavar="JSON", help="only write the table (to --out, else stdout) from a raw results file")
     parser.add_argument("--cache", help="cache folder (default $FP16GUARD_REAL_CACHE or ~/.cache/fp16guard-real)")
     parser.add_argument("--out", help="markdown file (default benchmarks/results/real_models-<UTC date>.md)")
     parser.add_argument("--no-all-fp32", action="store_true", help="skip the all-FP32 check")
@@ -283,6 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default="worktree",
                         help="which fp16guard code to run: 'worktree' (default) or a git revision, exported with git archive")
     args = parser.parse_args(argv)
+    if args.render:
+        record = json.loads(Path(args.render).read_text())
+        text = table(record["results"], record["when"], record["machine"], record["seconds"])
+        if args.out:
+            Path(args.out).write_text(text)
+        print(text)
+        return 0
     if args.list:
         for m in MODELS:
             print(f"{m.name:22s} {m.package}=={m.version}  {m.kind}")
@@ -319,12 +349,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{m.name}: all-FP32 {rec['all_fp32'].get('status')} ({rec['all_fp32'].get('time_s')} s) {_one_line(rec['all_fp32'].get('reason'))[:300]}", flush=True)
     finally:
         server.stop()
-    text = table(results, started.strftime("%Y-%m-%d %H:%M UTC"), machine(code_label), time.monotonic() - t0)
+    record = {"when": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(code_label), "seconds": time.monotonic() - t0, "results": results}
+    raw = cache / "results" / f"real_models-{stamp}.json"
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    text = table(record["results"], record["when"], record["machine"], record["seconds"])
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
-    out_md.with_suffix(".json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(text)
-    print(f"wrote {out_md}")
+    print(f"wrote {out_md} (raw results: {raw})")
     return 0
 
 
