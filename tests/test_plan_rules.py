@@ -132,10 +132,12 @@ def test_a_few_tiny_weights_among_normal_ones_are_not_underflow():
 
 def test_weights_mostly_below_fp16_normal_range_are_underflow():
     rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((8, 8)) * 1e-5).astype(np.float32)  # |w| < 4e-5: subnormal in FP16
-    weight[0, 0] = 1e-4  # one normal value does not carry most of the magnitude
+    weight = (rng.standard_normal((8, 8)) * 1e-7).astype(np.float32)  # |w| < 4e-7: 0-3 bits left in FP16
+    weight[0, 0] = 3e-6  # one value that keeps its bits does not carry most of the magnitude
     stats = pa.table({"tensor": ["x", "y"], "max_abs": [1.0, 5.0], "nonfinite": [0, 0]})
     (entry,) = make_plan(_matmul_model(weight), stats, PlanSettings()).fp32_nodes
     assert entry.reason == "initializer_underflow" and "non-zero magnitude below" in entry.details[0]
     zeros = np.zeros((8, 8), np.float32)  # zeros are exact in FP16
     assert make_plan(_matmul_model(zeros), stats, PlanSettings()).fp32_names == set()
+    subnormal = np.full((8, 8), 1e-5, np.float32)  # subnormal in FP16 but stored within 0.3%
+    assert make_plan(_matmul_model(subnormal), stats, PlanSettings()).fp32_names == set()

@@ -22,12 +22,15 @@ from onnx import numpy_helper
 
 from fp16guard.io.model import FLOAT_TYPES
 
-__all__ = ["FP16_MIN_NORMAL", "FP16_FLUSH", "ValueSummary", "summarize_array", "summarize_tensor", "constant_value"]
+__all__ = ["FP16_MIN_NORMAL", "FP16_FLUSH", "FP16_LOSSY", "ValueSummary", "summarize_array", "summarize_tensor", "constant_value"]
 
 #: Smallest positive normal FP16 value (2**-14 ≈ 6.10e-5): below it FP16 keeps fewer than 11 bits.
 FP16_MIN_NORMAL = 2.0**-14
 #: Magnitudes at or below this (half the smallest subnormal, 2**-25 ≈ 2.98e-8) round to 0 in FP16.
 FP16_FLUSH = 2.0**-25
+#: Below this (2**-19 ≈ 1.9e-6) FP16 keeps at most 5 of its 11 significant bits (relative error
+#: up to ~1.6%), and at or below :data:`FP16_FLUSH` none: "most of its bits lost".
+FP16_LOSSY = 2.0**-19
 #: Elements per chunk when scanning values (memory stays ~64 MB of float64 whatever the size).
 _CHUNK = 1 << 23
 
@@ -44,8 +47,10 @@ class ValueSummary:
         subnormal: finite non-zero elements with |x| < :data:`FP16_MIN_NORMAL` (they lose bits
             in FP16 or vanish).
         flushed: finite non-zero elements with |x| <= :data:`FP16_FLUSH` (they become 0 in FP16).
+        lossy: finite non-zero elements with |x| < :data:`FP16_LOSSY` (they lose most bits or vanish).
         abs_sum: sum of finite |x|.
         subnormal_abs_sum: sum of |x| over the ``subnormal`` elements.
+        lossy_abs_sum: sum of |x| over the ``lossy`` elements.
     """
 
     count: int
@@ -56,6 +61,8 @@ class ValueSummary:
     flushed: int = 0
     abs_sum: float = 0.0
     subnormal_abs_sum: float = 0.0
+    lossy: int = 0
+    lossy_abs_sum: float = 0.0
 
     def merge(self, other: "ValueSummary") -> "ValueSummary":
         """The summary of the two tensors' elements together."""
@@ -68,6 +75,8 @@ class ValueSummary:
             flushed=self.flushed + other.flushed,
             abs_sum=self.abs_sum + other.abs_sum,
             subnormal_abs_sum=self.subnormal_abs_sum + other.subnormal_abs_sum,
+            lossy=self.lossy + other.lossy,
+            lossy_abs_sum=self.lossy_abs_sum + other.lossy_abs_sum,
         )
 
 
@@ -79,6 +88,7 @@ def summarize_array(array: np.ndarray) -> ValueSummary:
     finite = flat[np.isfinite(flat)]
     nz = finite[finite > 0]
     small = nz[nz < FP16_MIN_NORMAL]
+    tiny = small[small < FP16_LOSSY]
     return ValueSummary(
         count=int(flat.size),
         max_abs=float(np.max(flat)),
@@ -88,6 +98,8 @@ def summarize_array(array: np.ndarray) -> ValueSummary:
         flushed=int(np.count_nonzero(small <= FP16_FLUSH)),
         abs_sum=float(finite.sum()),
         subnormal_abs_sum=float(small.sum()),
+        lossy=int(tiny.size),
+        lossy_abs_sum=float(tiny.sum()),
     )
 
 

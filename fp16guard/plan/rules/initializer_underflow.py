@@ -9,11 +9,12 @@
   against zero, and the guarded sum is tiny exactly where the epsilon matters. Computing
   ``x*x + 1e-10`` in FP32 does not help when ``Log`` then reads it in FP16 as 0.
 
-A stored value **underflows** when it has non-zero values and either all of them lie below FP16's
-smallest normal (2**-14 ≈ 6.1e-5: an epsilon of 1e-10 becomes 0; a subnormal keeps only a few
-bits), or more than :data:`MASS_FRACTION` of its non-zero magnitude (sum of |x|) does. A weight
-matrix with a few tiny elements among many normal ones loses nothing that matters and is not
-flagged. Only FLOAT (FP32) values are judged: FLOAT16 values are already FP16 and DOUBLE ones are
+A stored value **underflows** when it has non-zero values and either all of them lose most of
+their bits in FP16 (|x| < 2**-19 ≈ 1.9e-6, where FP16's subnormals keep at most 5 of 11
+significant bits; an epsilon of 1e-10 becomes 0), or more than :data:`MASS_FRACTION` of its
+non-zero magnitude (sum of |x|) does. A subnormal that keeps most of its bits (a LayerNorm
+epsilon of 1e-5 is stored within 0.3%) is not flagged, nor is a weight matrix with a few tiny
+elements among many normal ones: they lose nothing that matters. Only FLOAT (FP32) values are judged: FLOAT16 values are already FP16 and DOUBLE ones are
 not converted.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import onnx
 
 from fp16guard.plan.rule import Finding, PlanContext
-from fp16guard.plan.values import FP16_MIN_NORMAL, ValueSummary
+from fp16guard.plan.values import FP16_LOSSY, ValueSummary
 
 __all__ = ["InitializerUnderflowRule", "MASS_FRACTION", "underflows"]
 
@@ -35,14 +36,14 @@ def underflows(value: ValueSummary | None) -> bool:
     """True when the stored value's non-zero content is (mostly) below FP16's normal range."""
     if value is None or value.nonzero == 0:
         return False
-    return value.subnormal == value.nonzero or value.subnormal_abs_sum > MASS_FRACTION * value.abs_sum
+    return value.lossy == value.nonzero or value.lossy_abs_sum > MASS_FRACTION * value.abs_sum
 
 
 def _describe(kind: str, name: str, value: ValueSummary) -> str:
-    if value.subnormal == value.nonzero:
-        what = f"all {value.nonzero} non-zero values below FP16's smallest normal {FP16_MIN_NORMAL:.3g} (max |x| = {value.max_abs:.3g})"
+    if value.lossy == value.nonzero:
+        what = f"all {value.nonzero} non-zero values below {FP16_LOSSY:.2g}, deep in FP16's subnormal range (max |x| = {value.max_abs:.3g}), where at most 5 of 11 bits survive"
     else:
-        what = f"{value.subnormal_abs_sum / value.abs_sum:.0%} of its non-zero magnitude below FP16's smallest normal {FP16_MIN_NORMAL:.3g}"
+        what = f"{value.lossy_abs_sum / value.abs_sum:.0%} of its non-zero magnitude below {FP16_LOSSY:.2g}, where FP16 keeps at most 5 of 11 bits"
     gone = f"; {value.flushed} become 0 in FP16" if value.flushed else ""
     return f"{kind} {name!r} has {what}{gone}"
 
