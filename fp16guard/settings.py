@@ -90,6 +90,9 @@ class PlanSettings(BaseModel):
     repair_max_iterations: int = Field(8, ge=0, le=100, description="Repair: most rebuild-and-check iterations after the first check (the FP32 set grows geometrically, so 8 covers ~256x the first step).")
     repair_max_seconds: float = Field(600.0, gt=0, le=86400, description="Repair: no new iteration starts after this many seconds.")
     repair_samples: int = Field(32, ge=1, le=100_000, description="Repair: calibration samples used for the checks and the per-node error attribution (the first ones).")
+    repair_margin: float = Field(
+        0.5, gt=0, le=1, description="Repair: once it pins nodes, it aims at the verification tolerances times this on calibration data, so unseen holdout data passes too (1: exactly the gate)."
+    )
 
     @field_validator("force_fp32_nodes", "force_fp16_nodes")
     @classmethod

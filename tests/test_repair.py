@@ -94,6 +94,7 @@ def test_repair_makes_a_precision_failure_verify_with_a_small_fp32_set(tmp_path)
     assert record.outcome == "repaired", record
     assert repaired.fp32_names == {"shift", "unshift"}
     assert [s.passed for s in record.steps] == [False, True]
+    assert record.steps[-1].worst_rel_error <= 0.5 * VerifySettings().max_rel_error  # repair_margin: headroom for unseen data
     unshift, shift = record.steps[0].added
     assert unshift["name"] == "unshift" and "appears at its output 'back'" in unshift["why"]
     assert shift["name"] == "shift" and "produces 'shifted'" in shift["why"]  # the cause: x + 1000 stored in FP16
@@ -130,3 +131,4 @@ def test_repair_off_is_recorded(tmp_path):
     plan = _plan(model, _shards(tmp_path))
     repaired = repair_plan(model, plan, _shards(tmp_path), PlanSettings(repair=False), VerifySettings())
     assert repaired.repair.outcome == "skipped" and repaired.fp32_names == plan.fp32_names
+

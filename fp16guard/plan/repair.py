@@ -6,7 +6,9 @@ equal large numbers, long sums, a softmax over thousands of classes). Repair mea
 
 1. Build the plan's candidate and check it against FP32 on a **calibration** slice (the first
    ``repair_samples`` samples), through FP16 storage emulation, with the user's verification gate.
-   The holdout is never touched: it stays the independent final check.
+   The holdout is never touched: it stays the independent final check. Once repair pins nodes,
+   later checks aim at the gate tightened by ``repair_margin`` (:func:`tightened`): a plan that
+   only just passes on calibration data often fails on unseen data.
 2. Passed: the plan is returned unchanged (repair never changes a plan that passes).
 3. Failed: rank the nodes still in FP16 by the error each adds on its own
    (:func:`fp16guard.verify.attribute.local_errors`: the node in FP16 storage on exact FP32
@@ -39,7 +41,7 @@ from fp16guard.io.shards import ShardRef, peek_shard
 from fp16guard.plan.records import Plan, PlanEntry, RepairRecord, RepairStep
 from fp16guard.settings import PlanSettings, VerifySettings
 
-__all__ = ["REPAIR_REASON", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "trace_sources", "fp16_upstream"]
+__all__ = ["REPAIR_REASON", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "tightened", "trace_sources", "fp16_upstream"]
 
 #: Reason code of the nodes that repair pins.
 REPAIR_REASON = "repair_precision"
@@ -62,6 +64,17 @@ def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef
         if total >= samples:
             break
     return picked
+
+
+def tightened(gate: VerifySettings, margin: float) -> VerifySettings:
+    """``gate`` with every tolerance scaled by ``margin`` (0 < margin <= 1): the target repair
+    aims at once it pins nodes (``max_rel_error * margin``, ``1 - (1 - min_cosine) * margin``,
+    ``max_mismatch_fraction * margin``)."""
+    return VerifySettings(
+        max_rel_error=gate.max_rel_error * margin,
+        min_cosine=1.0 - (1.0 - gate.min_cosine) * margin,
+        max_mismatch_fraction=gate.max_mismatch_fraction * margin,
+    )
 
 
 def _fmt(value: float) -> str:
@@ -155,7 +168,7 @@ def repair_plan(
         plan: the rule-based plan (not modified).
         calibration: calibration shards; the first ``settings.repair_samples`` samples are used.
         settings: ``repair``, ``repair_max_iterations``, ``repair_max_seconds``,
-            ``repair_samples``, ``force_fp16_nodes``.
+            ``repair_samples``, ``repair_margin``, ``force_fp16_nodes``.
         verify_settings: the numeric gate (the same one the holdout verification uses).
         batch_size: samples per inference call.
 
@@ -175,6 +188,7 @@ def repair_plan(
         return replace(plan, repair=RepairRecord("skipped", "the model is 2 GB or larger: repair builds candidates in memory, which protobuf cannot hold; the holdout check still applies"))
 
     shards = calibration_slice(calibration, settings.repair_samples)
+    target = tightened(verify_settings, settings.repair_margin)
     samples = settings.repair_samples
     fp32 = set(plan.fp32_names)
     forced16 = {f.name for f in plan.forced_fp16 if f.applied}
@@ -191,7 +205,9 @@ def repair_plan(
     used = 0
     while True:
         t0 = time.monotonic()
-        report = _check(model, fp32, shards, verify_settings, batch_size)
+        # The first check uses the user's gate (a plan that passes is never changed); once nodes
+        # are being pinned, aim at the tighter target so that unseen holdout data passes too.
+        report = _check(model, fp32, shards, verify_settings if iteration == 0 else target, batch_size)
         used = int(report.get("samples") or 0)
         worst, nonfinite = _worst(report)
         step = dict(iteration=iteration, fp32_nodes=len(fp32), passed=bool(report["passed"]), worst_rel_error=worst, nonfinite=nonfinite, reason=str(report.get("reason") or "passed"))
@@ -229,7 +245,7 @@ def repair_plan(
         # 1. Where does the error that reaches the failing outputs appear? (side-by-side run)
         errors = global_errors(model, fp32, shards, samples, batch_size)
         outputs = [o.name for o in model.graph.output if o.name in errors]
-        failing = [o for o in outputs if errors[o] > verify_settings.max_rel_error] or [o for o in outputs if errors[o] > 0]
+        failing = [o for o in outputs if errors[o] > target.max_rel_error] or [o for o in outputs if errors[o] > 0]
         sources = trace_sources(model, errors, failing)[:k]
         fp16_sources = [name for name, _, _ in sources if name in eligible_set and name not in fp32]
         local = {e.node: e for e in local_errors(model, fp16_sources, shards, samples, batch_size)} if fp16_sources else {}
