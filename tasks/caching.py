@@ -59,7 +59,11 @@ _ARROW_TAG = "__fp16guard_arrow_ipc__"
 
 
 def _report(message: str) -> None:
-    """Log on the task run's logger when there is one (the UI shows it), else on ours."""
+    """Say ``message`` on stderr (the CLI keeps Prefect's console logs quiet, and a user whose
+    run waits must see why) and on the task run's logger when there is one (the UI shows it)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
     try:
         from prefect.logging import get_run_logger
 

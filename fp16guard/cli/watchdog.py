@@ -23,10 +23,12 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from fp16guard.errors import ConfigError, EnvironmentFailure
 
-__all__ = ["ServerWatchdog", "ServerLost", "DEFAULT_LOST_S", "LOST_ENV", "CHECK_S", "GRACE_S"]
+__all__ = ["ServerWatchdog", "ServerLost", "interruptible", "DEFAULT_LOST_S", "LOST_ENV", "CHECK_S", "GRACE_S"]
 
 #: Seconds without a successful health check after which the server counts as lost.
 DEFAULT_LOST_S = 30.0
@@ -36,6 +38,30 @@ LOST_ENV = "FP16GUARD_SERVER_LOST_S"
 CHECK_S = 2.0
 #: Seconds the run's clean-up gets after the interrupt before the process ends itself.
 GRACE_S = 15.0
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While the block runs, Ctrl-C (SIGINT, and the watchdog's interrupt) also stops the worker
+    threads that wait for cache locks (:func:`fp16guard.store.locks.cancel_waits`), then raises
+    ``KeyboardInterrupt`` in the main thread as usual. Without it a run waiting on a lock ignores
+    Ctrl-C: the task runner joins the waiting worker before the process can exit."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from fp16guard.store.locks import cancel_waits
+
+    def handler(signum, frame):
+        cancel_waits()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class ServerLost(EnvironmentFailure):

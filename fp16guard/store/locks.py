@@ -45,7 +45,7 @@ from typing import Callable, Iterator
 
 from fp16guard.errors import EnvironmentFailure
 
-__all__ = ["LeaseLocks", "LockTimeout", "process_alive", "DEFAULT_LEASE_S", "DEFAULT_WAIT_S", "WAIT_ENV"]
+__all__ = ["LeaseLocks", "LockTimeout", "cancel_waits", "process_alive", "DEFAULT_LEASE_S", "DEFAULT_WAIT_S", "WAIT_ENV"]
 
 #: Seconds a lock stays valid without renewal. The holder renews every quarter of it.
 DEFAULT_LEASE_S = 120.0
@@ -91,13 +91,24 @@ def process_alive(pid: int, proc_start: str | None = None) -> bool:
     return True
 
 
+_CANCELLED = threading.Event()
+
+
+def cancel_waits() -> None:
+    """Make every lock wait in this process stop now (and later ones fail at once) with
+    :class:`LockTimeout`. Called on Ctrl-C by the CLI: the main thread's ``KeyboardInterrupt``
+    does not reach the worker threads that wait, and Prefect's task runner joins them before
+    the process can exit."""
+    _CANCELLED.set()
+
+
 def _interpreter_stopping() -> bool:
-    """True once Ctrl-C (or the end of the main program) has started the interpreter's shutdown:
-    the main thread is gone or ``concurrent.futures`` is joining its workers. A worker thread that
-    waits for a lock must then stop, or the exit waits on it."""
+    """True once :func:`cancel_waits` was called, or the interpreter's shutdown has started
+    (the main thread is gone or ``concurrent.futures`` is joining its workers). A worker thread
+    that waits for a lock must then stop, or the exit waits on it."""
     import concurrent.futures.thread as cft
 
-    return sys.is_finalizing() or not threading.main_thread().is_alive() or bool(getattr(cft, "_shutdown", False))
+    return _CANCELLED.is_set() or sys.is_finalizing() or not threading.main_thread().is_alive() or bool(getattr(cft, "_shutdown", False))
 
 
 class LeaseLocks:

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
     p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32")
     p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
+    p.add_argument("--no-repair", action="store_true", help="do not repair the plan on calibration data (default: when the plan fails the gate there, keep FP32 the nodes the error comes from until it passes)")
+    p.add_argument("--repair-max-iterations", type=int, default=8, metavar="N", help="repair: most rebuild-and-check iterations (0-100, default 8)")
+    p.add_argument("--repair-max-seconds", type=float, default=600.0, metavar="S", help="repair: no new iteration starts after S seconds (default 600)")
     p.add_argument(
         "--strategy",
         choices=("auto", "pin", "fold"),
@@ -120,6 +123,9 @@ def parameters_from_args(args: argparse.Namespace):
                 "force_fp32_nodes": args.force_fp32_nodes,
                 "force_fp32_ops": args.force_fp32_ops,
                 "force_fp16_nodes": args.force_fp16_nodes,
+                "repair": not getattr(args, "no_repair", False),
+                "repair_max_iterations": getattr(args, "repair_max_iterations", 8),
+                "repair_max_seconds": getattr(args, "repair_max_seconds", 600.0),
                 "strategy": getattr(args, "strategy", "auto"),
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
@@ -162,10 +168,11 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
             print(f"flow run: {seen['flow_run_url']}", flush=True)
 
     # Prefect reads its environment once, at import: the local server is installed as a setting.
-    from fp16guard.cli.watchdog import ServerWatchdog
+    from fp16guard.cli.watchdog import ServerWatchdog, interruptible
 
-    # The watchdog turns a server lost mid-run into exit 3 within about a minute (issue 13).
-    with temporary_settings({PREFECT_API_URL: api_url} if local else {}), ServerWatchdog(api_url) as watchdog:
+    # The watchdog turns a server lost mid-run into exit 3 within about a minute (issue 13);
+    # Ctrl-C also stops workers waiting for cache locks.
+    with temporary_settings({PREFECT_API_URL: api_url} if local else {}), interruptible(), ServerWatchdog(api_url) as watchdog:
         try:
             result = calibrate.with_options(on_running=[_announce])(params)
         except VerificationFailed as exc:
