@@ -190,3 +190,45 @@ def test_writes_refuse_a_link_out_of_the_store(tmp_path):
         commit_run(store, "m", "1", "r")
     assert not any(outside.rglob("*")), "nothing was written outside the store"
     assert issubclass(UnsafeLink, StoreError)
+
+
+# ------------------------------------------------------------------------ S3 (real moto server)
+from fixtures_s3 import s3_root, s3_server  # noqa: E402,F401 (pytest fixtures)
+
+
+def test_s3_temp_folders_of_dead_runs_are_swept(s3_root):
+    import sys
+    import tempfile
+
+    from fp16guard.store.fs import OWNER_FILE
+    from fp16guard.store.runs import TEMP_PREFIX
+
+    store = Store(s3_root)
+    dead = store.stage_run("m", "1")
+    assert dead.path.parent == Path(tempfile.gettempdir()) and dead.path.name.startswith(TEMP_PREFIX)
+    owner = json.loads((dead.path / OWNER_FILE).read_text())
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    (dead.path / OWNER_FILE).write_text(json.dumps({**owner, "pid": proc.pid, "proc_start": None}))
+    with store.stage_run("m", "1", "r") as live:
+        write_run_files(live.path)
+        live.commit(verified=True)
+    assert not dead.path.exists(), "the dead run's temporary folder is swept"
+    assert not live.path.exists(), "a committed run's temporary folder is removed"
+    assert store.runs("m", "1") == ["r"] and verify_run(store, "m", "1", "r") == []
+
+
+def test_unreachable_s3_store_is_exit_3_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    monkeypatch.setenv("FP16GUARD_S3_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    code, out, err = _run_cli(capsys, "history", "m", "--store", "s3://nobucket/store")
+    assert code == 3, err
+    assert err.count("\n") == 1 and "nobucket/store" in err and "cannot list" in err
+    assert "Traceback" not in err
