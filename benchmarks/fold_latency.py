@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             "ms": ms,
             "fp32_nodes": None if nodes is None else len(nodes),
             "fp32_compute_nodes": None if nodes is None else sum(ops.get(n) in COMPUTE_OPS for n in nodes),
-            "max_rel_error": err,
+            # A candidate holding NaN/inf has no finite error: strict JSON null, printed "inf".
+            "max_rel_error": None if bad else err,
             "nonfinite": bad,
         }
     gain = rows["fp32"]["ms"] - rows["fp16"]["ms"]
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         share = f"{100 * r['share_of_fp16_gain']:.0f}%" if r["share_of_fp16_gain"] is not None else "n/a"
         nodes = "-" if r["fp32_nodes"] is None else str(r["fp32_nodes"])
         comp = "-" if r["fp32_compute_nodes"] is None else str(r["fp32_compute_nodes"])
-        print(f"{name:<6} {nodes:>10} {comp:>8} {r['ms']:>10.3f} {r['speedup']:>7.2f} {share:>12} {r['max_rel_error']:>12.3g} {r['nonfinite']:>8}")
+        print(f"{name:<6} {nodes:>10} {comp:>8} {r['ms']:>10.3f} {r['speedup']:>7.2f} {share:>12} {'inf' if r['max_rel_error'] is None else format(r['max_rel_error'], '.3g'):>12} {r['nonfinite']:>8}")
     if args.json:
         env = {"python": platform.python_version(), "onnxruntime": ort.__version__, "providers": str(providers), "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         Path(args.json).write_text(json.dumps({"args": vars(args), "env": env, "rows": rows, "exponents": exponents, "seconds": time.time() - started}, indent=2))
