@@ -141,6 +141,12 @@ def build_engine(
     source = Path(mixed_model_path if choice.mode == "strong" else model_path)
 
     with tempfile.TemporaryDirectory(prefix=".trt-build-", dir=out_dir) as tmp:
+        if choice.mode == "weak" and isinstance(plan, Mapping) and plan.get("folding"):
+            # A folded plan is for the folded FP32 model (scales in the weights, restoring Muls):
+            # weak typing parses that model, replayed from the plan, not the original file.
+            source = _folded_source(source, plan, Path(tmp))
+        # Recorded now: a folded source lives in ``tmp`` only (its digest names what was parsed).
+        source_record = {"path": str(source), "sha256": sha256_file(source)}
         parse_path, model = _normalised_source(source, Path(tmp))
         nodes = node_table(model)
         inits = {t.name for t in model.graph.initializer}
@@ -168,7 +174,7 @@ def build_engine(
         "tensorrt_version": trt.__version__,
         "typing": choice.to_dict(),
         "gpu": gpu,
-        "source_model": {"path": str(source), "sha256": sha256_file(source)},
+        "source_model": source_record,
         "fp32_nodes": len(plan_nodes),
         "profile": profile,
         "workspace_bytes": workspace_bytes,
@@ -232,6 +238,19 @@ def check_and_write(engine_bytes: bytes, inspector_json: str, plan_nodes: Sequen
         "inspector": {"path": str(inspect_path), "sha256": sha256_file(inspect_path), "bytes": inspect_path.stat().st_size},
     }
     return files, check, info
+
+
+def _folded_source(path: Path, plan: Mapping, tmp: Path) -> Path:
+    """Write the FP32 model a folded plan is for (:func:`model_for_plan`) to ``tmp``; its path."""
+    import onnx
+
+    from fp16guard.plan.strategies import model_for_plan
+
+    folded = model_for_plan(load_model(path), plan)
+    copy = tmp / f"folded.{path.name}"
+    large = folded.ByteSize() > (1 << 31) - 1 - (1 << 20)
+    onnx.save(folded, str(copy), save_as_external_data=large, location=f"{copy.name}.data" if large else None)
+    return copy
 
 
 def _normalised_source(path: Path, tmp: Path):
