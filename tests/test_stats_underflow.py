@@ -167,3 +167,34 @@ def test_activation_underflow_rule_treats_missing_columns_as_unknown(tmp_path):
         stats = reduce_stats([session.run(ref)])
     old = stats.drop(["nonzero", "subnormal", "min_nonzero_abs", "examined", "abs_sum", "subnormal_abs_sum"])
     assert make_plan(load_model(path), old, PlanSettings()).fp32_names == set()
+
+
+@pytest.mark.parametrize("value, dims", [(1e-6, [300, 500]), (0.0, [3, 4]), (2.5, [0, 4])])
+def test_constant_of_shape_figures_from_its_definition_match_a_measured_run(tmp_path, value, dims):
+    """A lone ConstantOfShape weight is known by definition (not allocated); the figures must be
+    those the feed-less statistics model measures."""
+    from fp16guard.graph.instrument import constant_model
+    from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+    from fp16guard.stats.collect import _constant_of_shape_figures
+
+    shape = numpy_helper.from_array(np.array(dims, np.int64), "shape")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["w"], name="fill", value=numpy_helper.from_array(np.array([value], np.float32))),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", F, ["N", dims[0]])],
+        [helper.make_tensor_value_info("y", F, ["N", dims[1]])],
+        [shape],
+    )
+    path = tmp_path / "fill.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    session = StatsSession(path)
+    (k,) = session._const
+    by_definition = _constant_of_shape_figures(session._model.graph.node[0], session._model, True)
+    with OnnxRuntimeRunner(constant_model(session._model, [session.tensors[k]]), optimization="disable") as runner:
+        measured = session._figures(runner.infer({}, session._fetch(1)), 1)
+    for key, want in measured.items():
+        rel = 1e-3 if key in ("flag", "abs_sum", "subnormal_abs_sum") else 1e-6  # float32 sums in onnxruntime
+        assert by_definition[key] == pytest.approx(float(want[0]), rel=rel, nan_ok=True), key

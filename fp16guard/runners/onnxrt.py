@@ -152,6 +152,10 @@ class OnnxRuntimeRunner(RunnerBase):
             placed on the CPU provider while another provider is requested. The CPU provider
             is then left out of the session's list (onnxruntime refuses the option when the CPU
             provider is listed explicitly: "Conflicting session configuration").
+        cpu_arena: keep onnxruntime's CPU memory arena (default True). The statistics pass turns
+            it off: its many small scalar buffers between large activations fragment the arena,
+            which then grows well past the live set (measured on VGG-19, 2 samples: peak
+            1168-1288 MiB with the arena, 1030 MiB without).
 
     Example:
         >>> with OnnxRuntimeRunner("model.onnx") as runner:
@@ -169,6 +173,7 @@ class OnnxRuntimeRunner(RunnerBase):
         cuda_options: Mapping[str, str] | None = None,
         record_placement: bool = False,
         disable_cpu_fallback: bool = False,
+        cpu_arena: bool = True,
     ):
         if optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(f"optimization {optimization!r}; expected one of {sorted(OPTIMIZATION_LEVELS)}")
@@ -181,6 +186,7 @@ class OnnxRuntimeRunner(RunnerBase):
         self._cuda_options = {**DEFAULT_CUDA_OPTIONS, **{k: str(v) for k, v in (cuda_options or {}).items()}}
         self._record_placement = record_placement
         self._disable_cpu_fallback = disable_cpu_fallback
+        self._cpu_arena = cpu_arena
         self._profile_dir: str | None = None
         self._placement: dict[str, str] | None = None
         self._session = None
@@ -199,6 +205,7 @@ class OnnxRuntimeRunner(RunnerBase):
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[self._optimization])
         options.intra_op_num_threads = self._threads
+        options.enable_cpu_mem_arena = self._cpu_arena
         if self._execution_order:
             options.execution_order = getattr(ort.ExecutionOrder, self._execution_order.upper())
         # Fatal only: onnxruntime logs warnings (unused initializers) and errors it also raises;
