@@ -209,7 +209,8 @@ class RepairRecord:
         outcome: ``unchanged`` (the rule-based plan already passed), ``repaired`` (passes after
             pinning more nodes), ``budget_spent`` (still failing when the iteration or time budget
             ran out), ``fp32_fails`` (even the all-FP32 build fails the gate: nothing to repair),
-            ``stuck`` (no node left to pin), or ``skipped`` (repair off, or no calibration data).
+            ``stuck`` (the remaining error traces to no node left in FP16), or ``skipped`` (repair
+            off, no calibration data, or a model of 2 GB or more).
         message: one sentence for people.
         samples: calibration samples used for the checks.
         seconds: total wall time of repair.

@@ -114,7 +114,7 @@ def trace_sources(model: onnx.ModelProto, errors: dict[str, float], start: Seque
 
 def fp16_upstream(model: onnx.ModelProto, node_name: str, errors: dict[str, float], fp32: set[str], eligible: set[str], limit: int) -> list[tuple[str, str]]:
     """Up to ``limit`` FP16 nodes upstream of ``node_name``, nearest first, along tensors that
-    carry any error (breadth-first, through FP32 nodes and FP16 ones alike).
+    carry any error or are not float (breadth-first, through FP32 nodes and FP16 ones alike).
 
     Returns ``(producer, tensor it feeds on the way)`` pairs.
     """
@@ -124,7 +124,12 @@ def fp16_upstream(model: onnx.ModelProto, node_name: str, errors: dict[str, floa
     producers = {o: n.name for n in model.graph.node for o in n.output if o}
     found: list[tuple[str, str]] = []
     seen: set[str] = set()
-    queue = deque(i for i in nodes[node_name].input if errors.get(i, 0.0) > 0)
+    def carries(tensor: str) -> bool:
+        # Float tensors carry error when measured off FP32; integer ones (the uint8 of a dynamic
+        # quantisation, a shape) are not measured and are followed: their values may have moved.
+        return errors.get(tensor, 0.0) > 0 or tensor not in errors
+
+    queue = deque(i for i in nodes[node_name].input if i and carries(i))
     while queue and len(found) < limit:
         tensor = queue.popleft()
         if tensor in seen or tensor not in producers:
@@ -133,7 +138,7 @@ def fp16_upstream(model: onnx.ModelProto, node_name: str, errors: dict[str, floa
         producer = producers[tensor]
         if producer in eligible and producer not in fp32:
             found.append((producer, tensor))
-        queue.extend(i for i in nodes[producer].input if errors.get(i, 0.0) > 0)
+        queue.extend(i for i in nodes[producer].input if i and carries(i))
     return found
 
 
@@ -276,6 +281,10 @@ def repair_plan(
                         f"in FP16 on exact FP32 inputs, output {err.output!r} is {_fmt(err.rel_error)} of its max |x| off FP32 (rank {rank} by local error, {tag})", err.output)
         steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3), added=tuple(added)))
         iteration += 1
+        if not added:
+            outcome = "stuck"
+            message = f"the remaining error could not be traced to any node left in FP16 ({step['reason']}); {len(candidates)} node(s) stay FP16"
+            break
 
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     entries.sort(key=lambda e: order.get(e.name, -1))
