@@ -1,7 +1,7 @@
 """Cache policies for fp16guard tasks: keys from content digests, results that cannot run code,
 locks that cannot outlive their holder.
 
-Prefect facts this rests on (docs/ARCHITECTURE.md, measured on Prefect 3.9): the DEFAULT policy
+Prefect facts this rests on (docs/FACTS.md #11-12, docs/FAILURES.md F1-F6): the DEFAULT policy
 includes the run id (no reuse across runs), a ``Path`` argument is hashed by its string, and
 concurrent identical runs all execute unless the policy is SERIALIZABLE with a lock manager. So
 every cached task here takes content digests as arguments, excludes the path-like arguments from
