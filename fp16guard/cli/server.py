@@ -122,11 +122,23 @@ class LocalServer:
             return None
         return state if isinstance(state, dict) and {"api_url", "pid"} <= state.keys() else None
 
-    def running(self) -> dict | None:
-        """The state if its process is alive, is a Prefect server, and answers; else None."""
+    def running(self, patience_s: float = 0.0) -> dict | None:
+        """The state if its process is alive, is a Prefect server, and answers; else None.
+
+        Args:
+            patience_s: how long to keep asking a live server process that does not answer
+                (a server busy on a loaded machine, or still starting), in seconds.
+        """
         state = self.state()
-        if state and _is_server_process(int(state["pid"])) and healthy(state["api_url"]):
-            return state
+        if not state:
+            return None
+        pid, deadline = int(state["pid"]), time.monotonic() + patience_s
+        while _is_server_process(pid):
+            if healthy(state["api_url"]):
+                return state
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
         return None
 
     # -- start / stop --------------------------------------------------------------------------
@@ -146,7 +158,9 @@ class LocalServer:
             return state
         try:
             with self._locked(timeout_s):
-                state = self.running()  # another run may have started it while we waited
+                # Another run may have started it while we waited; a live server that is slow
+                # to answer gets half a minute before it is replaced (other runs may use it).
+                state = self.running(patience_s=30.0)
                 if state:
                     return state
                 self.stop()  # a recorded process that does not answer: replace it
@@ -249,7 +263,11 @@ def ensure_api(timeout_s: float | None = None) -> tuple[str, bool]:
     """
     url = configured_api_url()
     if url:
-        if not healthy(url, timeout_s=10.0):
+        answered = healthy(url, timeout_s=10.0)
+        if not answered:
+            time.sleep(1.0)  # one more try: a server restarting, or slow on a busy machine
+            answered = healthy(url, timeout_s=10.0)
+        if not answered:
             raise EnvironmentFailure(
                 f"the Prefect API at {url} does not answer; expected a running server — start it, or unset PREFECT_API_URL to use a local one"
             )
