@@ -132,3 +132,24 @@ def test_repair_off_is_recorded(tmp_path):
     repaired = repair_plan(model, plan, _shards(tmp_path), PlanSettings(repair=False), VerifySettings())
     assert repaired.repair.outcome == "skipped" and repaired.fp32_names == plan.fp32_names
 
+
+
+def test_plan_task_repairs_with_the_runs_gate_and_writes_the_record(tmp_path):
+    # The task body (no Prefect server): rules, then repair on the calibration shards.
+    import json
+
+    import onnx as _onnx
+
+    from fp16guard.stats.collect import shard_stats, write_stats_files
+    from tasks.plan import plan_task
+
+    model_path = tmp_path / "m.onnx"
+    _onnx.save(_cancellation_model(), str(model_path))
+    calib = _shards(tmp_path)
+    write_stats_files([shard_stats(model_path, r) for r in calib], tmp_path / "stats.parquet")
+    plan = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), PlanSettings(), str(tmp_path), calib, VerifySettings(), None)
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert written == plan and plan["repair"]["outcome"] == "repaired"
+    assert {e["name"] for e in plan["fp32_nodes"]} == {"shift", "unshift"}
+    loose = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), PlanSettings(), str(tmp_path), calib, VerifySettings(max_rel_error=0.5, min_cosine=0.5), None)
+    assert loose["repair"]["outcome"] == "unchanged" and loose["fp32_nodes"] == []  # the user's gate decides
