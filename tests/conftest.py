@@ -27,7 +27,9 @@ def prefect_api_url():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # 180 s: a busy 2-core machine can take minutes to start it; a quiet one takes 20-30 s, and
+    # the limit only bounds a hang.
+    with prefect_test_harness(server_startup_timeout=180):
         yield PREFECT_API_URL.value()
 
 
