@@ -101,7 +101,7 @@ def infer_shard(runner, feeds: Mapping[str, np.ndarray], size: int) -> dict[str,
     from fp16guard.io.shards import iter_slices
 
     parts: dict[str, list[np.ndarray]] = {}
-    for chunk in iter_slices(dict(feeds), size):
+    for chunk in iter_slices(feeds, size):  # prepared Feeds keep each input's batch axis
         for name, value in runner.infer(chunk).items():
             parts.setdefault(name, []).append(value)
     return {name: (vals[0] if len(vals) == 1 else np.concatenate(vals, axis=0)) for name, vals in parts.items()}

@@ -88,15 +88,11 @@ def check_within(profile: Mapping[str, Mapping[str, Sequence[int]]], feed: Mappi
 
 
 def slice_shapes(feeds: Mapping[str, "object"], size: int) -> list[dict[str, tuple[int, ...]]]:
-    """Shapes of the slices :func:`fp16guard.io.shards.iter_slices` would feed (no arrays copied)."""
-    if not feeds:
-        return []
-    total = next(iter(feeds.values())).shape[0]
-    out = []
-    for start in range(0, total, size):
-        n = min(size, total - start)
-        out.append({k: (n, *tuple(v.shape[1:])) for k, v in feeds.items()})
-    return out
+    """Shapes of the slices :func:`fp16guard.io.shards.iter_slices` would feed (views: no arrays
+    copied), along each input's batch axis (an RNN state [layers, N, H] is sliced on axis 1)."""
+    from fp16guard.io.shards import iter_slices
+
+    return [{k: tuple(v.shape) for k, v in part.items()} for part in iter_slices(feeds, size)]
 
 
 def observed_shapes(refs, specs: Sequence[InputSpec], batch_size: int | None = None) -> list[dict[str, tuple[int, ...]]]:
