@@ -223,11 +223,15 @@ def repair_plan(
         candidates = [n for n in eligible if n not in fp32]
         if not candidates:
             steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3)))
-            outcome = "fp32_fails"
-            message = (
-                f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({step['reason']}): "
-                "the FP32 model does not reproduce itself on this data, so no plan can pass"
-            )
+            if forced16:
+                outcome = "stuck"
+                message = f"every other node is FP32 and the candidate still fails on calibration data ({step['reason']}): the {len(forced16)} node(s) forced to FP16 (force_fp16_nodes) keep it from passing"
+            else:
+                outcome = "fp32_fails"
+                message = (
+                    f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({step['reason']}): "
+                    "the FP32 model does not reproduce itself on this data, so no plan can pass"
+                )
             break
         if iteration >= settings.repair_max_iterations or time.monotonic() - started >= settings.repair_max_seconds:
             steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3)))
