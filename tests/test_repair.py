@@ -154,3 +154,15 @@ def test_plan_task_repairs_with_the_runs_gate_and_writes_the_record(tmp_path):
     assert {e["name"] for e in plan["fp32_nodes"]} == {"shift", "unshift"}
     loose = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), pin, str(tmp_path), calib, VerifySettings(max_rel_error=0.5, min_cosine=0.5), None)
     assert loose["repair"]["outcome"] == "unchanged" and loose["fp32_nodes"] == []  # the user's gate decides
+
+
+def test_repair_never_pins_a_node_forced_to_fp16(tmp_path):
+    model = _cancellation_model()
+    calib = _shards(tmp_path)
+    settings = PlanSettings(force_fp16_nodes="^unshift$", repair_max_iterations=3)
+    x = np.concatenate([np.load(r.path)["x"] for r in calib])
+    plan = make_plan(model, measured_stats(model, {"x": x}), settings)
+    repaired = repair_plan(model, plan, calib, settings, VerifySettings())
+    assert "unshift" not in repaired.fp32_names
+    assert not repaired.repair.steps[0].passed and repaired.repair.steps[0].added, "repair must have tried"
+    assert repaired.repair.outcome in ("repaired", "stuck", "budget_spent")
