@@ -70,6 +70,22 @@ def test_live_lock_wait_is_reported_bounded_and_interruptible(prefect_api_url, d
         assert waiting.returncode != 0
         staging = store / "demo" / "3" / ".staging"
         assert not staging.exists() or not any(staging.iterdir())
+        # SIGTERM while waiting: the same, exit 143.
+        waiting = _cli(args + ["--model-version", "4"], prefect_api_url)
+        seen = ""
+        while "waiting for pid" not in seen and time.monotonic() < deadline + 240:
+            line = waiting.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert "waiting for pid" in seen, seen
+        waiting.send_signal(signal.SIGTERM)
+        terminated = time.monotonic()
+        waiting.communicate(timeout=120)
+        assert time.monotonic() - terminated < 30
+        assert waiting.returncode == 143
+        staging = store / "demo" / "4" / ".staging"
+        assert not staging.exists() or not any(staging.iterdir())
     finally:
         holder.kill()
         holder.wait()

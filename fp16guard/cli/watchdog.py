@@ -28,7 +28,7 @@ from typing import Iterator
 
 from fp16guard.errors import ConfigError, EnvironmentFailure
 
-__all__ = ["ServerWatchdog", "ServerLost", "interruptible", "DEFAULT_LOST_S", "LOST_ENV", "CHECK_S", "GRACE_S"]
+__all__ = ["ServerWatchdog", "ServerLost", "interruptible", "chain_sigterm", "DEFAULT_LOST_S", "LOST_ENV", "CHECK_S", "GRACE_S"]
 
 #: Seconds without a successful health check after which the server counts as lost.
 DEFAULT_LOST_S = 30.0
@@ -45,7 +45,10 @@ def interruptible() -> Iterator[None]:
     """While the block runs, Ctrl-C (SIGINT, and the watchdog's interrupt) also stops the worker
     threads that wait for cache locks (:func:`fp16guard.store.locks.cancel_waits`), then raises
     ``KeyboardInterrupt`` in the main thread as usual. Without it a run waiting on a lock ignores
-    Ctrl-C: the task runner joins the waiting worker before the process can exit."""
+    Ctrl-C: the task runner joins the waiting worker before the process can exit.
+
+    SIGTERM does the same and raises ``SystemExit(143)`` (128 + 15, the shell's convention), so
+    the flow's clean-up (staging folder) runs before the process ends."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -57,11 +60,44 @@ def interruptible() -> Iterator[None]:
         cancel_waits()
         signal.default_int_handler(signum, frame)
 
+    def on_term(signum, frame):
+        cancel_waits()
+        raise SystemExit(128 + signum)
+
     previous = signal.signal(signal.SIGINT, handler)
+    previous_term = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def chain_sigterm() -> None:
+    """Make the SIGTERM handler installed now also stop lock waits first.
+
+    Prefect's flow engine replaces the SIGTERM handler while a flow runs (it raises
+    ``TerminationSignal`` in the main thread, then re-delivers the signal to the previous handler
+    once the engine's teardown is over); that teardown joins the worker threads, so a worker
+    waiting for a lock would hold the process. Called from the flow's ``on_running`` hook, in the
+    main thread, this wraps Prefect's handler. Elsewhere it does nothing.
+    """
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from fp16guard.store.locks import cancel_waits
+
+    current = signal.getsignal(signal.SIGTERM)
+    if not callable(current) or getattr(current, "_fp16guard_chained", False):
+        return
+
+    def handler(signum, frame):
+        cancel_waits()
+        current(signum, frame)
+
+    handler._fp16guard_chained = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, handler)
 
 
 class ServerLost(EnvironmentFailure):

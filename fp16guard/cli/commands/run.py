@@ -161,6 +161,7 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     seen: dict = {}
 
     def _announce(flow, flow_run, state) -> None:
+        chain_sigterm()  # SIGTERM during the flow also stops workers waiting for cache locks
         # Printed as the flow starts, so the user can follow the run in the UI while it works.
         ui = PREFECT_UI_URL.value()
         seen["flow_run_url"] = f"{ui.rstrip('/')}/runs/flow-run/{flow_run.id}" if ui else None
@@ -168,7 +169,7 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
             print(f"flow run: {seen['flow_run_url']}", flush=True)
 
     # Prefect reads its environment once, at import: the local server is installed as a setting.
-    from fp16guard.cli.watchdog import ServerWatchdog, interruptible
+    from fp16guard.cli.watchdog import ServerWatchdog, chain_sigterm, interruptible
 
     # The watchdog turns a server lost mid-run into exit 3 within about a minute (issue 13);
     # Ctrl-C also stops workers waiting for cache locks.
