@@ -80,6 +80,7 @@ def test_cli_run_whose_server_is_killed_exits_3_and_publishes_nothing(demo_files
             proc.kill()
         server.stop() if hasattr(server, "stop") else None
     assert proc.returncode == 3, err
+    print(f"server lost -> exit {proc.returncode} after {took:.1f} s")
     assert took < 60
     lines = [l for l in err.splitlines() if l.startswith("fp16guard:")]
     assert lines and "stopped answering" in lines[-1]
