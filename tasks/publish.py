@@ -61,11 +61,14 @@ def publish_run_task(
 
     Returns:
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
-        "fp32_nodes", "worst_rel_error", "speed", "report"}`` (``speed``: the profile's one-line
-        summary, see :func:`fp16guard.backends.profile.speed_summary`); ``worst_rel_error`` as
+        "fp32_nodes", "worst_rel_error", "speed", "repair", "repair_summary", "report"}`` (``speed``:
+        the profile's one-line summary, see :func:`fp16guard.backends.profile.speed_summary`;
+        ``repair``: the repair outcome such as ``repaired``, None when repair did not run;
+        ``repair_summary``: :func:`fp16guard.report.plan_summary.repair_line`); ``worst_rel_error`` as
         :func:`fp16guard.records.worst_rel_error` defines it (``inf`` when an output is NaN/inf).
     """
     from fp16guard.backends.profile import speed_summary
+    from fp16guard.report.plan_summary import plan_summary, repair_line
     from fp16guard.store.lineage import build_manifest, file_record, output_records
     from fp16guard.store.runs import StagedRun, open_store
 
@@ -90,7 +93,8 @@ def publish_run_task(
         trigger=context["trigger"],
         backend=backend,
         providers=verification.get("providers"),
-    ), "profile": profile})  # latency record (fp16guard.backends.profile), None when not profiled
+    ), "profile": profile,  # latency record (fp16guard.backends.profile), None when not profiled
+        "plan": plan_summary(plan)})  # how the FP32 set was found: strategy, reasons, repair, folding
     # The report shows the lineage, so it is rendered from the manifest; its own hash is then
     # added to the manifest's outputs (and status.json records every file as well).
     write_report(out, plan, record.to_dict(), manifest.to_dict())
@@ -115,6 +119,8 @@ def publish_run_task(
         "fp32_nodes": len(plan.get("fp32_nodes", [])),
         "worst_rel_error": record.worst_rel_error,
         "speed": speed_summary(profile),
+        "repair": (plan.get("repair") or {}).get("outcome"),
+        "repair_summary": repair_line(plan),
         "report": f"{ref.url}/report.html",
     }
 

@@ -59,6 +59,10 @@ class Manifest:
         backend: the build backend's record.
         versions: package versions.
         device: where the run computed.
+        plan: how the FP32 set was found, in short
+            (:func:`fp16guard.report.plan_summary.plan_summary`: strategy, FP32 nodes by reason,
+            repair outcome / iterations / seconds / nodes added, folded regions and largest
+            scale); None in manifests written before it was recorded.
         extra: keys this version does not know, kept as they were.
     """
 
@@ -77,6 +81,7 @@ class Manifest:
     backend: dict[str, Any] | None = None
     versions: dict[str, Any] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -106,7 +111,9 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``manifest.json``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "outputs")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "outputs", "plan")}
+        if self.plan is not None:  # older manifests had no plan summary: they round-trip unchanged
+            out["plan"] = self.plan
         out["outputs"] = {k: v.to_dict() for k, v in self.outputs.items()}
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out

@@ -3,7 +3,8 @@
 The page has no external URL (no scripts, fonts, styles or images fetched): the chart is an inline
 SVG (``fp16guard.report.chart``), the styles are inline. Sections: verdict and key figures; the
 chart of max |x| per tensor in graph order (log scale, threshold and 65504 marked, tensors touching
-FP32 nodes highlighted); the FP32 nodes with their reasons; the tensors nearest the limit; the
+FP32 nodes highlighted); how the FP32 set was found (strategy, the rules' share by reason, one row
+per repair iteration, folded scale regions); the FP32 nodes with their reasons; the tensors nearest the limit; the
 verification table (numeric figures and task checks per output); lineage (inputs, versions,
 device) with the full manifest folded away.
 
@@ -28,6 +29,16 @@ from fp16guard import FP16_MAX
 from fp16guard.records.serialize import jsonable
 from fp16guard.records.verification import VerificationReport, worst_rel_error
 from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
+from fp16guard.report.plan_summary import (
+    ISLAND_REASON,
+    REPAIR_REASON,
+    fmt_seconds,
+    folded_regions,
+    plan_summary,
+    repair_record,
+    step_added_text,
+    step_worst_text,
+)
 
 __all__ = ["render_report"]
 
@@ -89,6 +100,7 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
         "cards": _cards(rows, plan, fp32_nodes, record, threshold),
         "chart": Markup(max_abs_chart(rows, threshold, fp32_out, fp32_in)) if rows else None,
         "colors": {"fp32_out": COLOR_FP32_OUT, "fp32_in": COLOR_FP32_IN, "fp16": COLOR_FP16},
+        "found": _how_found(plan),
         "fp32_nodes": [_fp32_row(n) for n in fp32_nodes],
         "top_rows": _top_rows(rows, fp32_out, fp32_in),
         "verification_columns": columns,
@@ -148,6 +160,62 @@ def _cards(rows: list[dict], plan: dict, fp32_nodes: list, record: VerificationR
         (str(len(fp32_nodes)), of_float),
         ("—" if worst is None else f"{worst:.3g}", "worst relative error"),
     ]
+
+
+def _how_found(plan: dict) -> dict | None:
+    """The "How the FP32 set was found" section: strategy, the rules' FP32 nodes by reason, one
+    row per repair iteration (a candidate with NaN/inf shows ``non-finite``, never a figure),
+    repair's outcome sentence, the folded scale regions. None when the plan has no nodes and no
+    strategy or repair record (an empty plan)."""
+    if not plan or ("fp32_nodes" not in plan and "strategy" not in plan and "repair" not in plan):
+        return None
+    summary = plan_summary(plan)
+    by_reason = summary["fp32_by_reason"]
+    rules = {r: c for r, c in by_reason.items() if r not in (REPAIR_REASON, ISLAND_REASON)}
+    record = repair_record(plan)
+    strategy = None
+    if summary["strategy"]:
+        strategy = f"{summary['strategy']}" + (f" (requested {summary['strategy_requested']}" + (f": {summary['strategy_why']})" if summary["strategy_why"] else ")") if summary["strategy_requested"] else "")
+    steps = []
+    for step in record.steps if record else ():
+        steps.append({
+            "iteration": str(step.iteration),
+            "fp32_nodes": str(step.fp32_nodes),
+            "worst": step_worst_text(step),
+            "passed": "yes" if step.passed else "no",
+            "added": step_added_text(step),
+            "verdict": step.reason,
+            "seconds": fmt_seconds(step.seconds),
+            "bad": not step.passed,
+        })
+    regions = [
+        {
+            "first": str(r.get("first", "")),
+            "last": str(r.get("last", "")),
+            "tensors": str(r.get("tensors", "")),
+            "scale": f"2**{int(r.get('exponent') or 0)} (= {2 ** int(r.get('exponent') or 0)})",
+            "why": str(r.get("why", "")),
+        }
+        for r in folded_regions(plan)
+    ]
+    folding = summary["folding"]
+    return {
+        "strategy": strategy,
+        "rules_total": sum(rules.values()),
+        "rules": [(str(r), str(c)) for r, c in rules.items()],
+        "repair_added": by_reason.get(REPAIR_REASON, 0),
+        "islands_added": by_reason.get(ISLAND_REASON, 0),
+        "total": summary["fp32_nodes"],
+        "repair": None if record is None else {
+            "outcome": record.outcome,
+            "message": record.message,
+            "samples": str(record.samples),
+            "seconds": fmt_seconds(record.seconds),
+            "steps": steps,
+        },
+        "regions": regions,
+        "refused": folding["refused"] if folding else 0,
+    }
 
 
 def _fp32_row(n: dict) -> dict:

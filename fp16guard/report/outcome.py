@@ -11,6 +11,7 @@ import math
 from collections import Counter
 
 from fp16guard.records.verification import VerificationReport
+from fp16guard.report.plan_summary import plan_lines
 
 __all__ = ["REPORT_LINK_EXPIRY_S", "outcome_lines", "report_link"]
 
@@ -19,8 +20,11 @@ REPORT_LINK_EXPIRY_S = 7 * 24 * 3600
 
 
 def outcome_lines(name: str, version: str, result: dict, plan: dict, verification: dict) -> list[str]:
-    """Four lines: the plan's size, the verification figures, the release decision, where the
-    artifacts are. E.g. ``plan: 7 of 58 nodes stay FP32 (threshold 10000; output_above_threshold 5, ...)``.
+    """The plan's size, then how it was found (the strategy and repair lines of
+    :func:`fp16guard.report.plan_summary.plan_lines`, when the plan records them, e.g.
+    ``repair: repaired — 33 nodes pinned in 2 iterations, 59 s``), the verification figures, the
+    release decision, where the artifacts are. E.g. ``plan: 7 of 58 nodes stay FP32 (threshold
+    10000; output_above_threshold 5, ...)``.
 
     A non-finite or unbounded worst error is written as such, never as a finite figure.
     """
@@ -30,6 +34,7 @@ def outcome_lines(name: str, version: str, result: dict, plan: dict, verificatio
     why = ", ".join(f"{r} {c}" for r, c in reasons.most_common(4))
     total = plan.get("counts", {}).get("nodes", "?")
     lines = [f"plan: {len(fp32)} of {total} nodes stay FP32 (threshold {plan.get('threshold')}" + (f"; {why})" if why else ")")]
+    lines += plan_lines(plan)
 
     worst = record.worst_rel_error
     worst_text = "none (no float outputs)" if worst is None else ("unbounded (NaN/inf or no comparison)" if not math.isfinite(worst) else f"{worst:.3g}")

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from fp16guard import FP16_MAX
 from fp16guard.records.verification import VerificationReport
+from fp16guard.report.plan_summary import plan_lines, repair_record, step_added_text, step_worst_text, fmt_seconds
 
 __all__ = ["artifact_key", "summary_markdown", "tensors_near_limit"]
 
@@ -44,8 +45,9 @@ def tensors_near_limit(stats: pa.Table, threshold: float, fp32_nodes: set[str], 
 
 
 def summary_markdown(name: str, version: str, result: dict, plan: dict, verification: dict, stats: pa.Table) -> str:
-    """Markdown summary of one run: verdict, release, FP32 nodes with reasons, worst tensors,
-    verification figures."""
+    """Markdown summary of one run: verdict, release, how the FP32 set was found (strategy, repair
+    outcome and one row per repair iteration), verification figures, FP32 nodes with reasons,
+    worst tensors."""
     record = VerificationReport.from_dict(verification)
     verdict = "✅ verified" if record.passed else "❌ rejected"
     worst = record.worst_rel_error
@@ -57,6 +59,7 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
         f"- threshold: {plan.get('threshold')} (FP16 max {FP16_MAX:g})",
         f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes', '?')}",
     ]
+    lines += [f"- {_cell(line)}" for line in plan_lines(plan)]
     lines.append(f"- worst relative error: {_fmt(worst)}")
     if result.get("speed"):  # fp16guard.backends.profile.speed_summary
         lines.append(f"- speed: {result['speed']}")
@@ -75,6 +78,7 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
             f"| `{_cell(out)}` | {_fmt(fig.max_abs_error)} | {_fmt(fig.max_rel_error)} | {_fmt(fig.cosine)} | {fig.nonfinite} "
             f"| {_fmt(c.get('top1_agreement'))} | {_fmt(c.get('topk_agreement'))} | {_fmt(c.get('threshold_agreement'))} | {_cell(fig.gate or 'numeric')} |"
         )
+    lines += _repair_table(plan)
     lines += ["", "## Nodes kept in FP32", "", "| node | op | reason |", "|---|---|---|"]
     for node in plan.get("fp32_nodes", [])[:50]:
         detail = "; ".join(node.get("details", [])[:2])
@@ -85,6 +89,20 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
     for row in tensors_near_limit(stats, plan.get("threshold", FP16_MAX), set(), limit=10):
         lines.append(f"| `{_cell(row['tensor'])}` | {_cell(row['producer'])} | {row['max_abs']:g} | {row['of_fp16_max']:.2%} |")
     return "\n".join(lines) + "\n"
+
+
+def _repair_table(plan: dict) -> list[str]:
+    """One row per repair iteration (a candidate with NaN/inf shows ``non-finite``); [] when
+    repair did not run or recorded no iteration."""
+    record = repair_record(plan)
+    if record is None or not record.steps:
+        return []
+    lines = ["", f"## Repair: {_cell(record.outcome)}", "", _cell(record.message), "",
+             "| iteration | FP32 nodes | worst rel error | passed | nodes added | seconds |", "|---|---|---|---|---|---|"]
+    for step in record.steps:
+        added = ", ".join(step_added_text(step, with_why=False)) or "—"
+        lines.append(f"| {step.iteration} | {step.fp32_nodes} | {_cell(step_worst_text(step))} | {'yes' if step.passed else 'no'} | {_cell(added)} | {fmt_seconds(step.seconds)} |")
+    return lines
 
 
 def _cell(text) -> str:

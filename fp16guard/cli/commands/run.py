@@ -2,7 +2,8 @@
 
 Exit status: 0 verified, 1 verification failed (run kept, marked rejected), 2 bad input,
 3 environment failure (no Prefect server answers; see :mod:`fp16guard.cli.server`).
-With ``--json`` the last line on stdout is a JSON object with at least ``run_dir`` and ``passed``.
+With ``--json`` the last line on stdout is a JSON object with at least ``run_dir`` and ``passed``
+(and ``repair``: the repair outcome, e.g. ``repaired``, null when repair did not run).
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ def print_summary(result: dict) -> None:
         ("status", result.get("status")),
         ("release", f"{'released' if result.get('released') else 'not released'} ({result.get('release_reason')})" if "released" in result else None),
         ("fp32 nodes", result.get("fp32_nodes")),
+        ("repair", (result.get("repair_summary") or "").removeprefix("repair: ") or result.get("repair")),
         ("worst relative error", f"{worst:.3g}" if isinstance(worst, (int, float)) else worst),
         ("speed", result.get("speed")),
         ("report", result.get("report")),
