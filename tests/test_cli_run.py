@@ -53,6 +53,10 @@ def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["passed"] is True
     assert (Path(summary["run_dir"]) / "model.mixed.onnx").is_file()
+    # How the FP32 set was found: the repair outcome in the JSON and the manifest's plan summary.
+    manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
+    assert summary["repair"] == manifest["plan"]["repair"]["outcome"] in ("unchanged", "repaired")  # repair is on by default
+    assert manifest["plan"]["fp32_nodes"] == summary["fp32_nodes"]
     # Against a server, the flow run's page is printed (and in the JSON).
     ui = prefect_api_url.removesuffix("/api")
     assert summary["flow_run_url"].startswith(f"{ui}/runs/flow-run/")
@@ -61,6 +65,7 @@ def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
     messages = _flow_run_log(summary["flow_run_url"].rsplit("/", 1)[-1])
     assert any(m.startswith("plan: ") and "nodes stay FP32" in m for m in messages), messages
     assert any(m.startswith("release: released") for m in messages), messages
+    assert any(m.startswith(f"repair: {summary['repair']} — ") for m in messages), messages
     assert any(m.startswith("artifacts: run folder ") for m in messages), messages
 
 
