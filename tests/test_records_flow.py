@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 from fp16guard.settings import RunParameters
@@ -41,6 +42,9 @@ def test_forced_nan_candidate_fails_everywhere(prefect_api_url, demo_files, tmp_
 
     html = (run_dir / "report.html").read_text()
     assert "rejected" in html and html.split("worst relative error")[0].rsplit("<b>", 1)[1].startswith("inf<")
+    # The repair table's first check (the rule-based plan, all FP16 here) says non-finite, no figure.
+    first = html.split('<table class="repair">')[1].split("</tr>")[1]
+    assert re.findall(r'<td class="num">([^<]*)</td>', first)[2].startswith("non-finite") and summary["repair"] is not None
 
     (row,) = history(str(store), "demo")
     assert row["status"] == "rejected" and row["worst_rel_error"] == math.inf
