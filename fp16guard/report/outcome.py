@@ -22,7 +22,7 @@ REPORT_LINK_EXPIRY_S = 7 * 24 * 3600
 def outcome_lines(name: str, version: str, result: dict, plan: dict, verification: dict) -> list[str]:
     """The plan's size, then how it was found (the strategy and repair lines of
     :func:`fp16guard.report.plan_summary.plan_lines`, when the plan records them, e.g.
-    ``repair: repaired — 33 nodes pinned in 2 iterations, 59 s``), the verification figures, the
+    ``repair: repaired — N nodes pinned in K iterations, T s``), the verification figures, the
     release decision, where the artifacts are. E.g. ``plan: 7 of 58 nodes stay FP32 (threshold
     10000; output_above_threshold 5, ...)``.
 

@@ -152,7 +152,7 @@ def plan_summary(plan: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def repair_line(plan: Mapping[str, Any] | None) -> str | None:
-    """One line about repair, e.g. ``repair: repaired — 33 nodes pinned in 2 iterations, 59 s``;
+    """One line about repair, e.g. ``repair: repaired — N nodes pinned in K iterations, T s``;
     None when repair did not run."""
     record = repair_record(plan)
     if record is None:
