@@ -326,6 +326,11 @@ class Store:
         vdir = self._version_dir(name, version)
         with self.fs.lock(f"{vdir}/.lock"):
             for _ in range(_RELEASE_RETRIES):
+                # List the record files *before* reading the current release: a record another
+                # writer creates in between then shows up in ``current`` (and we stop), or takes
+                # the number we compute (and our exclusive create fails, so we re-read). Listing
+                # after reading would let us skip past a fresh release to the next number.
+                taken = [int(e[:-5]) for e in self._release_files(f"{vdir}/releases")]
                 current = self.current_release(name, version)
                 cur_id = current["run_id"] if current else None
                 if cur_id == run_id:
@@ -334,7 +339,6 @@ class Store:
                     return ReleaseDecision(False, run_id, cur_id, None, f"{name}/{version} is already released (run {cur_id}); pass promote=True (--promote) to replace it")
                 # The next number follows every record file, damaged ones included (their
                 # numbers are taken).
-                taken = [int(e[:-5]) for e in self._release_files(f"{vdir}/releases")]
                 record = {
                     "seq": max(taken + [current["seq"] if current else 0]) + 1,
                     "name": name,
