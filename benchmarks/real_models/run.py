@@ -46,7 +46,7 @@ from benchmarks.real_models.fetch import cache_dir, fetch_member  # noqa: E402
 from benchmarks.real_models.models import MODELS, RealModel, by_name  # noqa: E402
 
 #: Bump when a builder changes, so cached shards are rebuilt.
-DATA_VERSION = "1"
+DATA_VERSION = "2"
 
 
 def prepare(model: RealModel, cache: Path, seed: int = 0) -> tuple[Path, Path, Path]:
