@@ -30,49 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
-
-
-def build_vgg19_overflow(resolution: int = 224, gain: float = 1.9, seed: int = 0):
-    """VGG-19's layout (16 Conv3x3+Relu with MaxPool, Flatten, 3 Gemm) with He-initialised
-    weights times ``gain``, so activations grow ~gain per layer and the later ones pass FP16's
-    maximum (FP32 stays finite). Input ``x`` [N, 3, resolution, resolution], output ``y``."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-
-    def weight(name, shape, fan_in, scale):
-        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(scale * math.sqrt(2.0 / fan_in))
-        inits.append(numpy_helper.from_array(w.astype(np.float32), name))
-        return name
-
-    x, cin = "x", 3
-    for b, (cout, convs) in enumerate(VGG19_BLOCKS, start=1):
-        for c in range(1, convs + 1):
-            name = f"conv{b}_{c}"
-            w, bias = weight(f"{name}.w", (cout, cin, 3, 3), cin * 9, gain), weight(f"{name}.b", (cout,), 8.0, 1.0)
-            nodes += [helper.make_node("Conv", [x, w, bias], [name], name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-                      helper.make_node("Relu", [name], [f"relu{b}_{c}"], name=f"relu{b}_{c}")]
-            x, cin = f"relu{b}_{c}", cout
-        nodes.append(helper.make_node("MaxPool", [x], [f"pool{b}"], name=f"pool{b}", kernel_shape=[2, 2], strides=[2, 2]))
-        x = f"pool{b}"
-    nodes.append(helper.make_node("Flatten", [x], ["flatten"], name="flatten", axis=1))
-    x, side = "flatten", resolution // 32
-    for i, (fin, fout) in enumerate([(cin * side * side, 4096), (4096, 4096), (4096, 1000)], start=6):
-        w, bias = weight(f"fc{i}.w", (fout, fin), fin, gain), weight(f"fc{i}.b", (fout,), 8.0, 1.0)
-        nodes.append(helper.make_node("Gemm", [x, w, bias], [f"fc{i}"], name=f"fc{i}", transB=1))
-        x = f"fc{i}"
-        if i < 8:
-            nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"relu{i}"))
-            x = f"relu{i}"
-    nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
-    graph = helper.make_graph(nodes, "vgg19_overflow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, resolution, resolution])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1000])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
+# The same VGG-19-shaped overflowing CNN as the folding benchmark (one builder for both).
+from benchmarks.fold_latency import build_vgg19_overflow  # noqa: E402
 
 
 def _write_vgg_shards(folder: Path, count: int, samples: int, resolution: int, seed: int) -> None:

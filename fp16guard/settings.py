@@ -207,6 +207,31 @@ class RunParameters(BaseModel):
         return check_segment(value, "version") if isinstance(value, str) else value
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from environment variable ``name``, else ``default``.
+
+    Read when called (never at import time).
+
+    Raises:
+        ConfigError: the variable is set but is not a positive number, e.g.
+            ``FP16GUARD_SERVER_LOST_S='soon' is not accepted; expected a positive number of seconds``.
+    """
+    import os
+
+    from fp16guard.errors import ConfigError
+
+    text = os.environ.get(name)
+    if not text:
+        return float(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name}={text!r} is not accepted; expected a positive number of seconds")
+    return value
+
+
 def parse_parameters(model: type[BaseModel], data: dict[str, Any]) -> BaseModel:
     """Validate ``data`` into ``model``; turn pydantic's report into one ConfigError line.
 

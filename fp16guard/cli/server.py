@@ -61,18 +61,9 @@ def startup_timeout() -> float:
     Raises:
         ConfigError: the variable is not a positive number.
     """
-    from fp16guard.errors import ConfigError
+    from fp16guard.settings import env_seconds
 
-    text = os.environ.get(TIMEOUT_ENV)
-    if not text:
-        return DEFAULT_STARTUP_TIMEOUT_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={text!r} is not accepted; expected a positive number of seconds")
-    return value
+    return env_seconds(TIMEOUT_ENV, DEFAULT_STARTUP_TIMEOUT_S)
 
 
 def healthy(api_url: str, timeout_s: float = 10.0) -> bool:

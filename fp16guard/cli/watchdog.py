@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from fp16guard.errors import ConfigError, EnvironmentFailure
+from fp16guard.errors import EnvironmentFailure
 
 __all__ = ["ServerWatchdog", "ServerLost", "interruptible", "chain_sigterm", "DEFAULT_LOST_S", "LOST_ENV", "CHECK_S", "GRACE_S"]
 
@@ -110,16 +110,9 @@ def lost_after() -> float:
     Raises:
         ConfigError: the variable is not a positive number.
     """
-    text = os.environ.get(LOST_ENV)
-    if not text:
-        return DEFAULT_LOST_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{LOST_ENV}={text!r} is not accepted; expected a positive number of seconds")
-    return value
+    from fp16guard.settings import env_seconds
+
+    return env_seconds(LOST_ENV, DEFAULT_LOST_S)
 
 
 class ServerWatchdog:

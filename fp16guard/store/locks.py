@@ -136,7 +136,11 @@ class LeaseLocks:
     ):
         self.folder = Path(folder)
         self.lease_s = float(lease_s)
-        self.wait_s = float(wait_s if wait_s is not None else os.environ.get(WAIT_ENV) or DEFAULT_WAIT_S)
+        if wait_s is None:
+            from fp16guard.settings import env_seconds
+
+            wait_s = env_seconds(WAIT_ENV, DEFAULT_WAIT_S)
+        self.wait_s = float(wait_s)
         self.report_s = float(report_s)
         self.poll_s = float(poll_s)
         self.report = report or (lambda message: _log.warning(message))
