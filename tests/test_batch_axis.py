@@ -65,6 +65,17 @@ def test_batch_axes_follow_the_shared_symbolic_dimension():
     assert batch_axes([InputSpec("x", np.dtype("float32"), (None, 16)), InputSpec("h", np.dtype("float32"), (2, None, 8))]) == {"x": 0, "h": None}
 
 
+def test_a_lone_symbolic_width_is_not_a_batch_axis():
+    # An image of fixed batch 1 and a dynamic width (a CRNN's [1, 1, 64, 'image_width']): the width
+    # leads no input and is shared by none, so the leading axis is the batch, not the width.
+    spec = InputSpec("img", np.dtype(np.float32), (1, 1, 64, "image_width"))
+    assert batch_axes([spec]) == {"img": 0}
+    # The same name shared by two inputs is a batch axis wherever it sits.
+    a = InputSpec("x", np.dtype(np.float32), (1, "n", 8))
+    b = InputSpec("s", np.dtype(np.float32), (2, "n", 4))
+    assert batch_axes([a, b]) == {"x": 1, "s": 1}
+
+
 def test_state_with_batch_on_axis_1_and_a_rank0_input_run_in_slices(tmp_path):
     model = _gru_model(tmp_path / "gru.onnx")
     ref = _gru_shard(tmp_path / "s.npz")

@@ -202,7 +202,8 @@ def peek_shard(ref: ShardRef) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
 def batch_axes(specs: Sequence[InputSpec]) -> dict[str, int | None]:
     """The batch axis of every input, from the model's declared shapes alone.
 
-    * The batch is the named (symbolic) dimension shared by the most inputs; on a tie, the one
+    * The batch is the named (symbolic) dimension shared by the most inputs (a name counts only
+      where it is the leading axis of some input or appears in two or more inputs); on a tie, the one
       that sits furthest to the left, then the first seen. Each input's batch axis is where that
       name first appears in its shape; an input without it (a rank-0 sample rate, a fixed-size
       table) has none and is fed whole with every slice.
@@ -224,6 +225,9 @@ def batch_axes(specs: Sequence[InputSpec]) -> dict[str, int | None]:
             if isinstance(dim, str) and dim and dim not in seen:
                 seen.add(dim)
                 symbols.setdefault(dim, []).append(axis)
+    # A named dimension is a batch candidate only where it leads some input or is shared by two
+    # or more inputs: a lone symbolic width ([1, 1, 64, 'image_width']) is not a batch axis.
+    symbols = {name: where for name, where in symbols.items() if 0 in where or len(where) > 1}
     axes: dict[str, int | None] = {}
     if symbols:
         first = list(symbols)
