@@ -141,3 +141,44 @@ def test_weights_mostly_below_fp16_normal_range_are_underflow():
     assert make_plan(_matmul_model(zeros), stats, PlanSettings()).fp32_names == set()
     subnormal = np.full((8, 8), 1e-5, np.float32)  # subnormal in FP16 but stored within 0.3%
     assert make_plan(_matmul_model(subnormal), stats, PlanSettings()).fp32_names == set()
+
+
+def _floor_to_int_model() -> onnx.ModelProto:
+    """``Cast(Floor(x), INT32)``: float arithmetic turned into integers (quantisation, indices)."""
+    nodes = [
+        helper.make_node("Floor", ["x"], ["f"], name="floor"),
+        helper.make_node("Cast", ["f"], ["q"], name="to_int", to=onnx.TensorProto.INT32),
+    ]
+    return make_model(nodes, [io("x", "N", 16)], [io("q", "N", 16, dtype=onnx.TensorProto.INT32)])
+
+
+def test_integers_above_2048_are_cast_from_fp32():
+    model = _floor_to_int_model()
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.uniform(-5000, 5000, (4, 16)).astype(np.float32)}
+    stats = measured_stats(model, calib)
+    without = tuple(r for r in DEFAULT_RULES if "integer_conversion" not in r.codes)
+    before = make_plan(model, stats, PlanSettings(), rules=without)
+    assert before.fp32_names == set()
+    plan = make_plan(model, stats, PlanSettings())
+    assert plan.fp32_names == {"floor", "to_int"}
+    assert {e.reason for e in plan.fp32_nodes} == {"integer_conversion"}
+
+
+def test_integer_conversion_rule_changes_the_verdict(tmp_path):
+    model = _floor_to_int_model()
+    rng = np.random.default_rng(1)
+    calib = {"x": rng.uniform(-5000, 5000, (4, 16)).astype(np.float32)}
+    np.savez(tmp_path / "holdout.npz", x=rng.uniform(-5000, 5000, (4, 16)).astype(np.float32))
+    holdout = [ShardRef("holdout.npz", str(tmp_path / "holdout.npz"))]
+    _, report = verify_mixed(model, set(), holdout, VerifySettings())
+    assert not report["passed"]  # FP16 storage rounds integers above 2048 to even ones
+    plan = make_plan(model, measured_stats(model, calib), PlanSettings())
+    _, report = verify_mixed(model, plan.fp32_names, holdout, VerifySettings())
+    assert report["passed"], report["reason"]
+
+
+def test_small_integers_stay_fp16():
+    model = _floor_to_int_model()
+    calib = {"x": np.random.default_rng(2).uniform(-2000, 2000, (4, 16)).astype(np.float32)}
+    assert make_plan(model, measured_stats(model, calib), PlanSettings()).fp32_names == set()

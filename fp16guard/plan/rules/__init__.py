@@ -13,6 +13,7 @@ from fp16guard.plan.rules.activation_range import ActivationRangeRule
 from fp16guard.plan.rules.activation_underflow import ActivationUnderflowRule
 from fp16guard.plan.rules.initializer_range import InitializerRangeRule
 from fp16guard.plan.rules.initializer_underflow import InitializerUnderflowRule
+from fp16guard.plan.rules.integer_conversion import IntegerConversionRule
 from fp16guard.plan.rules.masked_nonfinite import MaskedNonfiniteRule
 from fp16guard.plan.rules.structural import StructuralRule
 from fp16guard.plan.rules.user_overrides import UserOverridesRule
@@ -26,6 +27,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     InitializerRangeRule(),
     MaskedNonfiniteRule(),  # before the range rule: NaN/inf is its own reason, not a large value
     ActivationRangeRule(),
+    IntegerConversionRule(),
     InitializerUnderflowRule(),
     ActivationUnderflowRule(),
 )
