@@ -32,6 +32,7 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+@pytest.mark.slow
 def test_tampered_cache_is_not_executed_and_dead_locks_do_not_block(prefect_api_url, demo_files, tmp_path, monkeypatch):
     import flows.calibrate
     from flows.calibrate import calibrate

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ from pathlib import Path
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_two_simultaneous_runs_both_finish_and_one_is_released(prefect_api_url, demo_files, tmp_path):
     store = tmp_path / "store"
     args = [sys.executable, "-m", "fp16guard.cli.main", "run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["holdout"],

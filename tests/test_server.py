@@ -48,6 +48,7 @@ def test_start_failure_is_environment_failure_and_leaves_no_process(tmp_path):
     assert _processes_with_home(server.home) == []
 
 
+@pytest.mark.slow
 def test_second_use_reuses_the_server_and_stop_ends_it(tmp_path, capsys):
     home = tmp_path / "home"
     server = LocalServer(home)
