@@ -21,6 +21,19 @@ exit status:
   3  environment failure: no Prefect server answers or starts, or the store cannot be used"""
 
 
+def add_store_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--store`` (the store root), with the same default and help on every command."""
+    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+
+
+def add_run_selection(p: argparse.ArgumentParser) -> None:
+    """Add what names one stored run: NAME, ``--model-version``, ``--run ID`` and ``--store``."""
+    p.add_argument("name", help="model name")
+    add_model_version(p, required=True, positional_alias=True)
+    p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
+    add_store_argument(p)
+
+
 def add_model_version(p: argparse.ArgumentParser, required: bool, positional_alias: bool = False) -> None:
     """Add ``--model-version V``: the one spelling of a model's version in every command.
 

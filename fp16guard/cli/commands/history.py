@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from fp16guard.cli.common import add_model_version
+from fp16guard.cli.common import add_model_version, add_store_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="model name")
     add_model_version(p, required=False)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    add_store_argument(p)
     p.set_defaults(func=main)
 
 

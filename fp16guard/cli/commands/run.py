@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fp16guard.cli.common import add_model_version
+from fp16guard.cli.common import add_model_version, add_store_argument
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments shared by ``run`` and ``demo``'s pass-through options."""
-    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    add_store_argument(p)
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs on the console")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from fp16guard.cli.common import add_model_version, model_version
+from fp16guard.cli.common import add_run_selection, model_version
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print the manifest and verification of the release (or of a run)",
         description="Print the run's status, reason and location, then its manifest.json and verification.json. Without --run: the version's current release.",
     )
-    p.add_argument("name", help="model name")
-    add_model_version(p, required=True, positional_alias=True)
-    p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
-    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
+    add_run_selection(p)
     p.add_argument(
         "--as",
         dest="export",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from fp16guard.cli.common import add_model_version, model_version
+from fp16guard.cli.common import add_run_selection, model_version
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,11 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="re-hash a stored run and compare with its recorded hashes",
         description="Re-hash every file of the release (or of --run) against status.json and the manifest; with --inputs also the model and data files the manifest names. Exit 1 lists each mismatch.",
     )
-    p.add_argument("name", help="model name")
-    add_model_version(p, required=True, positional_alias=True)
-    p.add_argument("--run", dest="run_id", metavar="ID", help="a run id (default: the current release)")
+    add_run_selection(p)
     p.add_argument("--inputs", action="store_true", help="also re-hash the input model and data files named in the manifest")
-    p.add_argument("--store", help="store root (folder or fsspec URL); default $FP16GUARD_STORE, else ./fp16guard-store")
     p.set_defaults(func=main)
 
 
