@@ -41,6 +41,23 @@ def demo_files(tmp_path_factory) -> dict:
     return prepare("demo", tmp_path_factory.mktemp("demo"))
 
 
+def calib_with_nan(src: str | Path, dest: Path, index: int = 0) -> Path:
+    """Copy the calibration folder ``src`` to ``dest`` with one NaN at flat ``index`` of the first
+    input of its first shard (bad data that only reading the values finds). Returns that shard."""
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(src, dest)
+    first = sorted(Path(dest).glob("*.npz"))[0]
+    arrays = dict(np.load(first))
+    key = sorted(arrays)[0]
+    arrays[key] = arrays[key].copy()
+    arrays[key].flat[index] = np.nan
+    np.savez(first, **arrays)
+    return first
+
+
 def run_cli(args: list[str], env: dict | None = None, api_url: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m fp16guard.cli.main ARGS`` in a subprocess, as a user would run ``fp16guard``.
 

@@ -4,26 +4,19 @@ entry or payload for the failed work, no lock."""
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
 import pytest
 
 from fp16guard.errors import NonFiniteError
 from fp16guard.settings import RunParameters
+from conftest import calib_with_nan
 
 
 def test_bad_shard_inside_the_flow_leaves_no_cache_entry_lock_or_staging(prefect_api_url, demo_files, tmp_path):
     from flows.calibrate import calibrate
 
     bad = tmp_path / "bad"
-    shutil.copytree(demo_files["calib"], bad)
-    first = sorted(bad.glob("*.npz"))[0]
-    arrays = dict(np.load(first))
-    key = sorted(arrays)[0]
-    arrays[key] = arrays[key].copy()
-    arrays[key].flat[0] = np.nan
-    np.savez(first, **arrays)
+    calib_with_nan(demo_files["calib"], bad, index=0)
     store = tmp_path / "store"
     params = RunParameters(model=demo_files["model"], calib=[str(bad)], holdout=[demo_files["holdout"]], name="demo", version="1", store=str(store))
     with pytest.raises(NonFiniteError):

@@ -6,11 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fp16guard.errors import NonFiniteError, VerificationFailed
 from fp16guard.settings import RunParameters
+from conftest import calib_with_nan
 
 RUN_FILES = {"stats.parquet", "shard_stats.parquet", "plan.json", "model.mixed.onnx", "verification.json", "manifest.json", "report.html"}
 
@@ -87,13 +87,7 @@ def test_nan_in_calibration_data_leaves_no_run(prefect_api_url, demo_files, stor
     from flows.calibrate import calibrate
 
     bad = tmp_path / "bad"
-    shutil.copytree(demo_files["calib"], bad)
-    first = sorted(bad.glob("*.npz"))[0]
-    arrays = dict(np.load(first))
-    key = sorted(arrays)[0]
-    arrays[key] = arrays[key].copy()
-    arrays[key].flat[3] = np.nan
-    np.savez(first, **arrays)
+    first = calib_with_nan(demo_files["calib"], bad, index=3)
     with pytest.raises(NonFiniteError, match=first.name):
         calibrate(RunParameters(**{**_params(demo_files, store).model_dump(), "calib": [str(bad)]}))
     version_dir = store / "demo" / "1"

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,6 +23,18 @@ def _cli(args, api_url, **env):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
         env={**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url, **env},
     )
+
+
+def _read_until_waiting(proc, timeout_s: float) -> None:
+    """Read ``proc``'s stderr until it says which lock holder it waits for (at most ``timeout_s``)."""
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while "waiting for pid" not in seen and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "waiting for pid" in seen, seen
 
 
 @pytest.mark.slow
@@ -55,14 +66,7 @@ def test_live_lock_wait_is_reported_bounded_and_interruptible(prefect_api_url, d
         assert "Traceback" not in err
         # Ctrl-C while waiting: the run ends promptly, with no staging folder left.
         waiting = _cli(args + ["--model-version", "3"], prefect_api_url)
-        seen = ""
-        deadline = time.monotonic() + 240
-        while "waiting for pid" not in seen and time.monotonic() < deadline:
-            line = waiting.stderr.readline()
-            if not line:
-                break
-            seen += line
-        assert "waiting for pid" in seen, seen
+        _read_until_waiting(waiting, 240)
         waiting.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
         waiting.communicate(timeout=120)
@@ -72,13 +76,7 @@ def test_live_lock_wait_is_reported_bounded_and_interruptible(prefect_api_url, d
         assert not staging.exists() or not any(staging.iterdir())
         # SIGTERM while waiting: the same, exit 143.
         waiting = _cli(args + ["--model-version", "4"], prefect_api_url)
-        seen = ""
-        while "waiting for pid" not in seen and time.monotonic() < deadline + 240:
-            line = waiting.stderr.readline()
-            if not line:
-                break
-            seen += line
-        assert "waiting for pid" in seen, seen
+        _read_until_waiting(waiting, 240)
         waiting.send_signal(signal.SIGTERM)
         terminated = time.monotonic()
         waiting.communicate(timeout=120)
