@@ -44,6 +44,18 @@ class Net:
         b = self.rng.standard_normal(cout) * bias
         return self.op("Conv", name, [x, self.const(f"{name}.w", w), self.const(f"{name}.b", b)], kernel_shape=[k, k], pads=[k // 2] * 4)
 
+    def fill(self, name: str, shape, value: float) -> str:
+        """A ConstantOfShape node filling ``shape`` with ``value`` (how the ONNX project's light
+        test CNNs store their weights)."""
+        dims = self.const_int(f"{name}.shape", list(shape))
+        element = numpy_helper.from_array(np.asarray([value], dtype=np.float32), "")
+        self.nodes.append(helper.make_node("ConstantOfShape", [dims], [name], name=f"{name}.fill", value=element))
+        return name
+
+    def const_int(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), name))
+        return name
+
     def gemm(self, name: str, x: str, fin: int, fout: int, gain: float, bias: float = 0.5) -> str:
         w = self.rng.standard_normal((fout, fin)) * gain * np.sqrt(2.0 / fin)
         return self.op("Gemm", name, [x, self.const(f"{name}.w", w), self.const(f"{name}.b", self.rng.standard_normal(fout) * bias)], transB=1)
@@ -66,10 +78,11 @@ def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-def measure(tmp_path: Path, model: onnx.ModelProto, feeds: dict, smallest: bool = False):
-    """A statistics table (``tensor``, ``min``, ``max``, ``max_abs``, ``nonfinite``, and with
-    ``smallest`` the ``min_nonzero_abs`` column) of every float tensor of ``model`` on ``feeds``,
-    measured by onnxruntime with every tensor exposed as an output (fine for tiny models)."""
+def measure(tmp_path: Path, model: onnx.ModelProto, feeds: dict, smallest: bool = False, mean: bool = False):
+    """A statistics table (``tensor``, ``min``, ``max``, ``max_abs``, ``nonfinite``, with
+    ``smallest`` the ``min_nonzero_abs`` column, with ``mean`` the ``abs_sum`` and ``examined``
+    columns) of every float tensor of ``model`` on ``feeds``, measured by onnxruntime with every
+    tensor exposed as an output (fine for tiny models)."""
     import pyarrow as pa
 
     from fp16guard.graph.info import tensor_types
@@ -90,6 +103,8 @@ def measure(tmp_path: Path, model: onnx.ModelProto, feeds: dict, smallest: bool 
         row = {"tensor": n, "min": float(finite.min()), "max": float(finite.max()), "max_abs": float(np.abs(finite).max()), "nonfinite": int(v.size - finite.size)}
         if smallest:
             row["min_nonzero_abs"] = float(nz.min()) if nz.size else float("inf")
+        if mean:
+            row.update(abs_sum=float(np.abs(finite).sum()), examined=int(finite.size))
         rows.append(row)
     return pa.Table.from_pylist(rows)
 

@@ -11,16 +11,19 @@ Contract of :func:`fold_batchnorm`:
 * **Requires** (checked, :class:`~fp16guard.errors.ModelError` otherwise): the model's weights
   are loaded (no external-data initializer among the tensors a fold would read) and node names
   are unique (as :func:`fp16guard.io.model.load_model` makes them).
-* A pair is folded only when: the Conv (default domain, group any) has a FLOAT initializer
-  weight and, if present, a FLOAT initializer bias; its output is read by that one BN only and
+* A pair is folded only when: the Conv (default domain, group any) has a FLOAT constant
+  weight and, if present, a FLOAT constant bias; its output is read by that one BN only and
   is not a graph output; the BN has a single output (inference mode: no running-statistics
-  outputs, ``training_mode`` 0 or absent) and FLOAT initializer scale, bias, mean and variance
-  of one value per output channel. Anything else is left as it is.
+  outputs, ``training_mode`` 0 or absent) and FLOAT constant scale, bias, mean and variance
+  of one value per output channel. Anything else is left as it is. A constant is an
+  initializer, a Constant node or a ConstantOfShape fill of known shape
+  (:class:`~fp16guard.graph.constants.ConstantTable`); a folded fill stays a fill when the
+  result is uniform, else becomes an initializer.
 * **Ensures** (checked): the result passes ``onnx.checker.check_model``; graph inputs and
   outputs are unchanged; the folded Conv keeps its node name and now writes the BN's output
   tensor (the name the statistics know), so no tensor name that survives changes meaning; the
-  BN node and the Conv's former output tensor are gone. Weight and bias tensors read by any
-  other node are copied (``<name>__bnfold``), never edited under another reader.
+  BN node and the Conv's former output tensor are gone, and so are constants nobody reads any
+  more. Weight and bias tensors read by any other node are copied (``<name>__bnfold``), never edited under another reader.
 * Returns a new model and the list of folds ``{"conv", "batchnorm", "output"}``; the input model
   is not modified. Arithmetic is float64, stored as float32.
 """
@@ -32,6 +35,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fp16guard.errors import ModelError
+from fp16guard.graph.constants import ConstantTable, drop_unread_constants
 from fp16guard.graph.info import NameAllocator, all_names
 from fp16guard.io.model import PROTOBUF_LIMIT
 
@@ -77,6 +81,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
+    table = ConstantTable(model)
     inits = {t.name: t for t in graph.initializer}
     readers: dict[str, int] = {}
     for node in graph.node:
@@ -85,25 +90,28 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
     outputs = {v.name for v in graph.output}
     producer = {o: node for node in graph.node for o in node.output if o}
     alloc = NameAllocator(all_names(model))
+    added_before: dict[str, list[onnx.NodeProto]] = {}  # conv name -> fill nodes it now reads
 
-    def float_init(name: str):
-        tensor = inits.get(name)
-        if tensor is None or tensor.data_type != TensorProto.FLOAT:
+    def float_value(name: str):
+        """The FLOAT constant ``name`` as float64 (a fill expanded), or None."""
+        if not table.is_const(name) or (name in inits and inits[name].data_type != TensorProto.FLOAT):
             return None
-        if tensor.data_location == TensorProto.EXTERNAL:
-            raise ModelError(f"initializer {name!r} has external data that is not loaded; expected a model loaded with its weights")
-        return numpy_helper.to_array(tensor).astype(np.float64)
+        value = table.array(name)
+        return None if value is None or value.dtype != np.float32 else value.astype(np.float64)
 
-    def store(name: str, value: np.ndarray) -> str:
-        """Write ``value`` under ``name`` when only the folded Conv reads it, else under a copy."""
+    def store(name: str, value: np.ndarray, conv: onnx.NodeProto) -> str:
+        """Write ``value`` under ``name`` when it is an initializer only the folded Conv reads,
+        else under a copy (a fill stays a fill when ``value`` is uniform)."""
         array = np.asarray(value, dtype=np.float32)
         if readers.get(name, 0) == 1 and name in inits:
             inits[name].CopyFrom(numpy_helper.from_array(array, name))
             return name
         new = alloc.new(f"{name}__bnfold")
-        tensor = numpy_helper.from_array(array, new)
-        graph.initializer.append(tensor)
-        inits[new] = tensor
+        nodes, tensors = table.rewrite(name, array, new, alloc)
+        added_before.setdefault(conv.name, []).extend(nodes)
+        for tensor in tensors:
+            graph.initializer.append(tensor)
+            inits[new] = tensor
         return new
 
     folds: list[dict] = []
@@ -119,9 +127,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
         mid = bn.input[0]
         if readers.get(mid, 0) != 1 or mid in outputs or len(conv.input) < 2:
             continue
-        weight = float_init(conv.input[1])
-        bias = float_init(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(0)
-        params = [float_init(n) for n in bn.input[1:5]] if len(bn.input) >= 5 else [None]
+        weight = float_value(conv.input[1])
+        bias = float_value(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(0)
+        params = [float_value(n) for n in bn.input[1:5]] if len(bn.input) >= 5 else [None]
         if weight is None or bias is None or any(p is None for p in params) or weight.ndim < 3:
             continue
         gamma, beta, mean, var = (p.reshape(-1) for p in params)
@@ -132,9 +140,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
         k = gamma / np.sqrt(var + eps)
         new_w = weight * k.reshape((-1,) + (1,) * (weight.ndim - 1))
         new_b = ((bias if bias.size else 0.0) - mean) * k + beta
-        w_name = store(conv.input[1], new_w)
+        w_name = store(conv.input[1], new_w, conv)
         if len(conv.input) > 2 and conv.input[2]:
-            b_name = store(conv.input[2], new_b)
+            b_name = store(conv.input[2], new_b, conv)
         else:
             b_name = alloc.new(f"{conv.name}__bnfold_bias")
             tensor = numpy_helper.from_array(new_b.astype(np.float32), b_name)
@@ -148,12 +156,15 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
         folds.append({"conv": conv.name, "batchnorm": bn.name, "output": bn.output[0]})
 
     if folds:
-        kept = [n for n in graph.node if n.name not in removed]
+        kept = []
+        for n in graph.node:
+            if n.name not in removed:
+                kept.extend(added_before.get(n.name, []))
+                kept.append(n)
         del graph.node[:]
         graph.node.extend(kept)
+        drop_unread_constants(graph, outputs)
         used = {name for n in graph.node for name in n.input} | outputs
-        for tensor in [t for t in graph.initializer if t.name not in used]:
-            graph.initializer.remove(tensor)
         # The Convs' former outputs no longer exist: drop their value_info entries.
         live = used | {o for n in graph.node for o in n.output}
         kept = [vi for vi in graph.value_info if vi.name in live]

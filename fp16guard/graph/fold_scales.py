@@ -63,13 +63,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Collection, Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from fp16guard.errors import ModelError
+from fp16guard.graph.constants import ConstantTable, drop_unread_constants
 from fp16guard.graph.info import NameAllocator, all_names, outer_refs, rename_outer_refs, subgraphs, tensor_types
 from fp16guard.io.model import PROTOBUF_LIMIT
 
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # pyarrow is needed by scaled_stats only: the passes run with
 __all__ = [
     "MAX_EXPONENT",
     "MIN_SCALED_MAX",
+    "NEGLIGIBLE_BIAS",
     "SMALLEST_COLUMNS",
     "TensorRange",
     "NodeKind",
@@ -89,8 +91,17 @@ __all__ = [
     "scaled_stats",
 ]
 
-#: Largest exponent: 2**14 is a normal FP16 number, so every converter constant fits in FP16.
-MAX_EXPONENT = 14
+#: Largest exponent. Activations of networks without normalisation grow geometrically (the ONNX
+#: project's light VGG-19 reaches 3e31), so the exponent is bounded by FP32, not FP16: any finite
+#: FP32 tensor (below 2**128) folds under the default threshold (about 2**13), and every converter
+#: constant 2**(e1 - e2) is a normal FP32 number (FP32's smallest normal is 2**-126). A converter
+#: constant beyond FP16's range (2**16 and up) is read by an FP32 node: the plan's range rule for
+#: constants decides it, like any other constant.
+MAX_EXPONENT = 120
+#: A Conv/Gemm/MatMul bias whose folded value FP16 cannot hold is dropped (set to 0) when it is
+#: below this fraction of the mean |x| of the node's output (FP16's unit round-off): an FP16
+#: output of typical size cannot hold such a bias anyway.
+NEGLIGIBLE_BIAS = 2.0**-11
 #: Without a smallest-|x| statistic, a scaled tensor's max |x| must stay at least this (see the
 #: module docstring: keeps values down to max_abs * 2**-14 in FP16's normal range).
 MIN_SCALED_MAX = 1.0
@@ -130,11 +141,13 @@ class TensorRange:
         max_abs: largest |x| seen (NaN: unknown).
         nonfinite: NaN/inf elements seen.
         smallest: smallest non-zero |x| seen, when the statistics have it (None otherwise).
+        mean_abs: mean |x| over the examined elements, when the statistics have it (None otherwise).
     """
 
     max_abs: float
     nonfinite: int = 0
     smallest: float | None = None
+    mean_abs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -174,43 +187,20 @@ class _Graph:
     """Facts about the main graph that classification needs (built once)."""
 
     def __init__(self, model: onnx.ModelProto):
-        graph = model.graph
         self.types = tensor_types(model)
-        inputs = {v.name for v in graph.input}
-        self.inits = {t.name: t for t in graph.initializer if t.name not in inputs}
-        self.consts: dict[str, np.ndarray] = {}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.output and node.domain in ("", "ai.onnx"):
-                value = _constant_array(node)
-                if value is not None:
-                    self.consts[node.output[0]] = value
-        self.outputs = [v.name for v in graph.output]
+        self.constants = ConstantTable(model)
+        self.outputs = [v.name for v in model.graph.output]
 
     def is_const(self, name: str) -> bool:
-        return bool(name) and (name in self.inits or name in self.consts)
+        return self.constants.is_const(name)
 
     def is_act(self, name: str) -> bool:
         """A FLOAT tensor computed by the graph (or a graph input): the things that get exponents."""
         return bool(name) and self.types.is_float32(name) and not self.is_const(name)
 
     def value(self, name: str) -> np.ndarray:
-        if name in self.inits:
-            tensor = self.inits[name]
-            if tensor.data_location == TensorProto.EXTERNAL:
-                raise ModelError(f"initializer {name!r} has external data that is not loaded; expected a model loaded with its weights (load_model(path))")
-            return numpy_helper.to_array(tensor)
-        return self.consts[name]
-
-
-def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT:
-            return numpy_helper.to_array(a.t)
-        if a.name == "value_float":
-            return np.asarray(a.f, dtype=np.float32)
-        if a.name == "value_floats":
-            return np.asarray(list(a.floats), dtype=np.float32)
-    return None
+        """Values standing for constant ``name`` in element-wise checks (one element for a fill)."""
+        return self.constants.probe(name)
 
 
 def _scalar(g: _Graph, name: str) -> float | None:
@@ -399,11 +389,15 @@ class ScaleSolution:
             ``first``/``last`` (names, graph order), ``exponent``, ``scale`` (2**exponent),
             ``status`` (``folded`` or ``refused``), ``why`` (a sentence).
         notes: sentences about nodes whose scale could not be folded (weights, constants).
+        dropped_biases: one dict per Conv/Gemm/MatMul whose folded bias is negligible and set to
+            0 (``node``, ``bias``, ``bias_max_abs``, ``output_mean_abs``, ``exponent``):
+            :func:`apply_scales` needs the node names (``drop_biases``).
     """
 
     exponents: dict[str, int] = field(default_factory=dict)
     regions: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dropped_biases: list[dict] = field(default_factory=list)
 
 
 def _need(r: TensorRange | None, threshold: float) -> int | None:
@@ -511,6 +505,7 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
             continue
         class_exp[root] = need
         solution.regions.append({**region, "root": root, "exponent": need, "scale": 2**need, "status": "folded", "why": f"{cause}: stored divided by 2**{need}"})
+    _raise_for_weights(nodes, kinds, g, uf, members, class_exp, allowed_of, solution)
 
     e: dict[str, int] = {t: 0 for t in order}
     for node, k in zip(nodes, kinds):
@@ -520,11 +515,9 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
         out = 0
         if k.kind == "rescale":
             ex = e.get(k.carry[0], 0)
-            out = class_exp.get(root, 0)
-            if out != ex and not _params_ok(node, k, g, ex, out):
-                # Weights unchanged (factor 1) are always as faithful as before.
-                solution.notes.append(f"{node.op_type} {node.name!r}: its weights cannot carry the factor 2**{ex - out} faithfully in FP16; its output keeps its input's scale 2**{ex}")
-                out = ex
+            out, dropped = _rescale_output(node, k, g, ex, class_exp.get(root, 0), ranges.get(k.outs[0]), solution.notes)
+            if dropped:
+                solution.dropped_biases.append(dropped)
         elif k.kind == "pass":
             out = min(e.get(k.carry[0], 0), allowed_of.get(root, 0))
             data = ranges.get(k.carry[0])
@@ -555,18 +548,76 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
     return solution
 
 
-def _params_ok(node: onnx.NodeProto, k: NodeKind, g: _Graph, ex: int, eo: int) -> bool:
-    """Whether the rescale point's weights and bias stay faithful in FP16 at (ex, eo)."""
+def _raise_for_weights(nodes, kinds, g: _Graph, uf: _UnionFind, members: dict[str, list[str]], class_exp: dict[str, int], allowed_of: dict[str, int], solution: ScaleSolution) -> None:
+    """Scale a rescale point's input more when its weights cannot take the whole step alone.
+
+    A layer whose output needs 2**b while its input carries 2**a multiplies its weights by
+    2**(a - b); a wide layer (VGG's 25088-input Gemm) can need a step that pushes its weights
+    below FP16's normal range. Raising the input class's exponent (within its underflow guard)
+    splits the step with the layer before. Visited in reverse graph order so raises chain back.
+    Edits ``class_exp`` and the regions of ``solution`` in place.
+    """
+    regions = {r["root"]: r for r in solution.regions if "root" in r}
+    for node, k in reversed(list(zip(nodes, kinds))):
+        if k.kind != "rescale" or k.weight is None or not k.outs or not g.is_const(node.input[k.weight]):
+            continue
+        source, target = uf.find(k.carry[0]), uf.find(k.outs[0])
+        a, b = class_exp.get(source, 0), class_exp.get(target, 0)
+        weights = g.value(node.input[k.weight])
+        ok = lambda ex: faithful(weights, (weights.astype(np.float64) * 2.0 ** (ex - b)).astype(np.float32))  # noqa: E731
+        if b <= a or ok(a):
+            continue
+        raised = next((x for x in range(a + 1, min(b, allowed_of.get(source, 0)) + 1) if ok(x)), None)
+        if raised is None:
+            continue
+        class_exp[source] = raised
+        why = f"raised to 2**{raised} so that the weights of {node.op_type} {node.name!r} keep FP16 precision (they take 2**{raised - b} instead of 2**{a - b})"
+        if source in regions:
+            regions[source].update(exponent=raised, scale=2**raised, why=regions[source]["why"] + f"; {why}")
+        else:
+            names = members[source]
+            regions[source] = {"tensors": len(names), "first": names[0], "last": names[-1], "root": source, "exponent": raised, "scale": 2**raised, "status": "folded", "why": why}
+            solution.regions.append(regions[source])
+
+
+def _rescale_output(node: onnx.NodeProto, k: NodeKind, g: _Graph, ex: int, wanted: int, out_range: TensorRange | None, notes: list[str]) -> tuple[int, dict | None]:
+    """The exponent a rescale point's output gets, and the bias it drops (or None).
+
+    Tries ``wanted`` (the class's exponent), then ``ex`` (weights unchanged), then 0: the first
+    at which every weight and bias stays faithful in FP16 — a bias that is not may be dropped
+    when negligible (:data:`NEGLIGIBLE_BIAS`). When none works the output keeps ``ex`` and the
+    plan's underflow rule judges the bias.
+    """
+    for eo in dict.fromkeys((wanted, ex, 0)):
+        verdict = _params_verdict(node, k, g, ex, eo, out_range)
+        if verdict is not None:
+            if eo != wanted:
+                notes.append(f"{node.op_type} {node.name!r}: its weights or bias cannot carry the factor 2**{ex - wanted} faithfully in FP16; its output gets scale 2**{eo}")
+            return eo, verdict or None
+    notes.append(f"{node.op_type} {node.name!r}: its bias cannot be divided by 2**{ex} faithfully in FP16; the rules judge it")
+    return ex, None
+
+
+def _params_verdict(node: onnx.NodeProto, k: NodeKind, g: _Graph, ex: int, eo: int, out_range: TensorRange | None) -> dict | None:
+    """None when the rescale point's weights or bias would lose precision at (ex, eo); ``{}``
+    when all stay faithful; a dropped-bias record when only the bias fails and is negligible."""
+    dropped: dict = {}
     try:
         for name, factor in _param_factors(node, k, ex, eo):
-            if not g.is_const(name):
+            if factor == 1 or not g.is_const(name):
                 continue
             value = g.value(name)
-            if factor != 1 and not faithful(value, (value.astype(np.float64) * factor).astype(np.float32)):
-                return False
+            if faithful(value, (value.astype(np.float64) * factor).astype(np.float32)):
+                continue
+            is_bias = node.op_type in _LINEAR_OPS and 2 in k.consts and name == node.input[2]
+            biggest = float(np.max(np.abs(value))) if value.size else 0.0
+            mean = out_range.mean_abs if out_range is not None else None
+            if not is_bias or mean is None or not math.isfinite(mean) or not biggest <= NEGLIGIBLE_BIAS * mean:
+                return None
+            dropped = {"node": node.name, "bias": name, "bias_max_abs": biggest, "output_mean_abs": mean, "exponent": eo}
     except ModelError:
-        return False
-    return True
+        return None
+    return dropped
 
 
 def _param_factors(node: onnx.NodeProto, k: NodeKind, ex: int, eo: int) -> list[tuple[str, float]]:
@@ -626,12 +677,14 @@ class _Edits:
     derived: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
-def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
+def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int], drop_biases: Collection[str] = ()) -> tuple[onnx.ModelProto, dict[str, tuple[str, int]]]:
     """Fold ``exponents`` into ``model`` (see the module docstring for the contract).
 
     Args:
         model: the FP32 model (BatchNormalization folded as when the exponents were solved).
         exponents: tensor -> exponent (absent: 0), e.g. :attr:`ScaleSolution.exponents`.
+        drop_biases: names of rescale nodes whose bias becomes 0 (the ``node`` of each
+            :attr:`ScaleSolution.dropped_biases` record). Default: none.
 
     Returns:
         ``(folded_model, new_tensors)``: ``new_tensors`` maps every tensor the pass added to
@@ -642,6 +695,9 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[
     """
     g = _Graph(model)
     _requires(model, g, exponents)
+    unknown = sorted(set(drop_biases) - {n.name for n in model.graph.node if n.op_type in _LINEAR_OPS and len(n.input) > 2 and g.is_const(n.input[2])})
+    if unknown:
+        raise ModelError(f"biases to drop name {unknown[:3]}, which are not Conv/Gemm/MatMul nodes with a constant bias in this model (was the folding made for another model?)")
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -693,17 +749,21 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[
         value = _rescaled_constant(g.value(name), exponent, math.inf)
         if value is None:
             raise ModelError(f"constant {name!r} of {node.name!r} cannot be divided by 2**{exponent} faithfully in FP16; the exponents were not made by solve_scales for this model")
-        new = alloc.new(f"{name}__div_e{exponent}")
-        new_inits.append(numpy_helper.from_array(value, new))
-        node.input[i] = new
+        replace(node, i, value, f"{name}__div_e{exponent}")
 
     def multiplied(node: onnx.NodeProto, i: int, factor: float) -> None:
         if factor == 1.0:
             return
         name = node.input[i]
-        value = (g.value(name).astype(np.float64) * factor).astype(np.float32)
-        new = alloc.new(f"{name}__fold")
-        new_inits.append(numpy_helper.from_array(value, new))
+        replace(node, i, (g.value(name).astype(np.float64) * factor).astype(np.float32), f"{name}__fold")
+
+    def replace(node: onnx.NodeProto, i: int, value: np.ndarray, base: str) -> None:
+        """Make ``node`` read ``value`` at input ``i``: a new initializer, or a new fill node
+        placed before ``node`` when the input was a ConstantOfShape fill."""
+        new = alloc.new(base)
+        fill_nodes, tensors = g.constants.rewrite(node.input[i], value, new, alloc)
+        new_nodes.extend(fill_nodes)
+        new_inits.extend(tensors)
         node.input[i] = new
 
     for node, k in zip(nodes, kinds):
@@ -723,7 +783,10 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[
             ex = natural[k.carry[0]]
             for name, factor in _param_factors(node, k, ex, eo):
                 idx = list(node.input).index(name)
-                multiplied(node, idx, factor)
+                if node.name in drop_biases and idx == 2:
+                    replace(node, idx, np.zeros_like(g.value(name), dtype=np.float32), f"{name}__dropped")
+                else:
+                    multiplied(node, idx, factor)
             if node.op_type == "BatchNormalization" and ex:
                 _set_eps(node, 4.0**-ex)
         elif k.kind == "derived":
@@ -768,12 +831,7 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[
     del graph.node[:]
     graph.node.extend(new_nodes)
     graph.initializer.extend(new_inits)
-    used = {n for node in graph.node for n in node.input} | outputs
-    for node in graph.node:
-        for sub in subgraphs(node):
-            used.update(_names_read(sub))
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
+    drop_unread_constants(graph, outputs)
     # value_info of scaled tensors keeps type and shape (scaling changes neither); renamed
     # outputs get a copy under their new name.
     infos = {vi.name: vi for vi in list(graph.value_info) + list(graph.output)}
@@ -787,12 +845,24 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int]) -> tuple[
     return result, dict(edits.derived)
 
 
-def _names_read(graph: onnx.GraphProto) -> set[str]:
-    names = {n for node in graph.node for n in node.input}
-    for node in graph.node:
-        for sub in subgraphs(node):
-            names |= _names_read(sub)
-    return names | {o.name for o in graph.output}
+def _fill_row(template: dict, name: str, producer: tuple[str, str, int], value: float) -> dict:
+    """A statistics row for a ConstantOfShape output of ``value``: ``template``'s columns (shard
+    bookkeeping), figures of a tensor whose every element is ``value`` (the ``examined`` count
+    of the template, so proportions read right)."""
+    row = dict(template)
+    magnitude = abs(value)
+    row.update(tensor=name, producer=producer[0], op_type=producer[1], output_index=producer[2], min=value, max=value, max_abs=magnitude, nonfinite=0 if math.isfinite(value) else 1)
+    examined = row.get("examined")
+    if examined is not None:
+        small = 0 < magnitude < _FP16_MIN_NORMAL
+        row.update(
+            nonzero=examined if magnitude else 0,
+            subnormal=examined if small else 0,
+            min_nonzero_abs=magnitude if magnitude else math.inf,
+            abs_sum=magnitude * examined,
+            subnormal_abs_sum=magnitude * examined if small else 0.0,
+        )
+    return row
 
 
 def _set_eps(node: onnx.NodeProto, factor: float) -> None:
@@ -853,6 +923,12 @@ def scaled_stats(stats: "pa.Table", folded: onnx.ModelProto, exponents: Mapping[
 
     producers = {o: (n.name, n.op_type, i) for n in folded.graph.node for i, o in enumerate(n.output) if o}
     restored = {v.name for v in folded.graph.output}  # graph outputs always hold true values
+    # Fills the pass wrote (folded weights, dropped biases): their figures follow from their value.
+    fills = ConstantTable(folded).fills
+    template = next(iter(rows.values()), None)
+    for name, fill in fills.items():
+        if name not in rows and template is not None and name in producers:
+            out.append(_fill_row(template, name, producers[name], fill.value))
     for name, row in rows.items():
         if name in present:
             prod = producers.get(name) if name in restored and exponents.get(name) else None

@@ -35,7 +35,10 @@ Why a sample (measured on VGG-19, 2 CPUs under load, 2026-12-01): six elementwis
 element made inference 2.5-3x a plain pass; one Shrink over every element (for an exact magnitude
 below T) plus this sample still took 1.8x a plain pass end to end (24.6 s vs 13.5 s). Each
 elementwise op writes a temporary of the tensor's size. The sample costs a strided read of at most
-131071 elements per tensor. Strided Slice needs opset 10: older models get no underflow figures.
+131071 elements per tensor. Strided Slice needs opset 10; an opset-9 model gets the same elements
+through a Gather at positions ``k * step`` (the positions past the end are masked out), unless it
+has an op that can make an empty tensor (NonZero, Compress, control flow), which a Gather cannot
+sample. Older opsets get no underflow figures.
 
 Reductions are written without ``axes`` (all axes) and with ``keepdims=0``, which means the same
 from opset 1 to the newest, so no opset-specific form (attribute before 18, input from 18) is
@@ -51,6 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -122,11 +126,26 @@ def underflow_names(info_index: int) -> tuple[str, str, str, str, str, str]:
     return f"{base}/nonzero", f"{base}/below", f"{base}/below_abs_sum", f"{base}/abs_sum", f"{base}/min_nonzero_abs", f"{base}/examined"
 
 
+#: Ops whose float outputs may be empty at run time in an opset-9 graph; the Gather sample
+#: (opset 9) cannot read an empty tensor, so such models get no underflow figures.
+_MAY_BE_EMPTY = frozenset({"NonZero", "Compress", "Loop", "Scan", "If"})
+
+
+def _sample_mode(model: onnx.ModelProto) -> str | None:
+    """How :func:`instrument` samples for the underflow figures: ``slice`` (opset >= 10),
+    ``gather`` (opset 9, no op that can make an empty tensor), or None."""
+    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if version >= 10:
+        return "slice"
+    if version == 9 and not any(n.op_type in _MAY_BE_EMPTY for n in model.graph.node):
+        return "gather"
+    return None
+
+
 def underflow_supported(model: onnx.ModelProto) -> bool:
     """Whether :func:`instrument` can add underflow figures: default-domain opset >= 10 (Slice
-    with steps)."""
-    version = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return version >= 10
+    with steps), or opset 9 without ops that can make empty tensors (Gather sample)."""
+    return _sample_mode(model) is not None
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -294,7 +313,17 @@ def instrument(
     graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
     inf, flat, sample, one = (f"{PREFIX}/{n}" for n in ("inf", "flat_shape", "sample", "one"))
     ends, starts, axes0 = (f"{PREFIX}/{n}" for n in ("ends", "starts", "axes0"))
-    underflow = underflow and not exact_counts and underflow_supported(model)
+    mode = _sample_mode(model) if underflow and not exact_counts else None
+    underflow = mode is not None
+    if mode == "gather":
+        # The sample positions k * step for k < 2 * SAMPLE, as floats (exact up to 2**24 elements;
+        # beyond, a position may move by a few elements, which a sample tolerates).
+        graph.initializer.extend(
+            [
+                helper.make_tensor(f"{PREFIX}/positions", TensorProto.FLOAT, [2 * SAMPLE], np.arange(2 * SAMPLE, dtype=np.float32)),
+                helper.make_tensor(f"{PREFIX}/one_f", TensorProto.FLOAT, [], [1.0]),
+            ]
+        )
     if underflow:
         graph.initializer.extend(
             [
@@ -348,17 +377,32 @@ def instrument(
             size = node("Size", [x], f"{PREFIX}/{k}/size")
             half = node("Div", [size, sample], f"{PREFIX}/{k}/size_div")
             step = node("Add", [node("Mul", [half, f"{PREFIX}/two"], f"{PREFIX}/{k}/even"), one], f"{PREFIX}/{k}/step")
-            step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
-            xs = node("Slice", [node("Reshape", [x, flat], f"{PREFIX}/{k}/flat"), starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
-            a = xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs")  # a Relu output is >= 0
+            flat_x = node("Reshape", [x, flat], f"{PREFIX}/{k}/flat")
+            if mode == "slice":
+                step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
+                xs = node("Slice", [flat_x, starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
+                a = xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs")  # a Relu output is >= 0
+                below = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
+                node("Size", [xs], names[5])
+            else:
+                # Gather the same elements as the Slice would: positions k * step below the size;
+                # the 2 * SAMPLE - count positions past the end read the last element and are
+                # masked out (weight 0) of every figure.
+                size_f = node("Cast", [size], f"{PREFIX}/{k}/size_f", to=TensorProto.FLOAT)
+                where = node("Mul", [f"{PREFIX}/positions", node("Cast", [step], f"{PREFIX}/{k}/step_f", to=TensorProto.FLOAT)], f"{PREFIX}/{k}/where")
+                weight = node("Cast", [node("Less", [where, size_f], f"{PREFIX}/{k}/inside")], f"{PREFIX}/{k}/weight", to=TensorProto.FLOAT)
+                last = node("Sub", [size_f, f"{PREFIX}/one_f"], f"{PREFIX}/{k}/last")
+                index = node("Cast", [node("Min", [where, last], f"{PREFIX}/{k}/clamped")], f"{PREFIX}/{k}/index", to=TensorProto.INT64)
+                xs = node("Gather", [flat_x, index], f"{PREFIX}/{k}/sample", axis=0)
+                a = node("Mul", [xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs"), weight], f"{PREFIX}/{k}/sample_in")
+                below = node("Mul", [node("HardSigmoid", [a], f"{PREFIX}/{k}/below_all", alpha=_STEP_ALPHA, beta=_STEP_BETA), weight], f"{PREFIX}/{k}/below_step")
+                node("Cast", [node("ReduceSum", [weight], f"{PREFIX}/{k}/count", keepdims=0)], names[5], to=TensorProto.INT64)
             node("ReduceSum", [node("Sign", [a], f"{PREFIX}/{k}/sign")], names[0], keepdims=0)
-            below = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
             node("ReduceSum", [below], names[1], keepdims=0)
             node("ReduceSum", [node("Mul", [a, below], f"{PREFIX}/{k}/below_abs")], names[2], keepdims=0)
             node("ReduceSum", [a], names[3], keepdims=0)
             is_nonzero = node("Greater", [a, zero], f"{PREFIX}/{k}/is_nonzero")
             node("ReduceMin", [node("Where", [is_nonzero, a, inf], f"{PREFIX}/{k}/nonzero_abs")], names[4], keepdims=0)
-            node("Size", [xs], names[5])
             outputs.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, []) for n in names[:5])
             outputs.append(helper.make_tensor_value_info(names[5], TensorProto.INT64, []))
         outputs.append(helper.make_tensor_value_info(mn, TensorProto.FLOAT, []))

@@ -20,7 +20,9 @@ the flow then verifies the built artifact against the original FP32 model like a
 * ``folding`` (only when the folded model is used): ``batchnorm`` (the folded pairs),
   ``exponents`` (tensor -> e, stored as x / 2**e; what the build re-applies), ``regions`` (each
   class of tensors that needed a scale: size, first/last tensor, exponent, scale, ``folded`` or
-  ``refused``, why), ``restores`` (tensor, exponent, reader kind), ``notes``.
+  ``refused``, why), ``restores`` (tensor, exponent, reader kind), ``dropped_biases`` (biases
+  below FP16's resolution of their node's output once scaled, set to 0: node, bias, sizes),
+  ``notes``.
 
 The artifact is built from ``model_for_plan(original, plan)``: the same passes replayed from the
 recorded exponents (deterministic), so the weights of ``model.mixed.onnx`` carry the scales.
@@ -51,16 +53,20 @@ COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 
 
 def ranges_from_stats(stats: pa.Table) -> dict[str, TensorRange]:
-    """``{tensor: TensorRange}`` from a statistics table (``max_abs``, ``nonfinite``, and the
-    smallest non-zero |x| when the table has one of ``SMALLEST_COLUMNS``; null there = unknown)."""
+    """``{tensor: TensorRange}`` from a statistics table (``max_abs``, ``nonfinite``, the
+    smallest non-zero |x| when the table has one of ``SMALLEST_COLUMNS``, and the mean |x| from
+    ``abs_sum / examined``; null there = unknown)."""
     smallest = next((c for c in SMALLEST_COLUMNS if c in stats.column_names), None)
-    columns = ["tensor", "max_abs", "nonfinite"] + ([smallest] if smallest else [])
+    mean = [c for c in ("abs_sum", "examined") if c in stats.column_names]
+    columns = ["tensor", "max_abs", "nonfinite"] + ([smallest] if smallest else []) + (mean if len(mean) == 2 else [])
     data = stats.select(columns).to_pydict()
     out: dict[str, TensorRange] = {}
     for i, name in enumerate(data["tensor"]):
         m = data["max_abs"][i]
         s = data[smallest][i] if smallest else None
-        out[name] = TensorRange(float("nan") if m is None else float(m), int(data["nonfinite"][i] or 0), None if s is None else float(s))
+        total, count = (data["abs_sum"][i], data["examined"][i]) if len(mean) == 2 else (None, None)
+        mean_abs = float(total) / count if total is not None and count else None
+        out[name] = TensorRange(float("nan") if m is None else float(m), int(data["nonfinite"][i] or 0), None if s is None else float(s), mean_abs)
     return out
 
 
@@ -73,7 +79,7 @@ def _fold(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -> tu
     """The folded plan (dict with ``folding``) and the folded FP32 model."""
     bn_model, bn_folds = fold_batchnorm(model)
     solution = solve_scales(bn_model, ranges_from_stats(stats), float(settings.threshold))
-    folded, new_tensors = apply_scales(bn_model, solution.exponents)
+    folded, new_tensors = apply_scales(bn_model, solution.exponents, [d["node"] for d in solution.dropped_biases])
     plan = make_plan(folded, scaled_stats(stats, folded, solution.exponents, new_tensors), settings).to_dict()
     readers = {}
     for node in folded.graph.node:
@@ -90,6 +96,7 @@ def _fold(model: onnx.ModelProto, stats: pa.Table, settings: PlanSettings) -> tu
         "regions": solution.regions,
         "restores": restores,
         "rescales": [{"tensor": source, "to_exponent": r, "as": name} for name, (source, r) in sorted(new_tensors.items()) if r and not name.endswith("__scaled")],
+        "dropped_biases": solution.dropped_biases,
         "notes": solution.notes,
     }
     return plan, folded
@@ -168,8 +175,11 @@ def model_for_plan(model: onnx.ModelProto, plan: Mapping) -> onnx.ModelProto:
     bn_model, folds = fold_batchnorm(model)
     if [dict(f) for f in folding.get("batchnorm", [])] != folds:
         raise ConfigError("plan 'folding.batchnorm' does not match the BatchNormalization folds of this model (was the plan made for another model?)")
+    dropped = folding.get("dropped_biases", [])
+    if not isinstance(dropped, list) or not all(isinstance(d, Mapping) and isinstance(d.get("node"), str) for d in dropped):
+        raise ConfigError("plan 'folding.dropped_biases' is not a list of objects with a 'node' name; expected the plan.json written by the fold strategy")
     try:
-        folded, _ = apply_scales(bn_model, {str(k): int(v) for k, v in exponents.items()})
+        folded, _ = apply_scales(bn_model, {str(k): int(v) for k, v in exponents.items()}, [d["node"] for d in dropped])
     except ModelError as exc:
         raise ConfigError(f"plan 'folding' does not fit this model: {exc}") from None
     return folded
