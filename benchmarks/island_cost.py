@@ -38,11 +38,13 @@ What it does (needs numpy, onnx, onnxruntime — onnxruntime-gpu on a GPU — an
    ``CUDA_LAUNCH_BLOCKING=1`` (every launch waits for its kernel; each node's time then includes
    a few µs of launch), unless ``--no-blocking-profile``;
 5. prints the table (case, k, border tensors, float slots, predicted decision, measured fp16-run
-   and fp32-run ms, measured winner, agree), the reverse cases, and the empirical ratios the
-   6:2 claim stands for: Cast µs per element against an FP32 element-wise op's (model: 6/8 =
-   0.75), an FP16 element-wise op's against FP32's (model: 4/8 = 0.5), and the break-even
-   ``cast / saving per slot`` (model: 6/2 = 3), from the profile and from a least-squares fit
-   of the end-to-end differences ``fp16-run - fp32-run = a * borders - b * slots`` (per element).
+   and fp32-run ms, measured winner, agree), the reverse cases, and the empirical figures the
+   6:2 claim stands for, per element: a Cast against an FP32 element-wise op (model: 6/8 =
+   0.75), an FP16 element-wise op against FP32 (model: 4/8 = 0.5), and the break-even ``cast /
+   saving per slot`` (model: 6/2 = 3 slots per border). The figures to use come from the timed
+   medians (slopes over the chain length, and a least-squares fit of ``fp16-run - fp32-run =
+   a * borders - b * slots``); the same from the profiled node times are printed beside them,
+   with the per-node launch cost that inflates them.
 
 Run on the GPU machine, from the repository root::
 
@@ -364,6 +366,9 @@ def profile_models(paths: dict[str, str], shape: list[int], providers: list, opt
 
 def _profile_worker(spec_path: str) -> int:
     """Child-process entry: profile the models of a spec file, write the result next to it."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
     spec = json.loads(Path(spec_path).read_text())
     providers = [tuple(p) if isinstance(p, list) else p for p in spec["providers"]]
     result = profile_models(spec["paths"], spec["shape"], providers, spec["opt_level"], spec["runs"], spec["warmup"], spec["folder"])
@@ -396,11 +401,12 @@ def profile_all(cases: list[Case], shape: list[int], providers: list, args, fold
     return json.loads(Path(spec["result"]).read_text()), "child process with CUDA_LAUNCH_BLOCKING=1 (node times include kernel execution)"
 
 
-def split_profile(nodes: dict[str, dict], run: list[str]) -> dict:
+def split_profile(nodes: dict[str, dict], run: list[str], pinned: bool = False) -> dict:
     """Profiled µs of one variant by class: Casts, the run's nodes, Convs, the rest.
 
-    Casts of the graph input ``x`` and output ``y`` count as the rest: both variants of a pinned
-    case have them (its Convs are FP16), and they are not the island's.
+    With ``pinned``, Casts of the graph input ``x`` and output ``y`` count as the rest: both
+    variants of a pinned case have them (its Convs are FP16), and they are not the island's (in
+    a residual case the Cast of ``x`` is one of the run's borders and counts as a Cast).
 
     A run node is recognised by its name (onnxruntime keeps node names; a node fused into
     another disappears, and the fused node — e.g. a FusedConv — counts where its op puts it).
@@ -412,7 +418,7 @@ def split_profile(nodes: dict[str, dict], run: list[str]) -> dict:
         out["total_us"] += us
         if node["provider"] == CPU:
             out["cpu_nodes"] += 1
-        if node["op"] == "Cast" and not name.startswith(_IO_CASTS):
+        if node["op"] == "Cast" and not (pinned and name.startswith(_IO_CASTS)):
             out["cast_us"] += us
             out["casts"] += 1
         elif name in run_set:
@@ -429,38 +435,62 @@ def split_profile(nodes: dict[str, dict], run: list[str]) -> dict:
 
 
 def _ratios(rows: list[dict], elements: int) -> dict:
-    """Empirical per-element costs from the profile and from the end-to-end differences."""
-    cast, fp32_op, fp16_op = [], [], []
+    """Empirical costs per element (µs per million elements) the 6:2 byte model stands for.
+
+    ``end_to_end`` (the figures to trust; from the timed medians): an FP32 and an FP16
+    element-wise op are the slopes of the fp32-run and fp16-run times over k of the chain cases;
+    a Cast is ``(fp16-run - fp32-run + k * (op32 - op16)) / 2`` per chain case (two Casts), the
+    median; and a least-squares fit over every run case of ``fp16-run - fp32-run = a * borders -
+    b * slots``. ``profile``: the same from the profiled node times (a per-node launch and
+    synchronisation cost inflates every node alike under ``CUDA_LAUNCH_BLOCKING``, pulling these
+    ratios towards 1; ``node_overhead_us`` estimates it as (profiled sum - timed median) / nodes).
+    """
+    per_m = 1e6 / elements  # µs per variant -> µs per million elements
+    chains = sorted((r for r in rows if r["kind"] == "chain" and r["case"].startswith("chain-")), key=lambda r: r["k"])
+    e2e: dict = {"chain_cases": len(chains)}
+    if len(chains) >= 2:
+        ks = np.array([r["k"] for r in chains], dtype=np.float64)
+        op32 = float(np.polyfit(ks, [r["ms"]["fp32-run"] * 1e3 for r in chains], 1)[0]) * per_m
+        op16 = float(np.polyfit(ks, [r["ms"]["fp16-run"] * 1e3 for r in chains], 1)[0]) * per_m
+        cast = statistics.median((r["ms"]["fp16-run"] - r["ms"]["fp32-run"]) * 1e3 * per_m / 2 + r["k"] * (op32 - op16) / 2 for r in chains)
+        e2e.update(_costs(cast, op32, op16))
+    fit_rows = [r for r in rows if r["kind"] != "pinned"]
+    if len(fit_rows) >= 2:
+        a_mat = np.array([[r["borders"], -r["slots"]] for r in fit_rows], dtype=np.float64)
+        b_vec = np.array([(r["ms"]["fp16-run"] - r["ms"]["fp32-run"]) * 1e3 * per_m for r in fit_rows], dtype=np.float64)
+        (a, b), *_ = np.linalg.lstsq(a_mat, b_vec, rcond=None)
+        e2e["fit"] = {"cases": len(fit_rows), "cast_per_border": float(a), "saving_per_slot": float(b), "break_even_slots_per_border": float(a / b) if a > 0 and b > 0 else None}
+    cast, fp32_op, fp16_op, overhead = [], [], [], []
     for r in rows:
+        for v, p in r["profile"].items():
+            if p["nodes"]:
+                overhead.append((p["total_us"] - r["ms"][v] * 1e3) / p["nodes"])
         if r["kind"] == "pinned":
             continue
         p16, p32 = r["profile"]["fp16-run"], r["profile"]["fp32-run"]
         if p16["casts"]:
-            cast.append(p16["cast_us"] / p16["casts"] / elements)
+            cast.append(p16["cast_us"] / p16["casts"] * per_m)
         # Only runs whose every node survived optimisation unfused in both variants.
         if r["kind"] == "chain" and p16["run_nodes"] == r["k"] and p32["run_nodes"] == r["k"]:
-            fp16_op.append(p16["run_us"] / r["k"] / elements)
-            fp32_op.append(p32["run_us"] / r["k"] / elements)
+            fp16_op.append(p16["run_us"] / r["k"] * per_m)
+            fp32_op.append(p32["run_us"] / r["k"] * per_m)
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
-    c, o32, o16 = med(cast), med(fp32_op), med(fp16_op)
-    prof = {
-        "cast_ns_per_element": None if c is None else c * 1e3,
-        "fp32_op_ns_per_element": None if o32 is None else o32 * 1e3,
-        "fp16_op_ns_per_element": None if o16 is None else o16 * 1e3,
-        "cast_over_fp32_op": c / o32 if c and o32 else None,
-        "fp16_op_over_fp32_op": o16 / o32 if o16 and o32 else None,
-        # One element-wise op has two float slots: the saving per slot is half the op's.
-        "cast_over_saving_per_slot": c / ((o32 - o16) / 2) if c and o32 and o16 and o32 > o16 else None,
+    prof = _costs(med(cast), med(fp32_op), med(fp16_op))
+    prof["node_overhead_us"] = med(overhead)
+    model = {"cast_over_fp32_op": 6 / 8, "fp16_op_over_fp32_op": 4 / 8, "break_even_slots_per_border": 6 / 2}
+    return {"unit": "us per million elements", "model": model, "end_to_end": e2e, "profile": prof}
+
+
+def _costs(cast: float | None, op32: float | None, op16: float | None) -> dict:
+    """Per-element costs and the ratios the byte model predicts (None where undefined)."""
+    ok = cast is not None and op32 is not None and op16 is not None and op32 > 0
+    return {
+        "cast": cast, "fp32_op": op32, "fp16_op": op16,
+        "cast_over_fp32_op": cast / op32 if ok else None,
+        "fp16_op_over_fp32_op": op16 / op32 if ok else None,
+        # An element-wise op has two float slots: the saving per slot is half the op's.
+        "break_even_slots_per_border": cast / ((op32 - op16) / 2) if ok and op32 > op16 and cast > 0 else None,
     }
-    # End to end: fp16-run - fp32-run (ms) = a * borders - b * slots, per element.
-    fit_rows = [r for r in rows if r["kind"] != "pinned"]
-    fit: dict = {"cases": len(fit_rows)}
-    if len(fit_rows) >= 2:
-        a_mat = np.array([[r["borders"], -r["slots"]] for r in fit_rows], dtype=np.float64) * elements
-        b_vec = np.array([r["ms"]["fp16-run"] - r["ms"]["fp32-run"] for r in fit_rows], dtype=np.float64) * 1e6  # ns
-        (a, b), *_ = np.linalg.lstsq(a_mat, b_vec, rcond=None)
-        fit.update({"cast_ns_per_element_border": float(a), "saving_ns_per_element_slot": float(b), "break_even_slots_per_border": float(a / b) if b > 0 else None})
-    return {"model": {"cast_over_fp32_op": 6 / 8, "fp16_op_over_fp32_op": 4 / 8, "cast_over_saving_per_slot": 6 / 2}, "profile": prof, "end_to_end_fit": fit}
 
 
 def _f(v, spec: str = ".3f", none: str = "n/a") -> str:
@@ -495,15 +525,20 @@ def report(rows: list[dict], ratios: dict, log: Log, tie: float) -> None:
     clear = [r for r in agree if not r["tie"]]
     log.say("")
     log.say(f"agreement: {sum(r['agree'] for r in agree)}/{len(agree)} cases; {sum(r['agree'] for r in clear)}/{len(clear)} outside the {tie:.0%} tie band")
-    m, p, fit = ratios["model"], ratios["profile"], ratios["end_to_end_fit"]
-    log.say("Per element (profile, median over cases; ns/element):"
-            f" Cast {_f(p['cast_ns_per_element'], '.4g')}, FP32 element-wise op {_f(p['fp32_op_ns_per_element'], '.4g')}, FP16 op {_f(p['fp16_op_ns_per_element'], '.4g')}")
-    log.say(f"  Cast / FP32 op    measured {_f(p['cast_over_fp32_op'], '.2f')}   model 6/8 = {m['cast_over_fp32_op']:.2f}")
-    log.say(f"  FP16 op / FP32 op measured {_f(p['fp16_op_over_fp32_op'], '.2f')}   model 4/8 = {m['fp16_op_over_fp32_op']:.2f}")
-    log.say(f"  Cast / saving per slot (break-even slots per border) measured {_f(p['cast_over_saving_per_slot'], '.2f')}   model 6/2 = {m['cast_over_saving_per_slot']:.2f}")
-    log.say(f"End-to-end least squares over {fit['cases']} cases, fp16-run - fp32-run = a*borders - b*slots (per element): "
-            f"a = {_f(fit.get('cast_ns_per_element_border'), '.4g')} ns, b = {_f(fit.get('saving_ns_per_element_slot'), '.4g')} ns, "
-            f"break-even a/b = {_f(fit.get('break_even_slots_per_border'), '.2f')} slots per border (model 3.00)")
+    m, e, p = ratios["model"], ratios["end_to_end"], ratios["profile"]
+    log.say("")
+    log.say("What the 6:2 bytes claim stands for, per element (µs per million elements; model = bytes moved):")
+    log.say(f"{'':<34} {'Cast':>7} {'FP32 op':>8} {'FP16 op':>8} {'Cast/FP32op':>11} {'FP16op/FP32op':>13} {'break-even slots/border':>23}")
+    log.say(f"{'model (bytes 6, 8, 4)':<34} {'':>7} {'':>8} {'':>8} {m['cast_over_fp32_op']:>11.2f} {m['fp16_op_over_fp32_op']:>13.2f} {m['break_even_slots_per_border']:>23.2f}")
+    for label, c in ((f"timed, chain slopes ({e['chain_cases']} cases)", e), ("profiled nodes (see note)", p)):
+        log.say(f"{label:<34} {_f(c.get('cast'), '.3f'):>7} {_f(c.get('fp32_op'), '.3f'):>8} {_f(c.get('fp16_op'), '.3f'):>8} "
+                f"{_f(c.get('cast_over_fp32_op'), '.2f'):>11} {_f(c.get('fp16_op_over_fp32_op'), '.2f'):>13} {_f(c.get('break_even_slots_per_border'), '.2f'):>23}")
+    fit = e.get("fit")
+    if fit:
+        log.say(f"timed, least squares over {fit['cases']} run cases of fp16-run - fp32-run = a*borders - b*slots: a = {fit['cast_per_border']:.3f}, b = {fit['saving_per_slot']:.3f}, "
+                f"break-even a/b = {_f(fit['break_even_slots_per_border'], '.2f')} slots per border (model 3.00)")
+    log.say(f"note: profiled node times carry a per-node launch/synchronisation cost of about {_f(p.get('node_overhead_us'), '.1f')} µs "
+            "((profiled sum - timed median) / nodes), which pulls the profiled ratios towards 1; the timed rows are the figures to use")
 
 
 def _default_providers() -> list[str]:
@@ -541,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # onnxruntime-gpu 1.31 warns once per CUDA session otherwise
     small = args.small
     args.batch = args.batch or (2 if small else 32)
     args.channels = args.channels or (8 if small else 64)
@@ -579,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fp16guard-island-cost-") as folder:
         profiles, how = profile_all(cases, list(shape), providers, args, folder)
     for case, row in zip(cases, rows):
-        row["profile"] = {v: split_profile(profiles[f"{case.name}/{v}"], case.run) for v in case.variants}
+        row["profile"] = {v: split_profile(profiles[f"{case.name}/{v}"], case.run, case.kind == "pinned") for v in case.variants}
         row["profile_nodes"] = {v: profiles[f"{case.name}/{v}"] for v in case.variants}
     log.say(f"profile: onnxruntime profiler, median µs per node over {args.profile_runs} runs, {how}")
     cpu_nodes = sum(p["cpu_nodes"] for r in rows for p in r["profile"].values())

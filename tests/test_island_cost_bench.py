@@ -40,7 +40,7 @@ def test_island_cost_smoke_on_cpu(tmp_path, capsys):
     # chain-3 is the model's break-even (12 >= 12): it moves; residual-4 (18 >= 18) too.
     assert rows["chain-3"]["predicted"] == "fp32-run" and rows["residual-4"]["predicted"] == "fp32-run"
     printed = capsys.readouterr().out
-    assert "fp16-run ms" in printed and "Cast / FP32 op" in printed
+    assert "fp16-run ms" in printed and "Cast/FP32op" in printed and "break-even" in printed
     assert out.read_text().splitlines()[0] == printed.splitlines()[0]
 
 
