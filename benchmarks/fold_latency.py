@@ -198,14 +198,14 @@ def check(ref_session, session, x: np.ndarray, chunk: int) -> tuple[float, int]:
     return err / peak if peak else 0.0, bad
 
 
-def time_model(session, x: np.ndarray, device: str, warmup: int, repeats: int) -> float:
+def time_model(session, x: np.ndarray, device: str, warmup: int, repeats: int, input_name: str = "x") -> float:
     """Median ms per run with IOBinding (input and output stay on the device)."""
     import onnxruntime as ort
 
     kind = "cuda" if device != "cpu" else "cpu"
     binding = session.io_binding()
     value = ort.OrtValue.ortvalue_from_numpy(x, kind, 0)
-    binding.bind_ortvalue_input("x", value)
+    binding.bind_ortvalue_input(input_name, value)
     binding.bind_output(session.get_outputs()[0].name, kind, 0)
     for _ in range(warmup):
         session.run_with_iobinding(binding)
