@@ -1,8 +1,10 @@
 """Benchmark: does the cost model of cost-aware islands pick the faster precision? (onnxruntime)
 
 ``fp16guard/plan/strategies/islands.py`` moves an FP16 run of memory-bound nodes between FP32
-nodes to FP32 when its Casts cost at least what FP16 saves: ``6 * border tensors >= 2 * float
-slots`` (bytes per element; docs/FOLDING.md). This script checks that claim against timings.
+nodes to FP32 when its Casts cost at least what FP16 saves: ``CAST_COST * border tensors >=
+FP16_SAVING * float slots`` (per element, in FP32 element-wise op times; docs/FOLDING.md). This
+script checks that claim against timings; the constants were fitted from its H200 runs (the
+first runs, 2026-12-02, measured the byte model 6 : 2 it replaced).
 
 What it does (needs numpy, onnx, onnxruntime — onnxruntime-gpu on a GPU — and this repository on
 ``PYTHONPATH``; no Prefect, pyarrow or pydantic):
@@ -39,9 +41,10 @@ What it does (needs numpy, onnx, onnxruntime — onnxruntime-gpu on a GPU — an
    a few µs of launch), unless ``--no-blocking-profile``;
 5. prints the table (case, k, border tensors, float slots, predicted decision, measured fp16-run
    and fp32-run ms, measured winner, agree), the reverse cases, and the empirical figures the
-   6:2 claim stands for, per element: a Cast against an FP32 element-wise op (model: 6/8 =
-   0.75), an FP16 element-wise op against FP32 (model: 4/8 = 0.5), and the break-even ``cast /
-   saving per slot`` (model: 6/2 = 3 slots per border). The figures to use come from the timed
+   model's constants stand for, per element: a Cast against an FP32 element-wise op (model:
+   CAST_COST), an FP16 element-wise op against FP32 (model: 1 - 2 * FP16_SAVING, two slots per
+   single-input op), and the break-even ``cast / saving per slot`` (model: CAST_COST /
+   FP16_SAVING). The figures to use come from the timed
    medians (slopes over the chain length, and a least-squares fit of ``fp16-run - fp32-run =
    a * borders - b * slots``); the same from the profiled node times are printed beside them,
    with the per-node launch cost that inflates them.
@@ -195,22 +198,22 @@ def build_cases(shape: tuple[int, int, int, int], k_max: int) -> list[Case]:
 # --------------------------------------------------------------------------- decision
 
 
-def _merge_islands():
-    """``merge_islands``; loaded from its file when the package's imports need more than numpy/onnx.
+def _islands():
+    """The ``islands`` module; loaded from its file when the package's imports need more than numpy/onnx.
 
     ``fp16guard.plan.strategies`` imports the planner (pyarrow, pydantic); ``islands.py`` itself
     needs only onnx and :mod:`fp16guard.graph.info`, which is all a bare GPU image has.
     """
     try:
-        from fp16guard.plan.strategies.islands import merge_islands
+        from fp16guard.plan.strategies import islands
 
-        return merge_islands
+        return islands
     except ImportError:
         path = Path(__file__).resolve().parents[1] / "fp16guard" / "plan" / "strategies" / "islands.py"
         spec = importlib.util.spec_from_file_location("_fp16guard_islands", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        return module.merge_islands
+        return module
 
 
 def decide(case: Case) -> dict:
@@ -219,7 +222,8 @@ def decide(case: Case) -> dict:
     fp32 = case.convs if case.kind != "pinned" else case.run
     ops = {n.name: n.op_type for n in case.model.graph.node}
     plan = {"fp32_nodes": [{"name": n, "op_type": ops[n], "reason": "benchmark", "reasons": ["benchmark"]} for n in fp32], "counts": {}}
-    result = _merge_islands()(case.model, plan)
+    islands = _islands()
+    result = islands.merge_islands(case.model, plan)
     run = set(case.run)
     moved = [m for m in result["islands"] if run & set(m["nodes"])]
     borders, slots = _count(case)
@@ -228,7 +232,7 @@ def decide(case: Case) -> dict:
         predicted = "op-fp16" if moved else "op-fp32"
     else:
         predicted = "fp32-run" if moved else "fp16-run"
-    return {"predicted": predicted, "moved": moved, "borders": borders, "slots": slots, "cast_bytes": 6 * borders, "fp16_saving_bytes": 2 * slots}
+    return {"predicted": predicted, "moved": moved, "borders": borders, "slots": slots, "cast_cost": islands.CAST_COST * borders, "fp16_saving": islands.FP16_SAVING * slots}
 
 
 def _count(case: Case) -> tuple[int, int]:
@@ -435,7 +439,7 @@ def split_profile(nodes: dict[str, dict], run: list[str], pinned: bool = False) 
 
 
 def _ratios(rows: list[dict], elements: int) -> dict:
-    """Empirical costs per element (µs per million elements) the 6:2 byte model stands for.
+    """Empirical costs per element (µs per million elements) the model's constants stand for.
 
     ``end_to_end`` (the figures to trust; from the timed medians): an FP32 and an FP16
     element-wise op are the slopes of the fp32-run and fp16-run times over k of the chain cases;
@@ -477,7 +481,8 @@ def _ratios(rows: list[dict], elements: int) -> dict:
     med = lambda v: statistics.median(v) if v else None  # noqa: E731
     prof = _costs(med(cast), med(fp32_op), med(fp16_op))
     prof["node_overhead_us"] = med(overhead)
-    model = {"cast_over_fp32_op": 6 / 8, "fp16_op_over_fp32_op": 4 / 8, "break_even_slots_per_border": 6 / 2}
+    islands = _islands()
+    model = {"cast_over_fp32_op": islands.CAST_COST, "fp16_op_over_fp32_op": 1 - 2 * islands.FP16_SAVING, "break_even_slots_per_border": islands.CAST_COST / islands.FP16_SAVING}
     return {"unit": "us per million elements", "model": model, "end_to_end": e2e, "profile": prof}
 
 
@@ -500,16 +505,16 @@ def _f(v, spec: str = ".3f", none: str = "n/a") -> str:
 def report(rows: list[dict], ratios: dict, log: Log, tie: float) -> None:
     """Print the tables through ``log``."""
     log.say("Runs between two FP32 Convs: the run FP16 (Casts at its borders) or FP32 (no Casts).")
-    log.say("predicted: islands.merge_islands (moves the run to FP32 when 6*borders >= 2*slots); "
+    log.say("predicted: islands.merge_islands (moves the run to FP32 when CAST_COST*borders >= FP16_SAVING*slots); "
             f"'~' after agree: the two variants within {tie:.0%} of each other")
-    log.say(f"{'case':<12} {'k':>2} {'ops':<30} {'bord':>4} {'slots':>5} {'6b:2s':>7} {'predicted':>9} {'fp16-run ms':>11} {'fp32-run ms':>11} {'winner':>8} {'agree':>5}  "
+    log.say(f"{'case':<12} {'k':>2} {'ops':<30} {'bord':>4} {'slots':>5} {'cast:save':>9} {'predicted':>9} {'fp16-run ms':>11} {'fp32-run ms':>11} {'winner':>8} {'agree':>5}  "
             f"{'cast us':>8} {'run16 us':>8} {'run32 us':>8}")
     for r in rows:
         if r["kind"] == "pinned":
             continue
         ms16, ms32 = r["ms"]["fp16-run"], r["ms"]["fp32-run"]
         p16, p32 = r["profile"]["fp16-run"], r["profile"]["fp32-run"]
-        log.say(f"{r['case']:<12} {r['k']:>2} {'+'.join(r['ops']):<30.30} {r['borders']:>4} {r['slots']:>5} {str(6 * r['borders']) + ':' + str(2 * r['slots']):>7} "
+        log.say(f"{r['case']:<12} {r['k']:>2} {'+'.join(r['ops']):<30.30} {r['borders']:>4} {r['slots']:>5} {format(r['cast_cost'], 'g') + ':' + format(r['fp16_saving'], '.3g'):>9} "
                 f"{r['predicted'][:4]:>9} {ms16:>11.4f} {ms32:>11.4f} {r['winner'][:4]:>8} {('yes' if r['agree'] else 'no') + ('~' if r['tie'] else ''):>5}  "
                 f"{p16['cast_us']:>8.1f} {p16['run_us']:>8.1f} {p32['run_us']:>8.1f}")
     pinned = [r for r in rows if r["kind"] == "pinned"]
@@ -527,16 +532,16 @@ def report(rows: list[dict], ratios: dict, log: Log, tie: float) -> None:
     log.say(f"agreement: {sum(r['agree'] for r in agree)}/{len(agree)} cases; {sum(r['agree'] for r in clear)}/{len(clear)} outside the {tie:.0%} tie band")
     m, e, p = ratios["model"], ratios["end_to_end"], ratios["profile"]
     log.say("")
-    log.say("What the 6:2 bytes claim stands for, per element (µs per million elements; model = bytes moved):")
+    log.say("What the model's constants stand for, per element (µs per million elements; model in FP32 element-wise op times):")
     log.say(f"{'':<34} {'Cast':>7} {'FP32 op':>8} {'FP16 op':>8} {'Cast/FP32op':>11} {'FP16op/FP32op':>13} {'break-even slots/border':>23}")
-    log.say(f"{'model (bytes 6, 8, 4)':<34} {'':>7} {'':>8} {'':>8} {m['cast_over_fp32_op']:>11.2f} {m['fp16_op_over_fp32_op']:>13.2f} {m['break_even_slots_per_border']:>23.2f}")
+    log.say(f"{'model (islands.py constants)':<34} {'':>7} {'':>8} {'':>8} {m['cast_over_fp32_op']:>11.2f} {m['fp16_op_over_fp32_op']:>13.2f} {m['break_even_slots_per_border']:>23.2f}")
     for label, c in ((f"timed, chain slopes ({e['chain_cases']} cases)", e), ("profiled nodes (see note)", p)):
         log.say(f"{label:<34} {_f(c.get('cast'), '.3f'):>7} {_f(c.get('fp32_op'), '.3f'):>8} {_f(c.get('fp16_op'), '.3f'):>8} "
                 f"{_f(c.get('cast_over_fp32_op'), '.2f'):>11} {_f(c.get('fp16_op_over_fp32_op'), '.2f'):>13} {_f(c.get('break_even_slots_per_border'), '.2f'):>23}")
     fit = e.get("fit")
     if fit:
         log.say(f"timed, least squares over {fit['cases']} run cases of fp16-run - fp32-run = a*borders - b*slots: a = {fit['cast_per_border']:.3f}, b = {fit['saving_per_slot']:.3f}, "
-                f"break-even a/b = {_f(fit['break_even_slots_per_border'], '.2f')} slots per border (model 3.00)")
+                f"break-even a/b = {_f(fit['break_even_slots_per_border'], '.2f')} slots per border (model {m['break_even_slots_per_border']:.2f})")
     log.say(f"note: profiled node times carry a per-node launch/synchronisation cost of about {_f(p.get('node_overhead_us'), '.1f')} µs "
             "((profiled sum - timed median) / nodes), which pulls the profiled ratios towards 1; the timed rows are the figures to use")
 

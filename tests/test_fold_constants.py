@@ -101,7 +101,7 @@ def test_a_wide_layer_splits_its_step_with_the_layer_before():
     2**-13 would push its weights below FP16's normal range, so fc1's output is scaled more
     (within its underflow guard) and fc2's weights take a step they can hold."""
     net = Net(34)
-    h = net.gemm("fc1", "x", 8, 8, gain=1.0)
+    h = net.gemm("fc1", "x", 8, 8, gain=1000.0, bias=0.0)  # weights large enough to take 2**-16
     net.op("MatMul", "fc2", [h, net.const("w2", np.full((8, 4), 1e-3))])
     net.nodes.append(helper.make_node("Softmax", ["fc2"], ["y"], name="out"))
     model = net.model([io("x", "N", 8)], [io("y", "N", 4)])

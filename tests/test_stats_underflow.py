@@ -79,14 +79,19 @@ def test_constant_tensors_are_measured_once_not_per_slice(tmp_path):
         assert not names & inst_inputs  # no reduction over a constant runs per slice
 
 
-def test_old_opsets_give_null_underflow_figures(tmp_path):
+@pytest.mark.parametrize("opset, measured", [(8, False), (9, True)])  # opset 9: through a Gather sample
+def test_old_opsets_give_null_underflow_figures(tmp_path, opset, measured):
     graph = helper.make_graph([helper.make_node("Neg", ["x"], ["n"], name="neg")], "g", [helper.make_tensor_value_info("x", F, ["N", 2])], [helper.make_tensor_value_info("n", F, ["N", 2])])
     path = tmp_path / "old.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
     np.savez(tmp_path / "s.npz", x=np.ones((2, 2), np.float32))
     with StatsSession(path) as session:
         rows = session.run(ShardRef(str(tmp_path / "s.npz"), str(tmp_path / "s.npz"))).to_pylist()
-    assert rows[1]["max_abs"] == 1.0 and rows[1]["nonzero"] is None and rows[1]["min_nonzero_abs"] is None
+    assert rows[1]["max_abs"] == 1.0
+    if measured:
+        assert rows[1]["nonzero"] == 4 and rows[1]["examined"] == 4 and rows[1]["min_nonzero_abs"] == 1.0
+    else:
+        assert rows[1]["nonzero"] is None and rows[1]["min_nonzero_abs"] is None
 
 
 def test_stats_files_without_the_new_columns_still_read(tmp_path):

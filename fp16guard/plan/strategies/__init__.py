@@ -15,9 +15,9 @@ Strategies (``PlanSettings.strategy``):
   MatMul...) in FP32 than pinning, else the pinned plan on the unchanged model. Repair, when the
   flow runs it, starts from the chosen plan.
 
-When the folded model is used, FP16 runs too short to pay for their Casts then move to FP32
-(:mod:`fp16guard.plan.strategies.islands`); a pinned plan (``pin``, or ``auto`` falling back to
-it) is today's rule, unchanged.
+Whichever plan is chosen, FP16 runs too short to pay for their Casts then move to FP32
+(:mod:`fp16guard.plan.strategies.islands`, its cost model fitted on GPU timings); a model whose
+plan keeps nothing FP32 has no such run and is unchanged.
 """
 
 from __future__ import annotations

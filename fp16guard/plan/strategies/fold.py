@@ -15,7 +15,7 @@ the flow then verifies the built artifact against the original FP32 model like a
 ``plan.json`` gets two keys besides the rules' ones:
 
 * ``strategy``: ``{"requested", "used", "why", "compute_fp32": {"pin": n, "fold": m}}``;
-* ``islands`` (when the folded model is used): FP16 runs moved to FP32 because their Casts
+* ``islands``: FP16 runs moved to FP32 because their Casts
   cost more than they save (:mod:`fp16guard.plan.strategies.islands`);
 * ``folding`` (only when the folded model is used): ``batchnorm`` (the folded pairs),
   ``exponents`` (tensor -> e, stored as x / 2**e; what the build re-applies), ``regions`` (each
@@ -126,7 +126,7 @@ def plan_model(
     if strategy == "pin":
         plan = make_plan(model, stats, settings, weights_dir=weights_dir).to_dict()
         plan["strategy"] = {"requested": "pin", "used": "pin", "why": "requested", "compute_fp32": {"pin": compute_fp32(plan)}}
-        return plan, model
+        return merge_islands(model, plan), model
     folded_plan, folded = _fold(model, stats, settings)
     if strategy == "fold":
         folded_plan["strategy"] = {"requested": "fold", "used": "fold", "why": "requested", "compute_fp32": {"fold": compute_fp32(folded_plan)}}
@@ -144,7 +144,7 @@ def plan_model(
         return merge_islands(folded, folded_plan), folded
     why = "no tensor needed a scale" if not folded_plan["folding"]["exponents"] else f"folding keeps {counts['fold']} compute nodes FP32, pinning {counts['pin']}: no gain"
     pinned["strategy"] = {"requested": "auto", "used": "pin", "why": why, "compute_fp32": counts}
-    return pinned, model  # unchanged: islands only with folding until GPU profiles back the cost model
+    return merge_islands(model, pinned), model
 
 
 def plan_with_strategy(model_path: str | os.PathLike, stats: pa.Table, settings: PlanSettings) -> dict:

@@ -6,24 +6,34 @@ A run of FP16 nodes squeezed between FP32 nodes pays a Cast on each tensor enter
 it; when the run holds only cheap, memory-bound ops (activations, element-wise arithmetic,
 reshapes), running it in FP32 instead is faster and never less accurate.
 
-Applied by the strategies when the folded model is used (:mod:`fp16guard.plan.strategies`).
-
-**Cost model** (bytes moved per element, the unit of memory-bound work; documented in
+**Cost model**, in units of one FP32 element-wise op's time per element, fitted on the lent H200
+(onnxruntime-gpu 1.31.1, CUDA provider, batch 32, ``benchmarks/island_cost.py``, 2026-12-02; see
 ``docs/FOLDING.md``):
 
-* a Cast reads 4 bytes and writes 2 (or the reverse): **6** per element of each border tensor;
-* running a memory-bound node in FP16 instead of FP32 saves **2** bytes per element of each of
-  its float inputs and outputs (4 -> 2);
+* a Cast at a run's border costs :data:`CAST_COST` = 1.0 per element (measured 1.806 against an
+  FP32 element-wise op's 1.808 µs per million elements, least squares over 14 runs);
+* running a memory-bound node in FP16 instead of FP32 saves :data:`FP16_SAVING` = 0.12 per
+  element of each of its float inputs and outputs (measured 0.215 µs per million: onnxruntime's
+  FP16 element-wise kernels are only ~20% faster than FP32 ones, far from half the time that
+  halving the bytes suggests — the byte model this replaced, 6 : 2, put break-even at 3 slots
+  per border and kept chains of 4-8 ops FP16 that were 1-4% faster in FP32);
 * tensors of one run are taken to be of similar size (true of the element-wise and shape ops
   such runs are made of), so element counts cancel out;
 * a run containing a compute op (Conv, ConvTranspose, Gemm, MatMul, Einsum) is never moved: its
   arithmetic, not its memory traffic, decides, and FP16 tensor cores win it.
 
 A run (a maximal set of FP16 nodes connected through FLOAT tensors) moves to FP32 when its Casts
-cost at least what FP16 saves on it: ``6 * border tensors >= 2 * float slots of its nodes``. A
-single Relu between two FP32 layers: 12 >= 4, it moves; a chain of five element-wise ops with
-one tensor in and one out: 12 < 20, it stays FP16. An isolated FP32 node needs nothing more: its
-inputs and outputs are already cast at its borders, one Cast per tensor.
+cost at least what FP16 saves on it: ``1.0 * border tensors >= 0.12 * float slots`` — break-even
+at about 8.3 slots per border, i.e. chains of up to 8 single-input ops between two FP32 nodes
+move (measured break-even: 8.4-8.5). An isolated FP32 node among FP16 ones is the other side of
+the same trade: it keeps FP32 (a rule pinned it for its values, which FP16 cannot hold) and its
+inputs and outputs are cast at its borders, one Cast per tensor; its FP16 neighbours are never
+pulled into FP32 for it (measured: a Softmax or Sigmoid kept FP32 between FP16 Convs costs 24 µs,
+13% of that small graph, where pulling the Convs to FP32 would cost their tensor-core speed).
+
+Limits: the model is per element; at batch 1 the H200 is launch-bound and every FP16 run timed
+was slower than FP32 (7-33%), which no per-element model sees. TensorRT fuses element-wise ops
+into neighbouring layers, where these costs do not apply.
 """
 
 from __future__ import annotations
@@ -34,12 +44,13 @@ import onnx
 
 from fp16guard.graph.info import fp16_slots, opset_map, tensor_types
 
-__all__ = ["CAST_BYTES", "FP16_SAVING_BYTES", "merge_islands"]
+__all__ = ["CAST_COST", "FP16_SAVING", "merge_islands"]
 
-#: Bytes a Cast moves per element (read 4, write 2).
-CAST_BYTES = 6
-#: Bytes saved per element of each float input and output when a memory-bound node runs in FP16.
-FP16_SAVING_BYTES = 2
+#: Cost of one border Cast per element, in FP32 element-wise op times (H200 fit, module docstring).
+CAST_COST = 1.0
+#: Saving per element of each float input and output when a memory-bound node runs in FP16,
+#: in the same unit.
+FP16_SAVING = 0.12
 _COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
 
 
@@ -53,7 +64,8 @@ def merge_islands(model: onnx.ModelProto, plan: Mapping) -> dict:
     Returns:
         A new plan dict: moved nodes join ``fp32_nodes`` with reason ``cost_island``, ``counts``
         follow, and ``islands`` records each moved run (``nodes``, ``border_tensors``,
-        ``cast_bytes``, ``fp16_saving_bytes``). The input is not modified.
+        ``float_slots``, ``cast_cost``, ``fp16_saving``, in FP32 element-wise op times per
+        element). The input is not modified.
     """
     types = tensor_types(model)
     opsets = opset_map(model)
@@ -108,10 +120,10 @@ def merge_islands(model: onnx.ModelProto, plan: Mapping) -> dict:
                 inside_producer = producer.get(name) in names
                 if not inside_producer or name in outputs or any(r not in names for r in readers.get(name, [])):
                     border.add(name)
-        cast, saving = CAST_BYTES * len(border), FP16_SAVING_BYTES * slots
+        cast, saving = round(CAST_COST * len(border), 6), round(FP16_SAVING * slots, 6)
         if not border or cast < saving:
             continue
-        moved.append({"nodes": sorted(names), "border_tensors": len(border), "cast_bytes": cast, "fp16_saving_bytes": saving})
+        moved.append({"nodes": sorted(names), "border_tensors": len(border), "float_slots": slots, "cast_cost": cast, "fp16_saving": saving})
         for n in nodes:
             entries.append(
                 {
@@ -121,7 +133,7 @@ def merge_islands(model: onnx.ModelProto, plan: Mapping) -> dict:
                     "outputs": [o for o in n.output if o],
                     "reason": "cost_island",
                     "reasons": ["cost_island"],
-                    "details": [f"an FP16 run of {len(names)} memory-bound node(s) between FP32 nodes: its {len(border)} Cast(s) move {cast} bytes per element, FP16 would save {saving}"],
+                    "details": [f"an FP16 run of {len(names)} memory-bound node(s) between FP32 nodes: its {len(border)} Cast(s) cost {cast:g} FP32 element-wise ops per element, FP16 would save {saving:g}"],
                     "triggers": [],
                 }
             )
