@@ -114,3 +114,53 @@ def test_a_wide_layer_splits_its_step_with_the_layer_before():
     folded, _ = apply_scales(model, solution.exponents)
     feeds = {"x": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}
     assert rel_error(run(model, feeds)[0], run(folded, feeds)[0]) < 1e-6
+
+
+def _residual_stream():
+    """x -> fc0 -> relu0 = s0; s1 = relu(s0 + fc1(s0)); s2 = relu(s1 + fc2(s1)) -> y: a residual
+    stream whose blocks grow 100x each (biases 0, weights He x 10)."""
+    net = Net(35)
+    s = net.op("Relu", "s0", [net.gemm("fc0", "x", 8, 8, gain=10.0, bias=0.0)])
+    for i in (1, 2):
+        branch = net.gemm(f"fc{i}", s, 8, 8, gain=10.0, bias=0.0)
+        s = net.op("Relu", f"s{i}", [net.op("Add", f"add{i}", [s, branch])])
+    net.nodes.append(helper.make_node("Identity", [s], ["y"], name="out"))
+    return net.model([io("x", "N", 8)], [io("y", "N", 8)])
+
+
+def test_a_residual_stream_steps_its_scale_block_by_block():
+    """One exponent for the whole stream would need 2**15 (its largest values) while its first
+    block's smallest values allow at most 2**14: refused as one class. The joins share the scale
+    of their branch (a Gemm) and read the stream through a converter where the stream's own
+    class cannot follow, so every block folds."""
+    model = _residual_stream()
+    r = TensorRange
+    ranges = {
+        "x": r(2.0, smallest=0.5),
+        "fc0": r(2e4, smallest=1.0), "s0": r(2e4, smallest=1.0),
+        "fc1": r(2e6, smallest=100.0), "add1": r(2e6, smallest=100.0), "s1": r(2e6, smallest=100.0),
+        "fc2": r(2e8, smallest=1e4), "add2": r(2e8, smallest=1e4), "s2": r(2e8, smallest=1e4), "y": r(2e8, smallest=1e4),
+    }
+    solution = solve_scales(model, ranges, 1e4)
+    e = solution.exponents
+    assert e["s0"] == e["fc1"] == e["add1"] == e["s1"]  # block 1 shares the stream's scale: no converter
+    assert e["fc2"] == e["add2"] == e["s2"] == 15 and e["s1"] < 15  # block 2 steps up
+    folded, new = apply_scales(model, e)
+    converters = [n for n in folded.graph.node if n.op_type == "Mul" and n.input[0] == "s1"]
+    assert len(converters) == 1 and new[converters[0].output[0]] == ("s1", 15)
+    feeds = {"x": np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)}
+    assert rel_error(run(model, feeds)[0], run(folded, feeds)[0]) < 1e-6
+
+
+def test_a_large_scale_down_is_made_of_normal_fp16_steps():
+    """A converter from 2**2 to 2**20 multiplies by 2**-18, a subnormal FP16 constant: it is made
+    of two Muls (2**-14, then 2**-4), every factor a normal FP16 number, exact together."""
+    model = _residual_stream()
+    exponents = {"fc0": 2, "s0": 2, "fc1": 20, "add1": 20, "s1": 20, "fc2": 20, "add2": 20, "s2": 20}
+    folded, new = apply_scales(model, exponents)
+    inits = {t.name: float(np.frombuffer(t.raw_data, np.float32)[0]) for t in folded.graph.initializer if t.name.endswith("__factor")}
+    steps = [n for n in folded.graph.node if n.op_type == "Mul" and n.input[1] in inits]
+    factors = sorted(inits[n.input[1]] for n in steps if inits[n.input[1]] < 1)  # scale-downs (the restore before y is 2**20)
+    assert factors == [2.0**-14, 2.0**-4]
+    feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
+    assert rel_error(run(model, feeds)[0], run(folded, feeds)[0]) < 1e-6

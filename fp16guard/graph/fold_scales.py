@@ -104,6 +104,8 @@ MAX_EXPONENT = 120
 #: below this fraction of the mean |x| of the node's output (FP16's unit round-off): an FP16
 #: output of typical size cannot hold such a bias anyway.
 NEGLIGIBLE_BIAS = 2.0**-11
+#: Largest scale-down of one converter Mul: its factor 2**-14 is FP16's smallest normal number.
+_MAX_CONVERTER_STEP = 14
 #: Without a smallest-|x| statistic, a scaled tensor's max |x| must stay at least this (see the
 #: module docstring: keeps values down to max_abs * 2**-14 in FP16's normal range).
 MIN_SCALED_MAX = 1.0
@@ -457,24 +459,41 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
         if g.is_act(v.name):
             uf.find(v.name)
             order.setdefault(v.name, len(order))
+    produced: dict[str, str] = {}  # tensor -> kind of the node that makes it
+    skipped: dict[str, list[str]] = {}  # join output -> operands it reads through a converter
     for node, k in zip(nodes, kinds):
         for o in k.outs:
             uf.find(o)
             order.setdefault(o, len(order))
+            produced[o] = k.kind
         if k.kind in ("pass", "join"):
-            for t in k.carry:
+            carry = k.carry
+            if k.kind == "join" and k.outs:
+                # A residual stream (a skip operand made by pass/join ops) grows block by block;
+                # one exponent for the whole stream would have to suit its smallest and its
+                # largest values at once. The join shares its scale with the operands a weight
+                # or product makes; a skip operand gets an exact power-of-two converter.
+                scaled = tuple(t for t in carry if produced.get(t) in ("rescale", "derived"))
+                if scaled and len(scaled) < len(carry):
+                    skipped[k.outs[0]] = [t for t in carry if t not in scaled]
+                    carry = scaled
+            for t in carry:
                 for o in k.outs:
                     uf.union(t, o)
-            for t in k.carry[1:]:
-                uf.union(k.carry[0], t)
+            for t in carry[1:]:
+                uf.union(carry[0], t)
     members: dict[str, list[str]] = {}
     for t in sorted(order, key=order.get):
         members.setdefault(uf.find(t), []).append(t)
+    # Skip operands are read at their join's exponent: they count for its range and guard.
+    extras: dict[str, list[str]] = {}
+    for out, skips in skipped.items():
+        extras.setdefault(uf.find(out), []).extend(skips)
 
-    allowed_of = {root: min(min(_allowed(ranges.get(t)) for t in names), MAX_EXPONENT) for root, names in members.items()}
+    allowed_of = {root: min(min(_allowed(ranges.get(t)) for t in names + extras.get(root, [])), MAX_EXPONENT) for root, names in members.items()}
     needs_of: dict[str, int | None] = {}
     for root, names in members.items():
-        needs = [_need(ranges.get(t), threshold) for t in names]
+        needs = [_need(ranges.get(t), threshold) for t in names + extras.get(root, [])]
         needs_of[root] = None if any(n is None for n in needs) else max(needs)
     # A product or power needs its factors scaled: x**2 overflowing needs x / 2**(n/2). Pushed
     # from the outputs back (reverse graph order), so chains such as Sqrt(Mean(Pow(x, 2))) reach
@@ -516,12 +535,30 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
             solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": why})
             continue
         if need > allowed:
-            low = min(names, key=lambda t: _allowed(ranges.get(t)))
+            low = min(names + extras.get(root, []), key=lambda t: _allowed(ranges.get(t)))
             why = f"{cause}: needs 2**{need}, but {low!r} would sink below FP16's normal range (underflow guard allows at most 2**{allowed})"
             solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": why})
             continue
         class_exp[root] = need
         solution.regions.append({**region, "root": root, "exponent": need, "scale": 2**need, "status": "folded", "why": f"{cause}: stored divided by 2**{need}"})
+    # A join and its skip operands share one exponent wherever both guards allow it (no
+    # converter then): the larger of the two, in graph order so a stream's exponents rise block
+    # by block; twice, so a raise reaches the joins before it. Where they cannot, the skip
+    # operand is read through a converter.
+    for _ in range(2):
+        for out, skips in skipped.items():
+            root = uf.find(out)
+            if needs_of.get(root) is None:
+                continue
+            for t in skips:
+                skip_root = uf.find(t)
+                if needs_of.get(skip_root) is None:
+                    continue
+                target = max(class_exp.get(root, 0), class_exp.get(skip_root, 0))
+                if target > class_exp.get(root, 0) and target <= allowed_of.get(root, 0):
+                    _set_exponent(solution, members, class_exp, root, target, f"raised to 2**{target}, the exponent of the skip operand {t!r} it joins (no converter)")
+                if target > class_exp.get(skip_root, 0) and target <= allowed_of.get(skip_root, 0):
+                    _set_exponent(solution, members, class_exp, skip_root, target, f"raised to 2**{target}, the exponent of the join {out!r} it feeds (no converter)")
     _raise_for_weights(nodes, kinds, g, uf, members, class_exp, allowed_of, solution)
 
     e: dict[str, int] = {t: 0 for t in order}
@@ -541,7 +578,9 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
             if out and not _consts_ok(node, k, g, out, data.max_abs if data else None):
                 out = 0
         elif k.kind == "join":
-            out = min(max(e.get(t, 0) for t in k.carry), allowed_of.get(root, 0))
+            skips = skipped.get(k.outs[0], [])
+            sources = [t for t in k.carry if t not in skips]
+            out = min(max(e.get(t, 0) for t in sources), allowed_of.get(root, 0))
             operand_max = max((ranges[t].max_abs for t in k.carry if t in ranges), default=None)
             if out and not _consts_ok(node, k, g, out, operand_max):
                 solution.notes.append(f"{node.op_type} {node.name!r}: a constant operand cannot be divided by 2**{out} in FP16; the scale is restored before it")
@@ -565,6 +604,17 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
     return solution
 
 
+def _set_exponent(solution: ScaleSolution, members: dict[str, list[str]], class_exp: dict[str, int], root: str, exponent: int, why: str) -> None:
+    """Give class ``root`` a larger exponent than its need and say why in its region record."""
+    class_exp[root] = exponent
+    region = next((r for r in solution.regions if r.get("root") == root), None)
+    if region is not None:
+        region.update(exponent=exponent, scale=2**exponent, why=region["why"] + f"; {why}")
+    else:
+        names = members[root]
+        solution.regions.append({"tensors": len(names), "first": names[0], "last": names[-1], "root": root, "exponent": exponent, "scale": 2**exponent, "status": "folded", "why": why})
+
+
 def _raise_for_weights(nodes, kinds, g: _Graph, uf: _UnionFind, members: dict[str, list[str]], class_exp: dict[str, int], allowed_of: dict[str, int], solution: ScaleSolution) -> None:
     """Scale a rescale point's input more when its weights cannot take the whole step alone.
 
@@ -574,7 +624,6 @@ def _raise_for_weights(nodes, kinds, g: _Graph, uf: _UnionFind, members: dict[st
     splits the step with the layer before. Visited in reverse graph order so raises chain back.
     Edits ``class_exp`` and the regions of ``solution`` in place.
     """
-    regions = {r["root"]: r for r in solution.regions if "root" in r}
     for node, k in reversed(list(zip(nodes, kinds))):
         if k.kind != "rescale" or k.weight is None or not k.outs or not g.is_const(node.input[k.weight]):
             continue
@@ -587,14 +636,8 @@ def _raise_for_weights(nodes, kinds, g: _Graph, uf: _UnionFind, members: dict[st
         raised = next((x for x in range(a + 1, min(b, allowed_of.get(source, 0)) + 1) if ok(x)), None)
         if raised is None:
             continue
-        class_exp[source] = raised
         why = f"raised to 2**{raised} so that the weights of {node.op_type} {node.name!r} keep FP16 precision (they take 2**{raised - b} instead of 2**{a - b})"
-        if source in regions:
-            regions[source].update(exponent=raised, scale=2**raised, why=regions[source]["why"] + f"; {why}")
-        else:
-            names = members[source]
-            regions[source] = {"tensors": len(names), "first": names[0], "last": names[-1], "root": source, "exponent": raised, "scale": 2**raised, "status": "folded", "why": why}
-            solution.regions.append(regions[source])
+        _set_exponent(solution, members, class_exp, source, raised, why)
 
 
 def _rescale_output(node: onnx.NodeProto, k: NodeKind, g: _Graph, ex: int, wanted: int, out_range: TensorRange | None, notes: list[str]) -> tuple[int, dict | None]:
@@ -751,11 +794,23 @@ def apply_scales(model: onnx.ModelProto, exponents: Mapping[str, int], drop_bias
             else:
                 target = alloc.new(f"{t}__restored" if r == 0 else f"{t}__scale_e{r}")
                 edits.derived[target] = (t, r)
-            factor = alloc.new(f"{target}__factor")
-            new_inits.append(numpy_helper.from_array(np.asarray(2.0 ** (have - r), dtype=np.float32), factor))
-            new_nodes.append(helper.make_node("Mul", [current(t), factor], [target], name=alloc.new(f"{target}__mul")))
-            versions[key] = target
+            # A factor below 2**-14 would be a subnormal FP16 constant (real FP16 kernels do not
+            # treat those as emulation does): such a scale-down is made of steps of 2**-14.
+            source, at = current(t), have
+            while r - at > _MAX_CONVERTER_STEP:
+                at += _MAX_CONVERTER_STEP
+                step = alloc.new(f"{t}__scale_e{at}")
+                edits.derived[step] = (t, at)
+                source = converter(source, _MAX_CONVERTER_STEP, step)
+            versions[key] = converter(source, r - at, target)
         return versions[key]
+
+    def converter(source: str, down: int, target: str) -> str:
+        """``target = source * 2**-down`` (one Mul, its factor an initializer); returns ``target``."""
+        factor = alloc.new(f"{target}__factor")
+        new_inits.append(numpy_helper.from_array(np.asarray(2.0 ** (-down), dtype=np.float32), factor))
+        new_nodes.append(helper.make_node("Mul", [source, factor], [target], name=alloc.new(f"{target}__mul")))
+        return target
 
     def const_input(node: onnx.NodeProto, i: int, exponent: int) -> None:
         # The solver already applied the epsilon rule with the operand's statistics; here the
