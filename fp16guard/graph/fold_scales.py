@@ -37,9 +37,16 @@ FP16 rescale. A graph output ``y`` with ``e(y) > 0`` is produced as ``y__scaled`
 under its own name, so the model's interface is unchanged.
 
 **Choosing exponents** (:func:`solve_scales`): tensors linked by ``pass`` and ``join`` nodes form
-a class (union-find) that shares one exponent, so residual Adds and Concats need no converters;
-the class exponent is the smallest that brings every member's calibrated ``max_abs`` to at most
-the plan threshold. Underflow guard: a class whose scaled values would sink below FP16's normal
+a class (union-find) that shares one exponent, so Concats and most residual Adds need no
+converters; the class exponent is the smallest that brings every member's calibrated ``max_abs``
+to at most the plan threshold. Two refinements (docs/FOLDING.md): a join whose operands are
+partly made by a weight or product (the branch) and partly by pass/join ops (the skip: a
+residual stream) joins the branch's class only and reads the skip through a converter when
+their exponents differ, so a stream growing block by block can step its scale up (joins and
+skips still share one exponent wherever both guards allow it); and a layer whose weights cannot
+take its whole step ``2**(e_in - e_out)`` gets its input's class raised (within its guard).
+Biases that FP16 cannot hold next to their output (at most :data:`NEGLIGIBLE_BIAS` of the
+output's mean |x|) are dropped (set to 0) and recorded. Underflow guard: a class whose scaled values would sink below FP16's normal
 range keeps exponent 0 (and so the pinning rule): with a smallest non-zero |x| column in the
 statistics (one of :data:`SMALLEST_COLUMNS`) the scaled smallest value must stay ≥ 2**-14;
 without one, the scaled ``max_abs`` must stay ≥ :data:`MIN_SCALED_MAX` (1.0), which keeps values
