@@ -131,9 +131,9 @@ def run_model(name: str, args, work: Path, providers: list[str], log: Log) -> di
     holdout = discover_shards([folder / "holdout"], "holdout")
     stats = reduce_stats([shard_stats(path, ref, providers=providers) for ref in calib])
     stats_s = time.perf_counter() - started
-    row = {"model": name, "compute": sum(n.op_type in COMPUTE_OPS for n in model.graph.node), "peak_max_abs": max(stats.column("max_abs").to_pylist()), "stats_s": stats_s}
-    cuda = providers[0] == "CUDAExecutionProvider"
     softmax = _logits_tensor(model)
+    row = {"model": name, "compute": sum(n.op_type in COMPUTE_OPS for n in model.graph.node), "peak_max_abs": max(stats.column("max_abs").to_pylist()), "stats_s": stats_s, "logits_of": softmax}
+    cuda = providers[0] == "CUDAExecutionProvider"
     builds = {}
     for strategy in ("pin", "auto"):
         started = time.perf_counter()
@@ -164,8 +164,13 @@ def run_model(name: str, args, work: Path, providers: list[str], log: Log) -> di
     return row
 
 
-def _fmt(value, spec=".3g") -> str:
-    return "inf/NaN" if value is None else format(value, spec)
+def _logits(row: dict, build: dict) -> str:
+    """The logits error cell: "-" when the model has no final Softmax, "inf/NaN" when the
+    candidate's logits are not finite."""
+    if not row.get("logits_of"):
+        return "-"
+    value = build["logits_rel_error"]
+    return "inf/NaN" if value is None else format(value, ".3g")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             p, a = r["pin"], r["auto"]
             line = (
-                f"{name:<13} {r['compute']:>7} {r['peak_max_abs']:>9.2g} | {p['fp32_compute']:>8} {'pass' if p['passed'] else 'FAIL':>4} {_fmt(p['logits_rel_error']):>10} | "
-                f"{a['fp32_compute']:>9} {a['used']:>4} {'pass' if a['passed'] else 'FAIL':>4} {_fmt(a['logits_rel_error']):>10} {a['dropped_biases']:>6}"
+                f"{name:<13} {r['compute']:>7} {r['peak_max_abs']:>9.2g} | {p['fp32_compute']:>8} {'pass' if p['passed'] else 'FAIL':>4} {_logits(r, p):>10} | "
+                f"{a['fp32_compute']:>9} {a['used']:>4} {'pass' if a['passed'] else 'FAIL':>4} {_logits(r, a):>10} {a['dropped_biases']:>6}"
             )
             if args.latency:
                 line += " | " + " ".join(f"{r['ms'][k]:>8.3f}" for k in ("fp32", "fp16", "pin", "auto"))
