@@ -132,8 +132,10 @@ def _session(model: onnx.ModelProto, providers):
     return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
 
 
-def measure_max_abs(model: onnx.ModelProto, x: np.ndarray, providers, chunk: int = 2) -> dict[str, float]:
-    """max |x| of every float tensor (graph input and node outputs) over the samples ``x``."""
+def measure_max_abs(model: onnx.ModelProto, x: np.ndarray, providers, chunk: int = 2, mean_abs: dict | None = None) -> dict[str, float]:
+    """max |x| of every float tensor (graph input and node outputs) over the samples ``x``; with a
+    ``mean_abs`` dict, also fills it with each tensor's mean |x| (what the statistics' ``abs_sum /
+    examined`` gives the product, which decides negligible biases)."""
     from fp16guard.graph.info import tensor_types
 
     types = tensor_types(model)
@@ -145,9 +147,15 @@ def measure_max_abs(model: onnx.ModelProto, x: np.ndarray, providers, chunk: int
     session = _session(exposed, providers)
     out_names = [o.name for o in session.get_outputs()]
     peak = {"x": float(np.abs(x).max())}
+    sums: dict[str, list[float]] = {"x": [float(np.abs(x).sum()), float(x.size)]}
     for i in range(0, len(x), chunk):
         for name, value in zip(out_names, session.run(None, {"x": x[i : i + chunk]})):
             peak[name] = max(peak.get(name, 0.0), float(np.abs(value).max()))
+            acc = sums.setdefault(name, [0.0, 0.0])
+            acc[0] += float(np.abs(value).sum(dtype=np.float64))
+            acc[1] += float(value.size)
+    if mean_abs is not None:
+        mean_abs.update({k: total / count for k, (total, count) in sums.items() if count})
     return peak
 
 
@@ -168,14 +176,16 @@ def range_rule(model: onnx.ModelProto, max_abs: dict[str, float], threshold: flo
     return pinned
 
 
-def fold(model: onnx.ModelProto, max_abs: dict[str, float], threshold: float) -> tuple[onnx.ModelProto, dict[str, float], dict[str, int]]:
-    """The folded FP32 model, the max |x| it would have, and the exponents."""
+def fold(model: onnx.ModelProto, max_abs: dict[str, float], threshold: float, mean_abs: dict[str, float] | None = None) -> tuple[onnx.ModelProto, dict[str, float], dict[str, int]]:
+    """The folded FP32 model, the max |x| it would have, and the exponents (``mean_abs``: mean |x|
+    per tensor, which lets negligible biases be dropped as the product does)."""
     from fp16guard.graph.fold_batchnorm import fold_batchnorm
     from fp16guard.graph.fold_scales import TensorRange, apply_scales, solve_scales
 
     bn, _ = fold_batchnorm(model)
-    solution = solve_scales(bn, {k: TensorRange(v) for k, v in max_abs.items()}, threshold)
-    folded, new = apply_scales(bn, solution.exponents)
+    means = mean_abs or {}
+    solution = solve_scales(bn, {k: TensorRange(v, mean_abs=means.get(k)) for k, v in max_abs.items()}, threshold)
+    folded, new = apply_scales(bn, solution.exponents, [d["node"] for d in solution.dropped_biases])
     outputs = {o.name for o in folded.graph.output}
     scaled = {k: (v if k in outputs else v / 2.0 ** solution.exponents.get(k, 0)) for k, v in max_abs.items()}
     for name, (source, e) in new.items():
@@ -251,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     holdout = rng.standard_normal((args.holdout, *shape), dtype=np.float32)
     bench = rng.standard_normal((args.batch, *shape), dtype=np.float32)
     stats_providers = _providers(args.device, nhwc=False, tf32=False)
-    max_abs = measure_max_abs(model, calib, stats_providers)
-    folded, folded_max, exponents = fold(model, max_abs, args.threshold)
+    mean_abs: dict[str, float] = {}
+    max_abs = measure_max_abs(model, calib, stats_providers, mean_abs=mean_abs)
+    folded, folded_max, exponents = fold(model, max_abs, args.threshold, mean_abs)
     pinned = range_rule(model, max_abs, args.threshold)
     folded_pinned = range_rule(folded, folded_max, args.threshold)
     variants = {
