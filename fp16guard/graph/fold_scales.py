@@ -53,8 +53,8 @@ without one, the scaled ``max_abs`` must stay ≥ :data:`MIN_SCALED_MAX` (1.0), 
 down to ``max_abs * 2**-14`` normal. Rescaled weights, biases and constants must stay as
 faithful in FP16 as the originals (relative L2 rounding error at most twice the original's, or
 below FP16's unit round-off ``2**-11``), and at most ``2**-11`` of their magnitude may newly fall
-below FP16's normal range (real FP16 kernels do not compute subnormal weights as emulation does:
-see :func:`faithful`); a tiny constant added to a much larger operand (an
+below FP16's normal range (a subnormal weight has no room left for onnxruntime's FP16 weight
+fusions: see :func:`faithful`); a tiny constant added to a much larger operand (an
 ``epsilon``, at most ``2**-10`` of the operand's max |x|) may lose precision, but never becomes 0.
 
 Contract of :func:`apply_scales` (the pass proper):
@@ -355,10 +355,11 @@ def faithful(original: np.ndarray, rescaled: np.ndarray) -> bool:
     error at most twice the original's, or below FP16's unit round-off; and no more than FP16's
     unit round-off of its magnitude newly below FP16's normal range (see the module docstring).
 
-    Why the second test: subnormal FP16 weights compute correctly through FP16 storage emulation
-    but not on the GPU (measured on the H200, onnxruntime-gpu 1.31.1: light ResNet-50 with its
-    folded weights at 4.4e-5, all subnormal and within 4e-4 of their value, gave logits 0.49 off
-    with real FP16 kernels, 6.4e-4 through emulation; docs/FOLDING.md)."""
+    Why the second test: a subnormal FP16 weight keeps few bits, and any further scaling
+    flushes it. onnxruntime does scale weights further: it fuses a Mul that follows a Conv into
+    the Conv's FP16 weights, in FP16 (docs/FACTS.md #6a: light ResNet-50 folded with weights of
+    4.4e-5 ran with logits 0.49 off). Weights kept in the normal range have 14 powers of two of
+    room below them."""
     after = _fp16_rel_error(rescaled)
     if after > max(2.0 * _fp16_rel_error(original), _FP16_UNIT):
         return False

@@ -56,7 +56,7 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from fp16guard.graph.info import tensor_types as graph_tensor_types
 from fp16guard.io.model import FLOAT_TYPES
@@ -140,6 +140,27 @@ def _sample_mode(model: onnx.ModelProto) -> str | None:
     if version == 9 and not any(n.op_type in _MAY_BE_EMPTY for n in model.graph.node):
         return "gather"
     return None
+
+
+def _static_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """Element count of every main-graph tensor whose shape ONNX inference fixes (every dim a
+    positive number), e.g. all of a batch-1 CNN's activations."""
+    sizes: dict[str, int] = {}
+    for name, vi in graph_tensor_types(model).value_info.items():
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") else None
+        if dims is not None and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            sizes[name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64)) if dims else 1
+    return sizes
+
+
+def _positions(graph: onnx.GraphProto, size: int, made: dict[int, str]) -> str:
+    """Name of an INT64 initializer holding the strided sample positions of a tensor of ``size``
+    elements (``range(0, size, 2 * (size // (2 * SAMPLE)) + 1)``), added once per size."""
+    if size not in made:
+        made[size] = f"{PREFIX}/positions_{size}"
+        step = 2 * (size // (2 * SAMPLE)) + 1
+        graph.initializer.append(numpy_helper.from_array(np.arange(0, size, step, dtype=np.int64), made[size]))
+    return made[size]
 
 
 def underflow_supported(model: onnx.ModelProto) -> bool:
@@ -315,7 +336,9 @@ def instrument(
     ends, starts, axes0 = (f"{PREFIX}/{n}" for n in ("ends", "starts", "axes0"))
     mode = _sample_mode(model) if underflow and not exact_counts else None
     underflow = mode is not None
+    static: dict[str, int] = {}
     if mode == "gather":
+        static = _static_sizes(model)
         # The sample positions k * step for k < 2 * SAMPLE, as floats (exact up to 2**24 elements;
         # beyond, a position may move by a few elements, which a sample tolerates).
         graph.initializer.extend(
@@ -340,6 +363,7 @@ def instrument(
 
     producers = {name: node for node in graph.node for name in node.output}
     by_name = {t.name: k for k, t in enumerate(tensors)}
+    positions: dict[int, str] = {}  # static size -> its sample positions initializer
     new_nodes: list[onnx.NodeProto] = []
     outputs: list[onnx.ValueInfoProto] = []
 
@@ -378,9 +402,14 @@ def instrument(
             half = node("Div", [size, sample], f"{PREFIX}/{k}/size_div")
             step = node("Add", [node("Mul", [half, f"{PREFIX}/two"], f"{PREFIX}/{k}/even"), one], f"{PREFIX}/{k}/step")
             flat_x = node("Reshape", [x, flat], f"{PREFIX}/{k}/flat")
-            if mode == "slice":
-                step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
-                xs = node("Slice", [flat_x, starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
+            if mode == "slice" or info.name in static:
+                if mode == "slice":
+                    step1 = node("Reshape", [step, flat], f"{PREFIX}/{k}/step1")
+                    xs = node("Slice", [flat_x, starts, ends, axes0, step1], f"{PREFIX}/{k}/sample")
+                else:
+                    # A size fixed by the graph: the Slice's positions as a constant (shared by
+                    # the tensors of that size), read by one Gather — as cheap as the Slice.
+                    xs = node("Gather", [flat_x, _positions(graph, static[info.name], positions)], f"{PREFIX}/{k}/sample", axis=0)
                 a = xs if relu_input is not None else node("Abs", [xs], f"{PREFIX}/{k}/sample_abs")  # a Relu output is >= 0
                 below = node("HardSigmoid", [a], f"{PREFIX}/{k}/below_step", alpha=_STEP_ALPHA, beta=_STEP_BETA)
                 node("Size", [xs], names[5])

@@ -279,10 +279,19 @@ def verify(
     if do_emulate:
         from fp16guard.graph.emulate import emulate_fp16_storage
 
+        from fp16guard.graph.ort_fusions import fuse_like_onnxruntime
+
+        # Emulate the graph onnxruntime will run: it fuses a Mul, Add or BatchNormalization into
+        # the FP16 Conv before it, storing the products in FP16 (graph/ort_fusions.py), which an
+        # FP32 emulation of the unfused graph would never see.
+        fused_model, fused = fuse_like_onnxruntime(cand_model)
         # No ONNX checker pass here: onnxruntime validates the graph as it loads it a moment
         # later, and the full check costs seconds and a copy of the weights on large models.
-        run_model = emulate_fp16_storage(cand_model, check=False)
-        execution = f"onnxruntime {first}: candidate run through FP16 storage emulation (FP32 arithmetic, every FP16 tensor rounded through FP16)"
+        run_model = emulate_fp16_storage(fused_model, check=False)
+        execution = (
+            f"onnxruntime {first}: candidate run through FP16 storage emulation (FP32 arithmetic, every FP16 tensor rounded through FP16)"
+            + (f", after onnxruntime's FP16 weight fusions of {len(fused)} Conv(s)" if fused else "")
+        )
     elif fp16:
         execution = f"onnxruntime {first}: candidate run as built (FP16 kernels of this provider)"
         if on_cpu:
