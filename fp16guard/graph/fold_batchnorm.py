@@ -35,8 +35,9 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from fp16guard.errors import ModelError
-from fp16guard.graph.constants import ConstantTable, drop_unread_constants
+from fp16guard.graph.constants import ConstantTable
 from fp16guard.graph.info import NameAllocator, all_names
+from fp16guard.graph.tidy import interface, tidy_after_removal
 from fp16guard.io.model import PROTOBUF_LIMIT
 
 __all__ = ["fold_batchnorm"]
@@ -49,10 +50,7 @@ def _requires(model: onnx.ModelProto) -> None:
 
 
 def _ensures(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    def io(m):
-        return [(v.name, v.type.SerializeToString()) for v in list(m.graph.input) + list(m.graph.output)]
-
-    if io(before) != io(after):
+    if interface(before) != interface(after):
         raise ModelError("fold_batchnorm changed the graph inputs or outputs (a bug): expected them unchanged")
     if after.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(after)
@@ -163,13 +161,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[dict]]
                 kept.append(n)
         del graph.node[:]
         graph.node.extend(kept)
-        drop_unread_constants(graph, outputs)
-        used = {name for n in graph.node for name in n.input} | outputs
-        # The Convs' former outputs no longer exist: drop their value_info entries.
-        live = used | {o for n in graph.node for o in n.output}
-        kept = [vi for vi in graph.value_info if vi.name in live]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
+        tidy_after_removal(graph)  # the Convs' former outputs and unread constants go
     _ensures(model, result)
     return result, folds
 

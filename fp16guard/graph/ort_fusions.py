@@ -38,6 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fp16guard.errors import ModelError
 from fp16guard.graph.info import NameAllocator, all_names
+from fp16guard.graph.tidy import interface, tidy_after_removal
 
 __all__ = ["fuse_like_onnxruntime"]
 
@@ -155,20 +156,7 @@ def fuse_like_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
         del graph.node[:]
         graph.node.extend(kept)
         graph.initializer.extend(new_inits)
-        live = {n for node in graph.node for n in node.input} | outputs
-        for tensor in [t for t in graph.initializer if t.name not in live]:
-            graph.initializer.remove(tensor)
-        produced = live | {o for node in graph.node for o in node.output}
-        kept_vi = [vi for vi in graph.value_info if vi.name in produced]
-        del graph.value_info[:]
-        graph.value_info.extend(kept_vi)
-    _ensures(model, result)
-    return result, fused
-
-
-def _ensures(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    def io(m):
-        return [(v.name, v.type.SerializeToString()) for v in list(m.graph.input) + list(m.graph.output)]
-
-    if io(before) != io(after):
+        tidy_after_removal(graph)
+    if interface(model) != interface(result):
         raise ModelError("fuse_like_onnxruntime changed the graph inputs or outputs (a bug): expected them unchanged")
+    return result, fused
