@@ -144,9 +144,17 @@ def _sample_mode(model: onnx.ModelProto) -> str | None:
 
 def _static_sizes(model: onnx.ModelProto) -> dict[str, int]:
     """Element count of every main-graph tensor whose shape ONNX inference fixes (every dim a
-    positive number), e.g. all of a batch-1 CNN's activations."""
+    positive number), e.g. all of a batch-1 CNN's activations. Inferred from the graph alone:
+    the model's own ``value_info`` is set aside, since a stale one would make the constant sample
+    positions run past the tensor."""
+    saved = list(model.graph.value_info)
+    del model.graph.value_info[:]
+    try:
+        inferred = graph_tensor_types(model).value_info
+    finally:
+        model.graph.value_info.extend(saved)
     sizes: dict[str, int] = {}
-    for name, vi in graph_tensor_types(model).value_info.items():
+    for name, vi in inferred.items():
         dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape") else None
         if dims is not None and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
             sizes[name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64)) if dims else 1
@@ -338,7 +346,7 @@ def instrument(
     underflow = mode is not None
     static: dict[str, int] = {}
     if mode == "gather":
-        static = _static_sizes(model)
+        static = _static_sizes(out)  # the copy: its value_info is set aside for a moment
         # The sample positions k * step for k < 2 * SAMPLE, as floats (exact up to 2**24 elements;
         # beyond, a position may move by a few elements, which a sample tolerates).
         graph.initializer.extend(
