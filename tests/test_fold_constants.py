@@ -164,3 +164,20 @@ def test_a_large_scale_down_is_made_of_normal_fp16_steps():
     assert factors == [2.0**-14, 2.0**-4]
     feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
     assert rel_error(run(model, feeds)[0], run(folded, feeds)[0]) < 1e-6
+
+
+def test_underflow_guard_reads_the_mean_when_the_statistics_have_it():
+    """One element at 1e-9 does not block a scale when the tensor's mean |x| (1e3) stays far above
+    FP16's normal range once scaled; without a mean the smallest element decides and refuses; a
+    tensor whose mean would sink below 2**-4 refuses either way."""
+    net = Net(36)
+    net.gemm("fc", "x", 8, 8, gain=1000.0, bias=0.0)
+    net.nodes.append(helper.make_node("Relu", ["fc"], ["y"], name="relu"))
+    model = net.model([io("x", "N", 8)], [io("y", "N", 8)])
+
+    def exponent(fc: TensorRange) -> int:
+        return solve_scales(model, {"x": TensorRange(2.0), "fc": fc, "y": fc}, 1e4).exponents.get("fc", 0)
+
+    assert exponent(TensorRange(8e4, smallest=1e-9, mean_abs=1e3)) == 3
+    assert exponent(TensorRange(8e4, smallest=1e-9)) == 0
+    assert exponent(TensorRange(8e4, smallest=1.0, mean_abs=0.1)) == 0

@@ -46,11 +46,14 @@ their exponents differ, so a stream growing block by block can step its scale up
 skips still share one exponent wherever both guards allow it); and a layer whose weights cannot
 take its whole step ``2**(e_in - e_out)`` gets its input's class raised (within its guard).
 Biases that FP16 cannot hold next to their output (at most :data:`NEGLIGIBLE_BIAS` of the
-output's mean |x|) are dropped (set to 0) and recorded. Underflow guard: a class whose scaled values would sink below FP16's normal
-range keeps exponent 0 (and so the pinning rule): with a smallest non-zero |x| column in the
-statistics (one of :data:`SMALLEST_COLUMNS`) the scaled smallest value must stay ≥ 2**-14;
-without one, the scaled ``max_abs`` must stay ≥ :data:`MIN_SCALED_MAX` (1.0), which keeps values
-down to ``max_abs * 2**-14`` normal. Rescaled weights, biases and constants must stay as
+output's mean |x|) are dropped (set to 0) and recorded.
+
+Underflow guard: a class whose scaled values would sink below FP16's normal range keeps exponent
+0 (and so the pinning rule): with a mean |x| in the statistics its scaled mean must stay
+≥ 2**-4 (``MIN_SCALED_MEAN``; docs/FOLDING.md says why); else with a smallest non-zero |x|
+column (one of :data:`SMALLEST_COLUMNS`) the scaled smallest value must stay ≥ 2**-14; else the
+scaled ``max_abs`` must stay ≥ :data:`MIN_SCALED_MAX` (1.0), which keeps values down to
+``max_abs * 2**-14`` normal. Rescaled weights, biases and constants must stay as
 faithful in FP16 as the originals (relative L2 rounding error at most twice the original's, or
 below FP16's unit round-off ``2**-11``), and at most ``2**-11`` of their magnitude may newly fall
 below FP16's normal range (a subnormal weight has no room left for onnxruntime's FP16 weight

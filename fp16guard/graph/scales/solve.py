@@ -14,11 +14,15 @@ from fp16guard.errors import ModelError
 from fp16guard.graph.scales.guards import FP16_MIN_NORMAL, NEGLIGIBLE_BIAS, faithful, rescaled_constant
 from fp16guard.graph.scales.kinds import LINEAR_OPS, MAX_EXPONENT, SCALED_ATTRS, NodeKind, ScaleGraph, TensorRange, classify, node_attr
 
-__all__ = ["MIN_SCALED_MAX", "ScaleSolution", "solve_scales", "param_factors"]
+__all__ = ["MIN_SCALED_MAX", "MIN_SCALED_MEAN", "ScaleSolution", "solve_scales", "param_factors"]
 
 #: Without a smallest-|x| statistic, a scaled tensor's max |x| must stay at least this (see the
 #: module docstring: keeps values down to max_abs * 2**-14 in FP16's normal range).
 MIN_SCALED_MAX = 1.0
+#: With a mean |x| statistic, a scaled tensor's mean |x| must stay at least this: values far below
+#: the mean may then become subnormal, but their absolute error (at most 2**-25 in scaled units)
+#: stays below 2**-21 of a typical value — far below FP16's own rounding of it (2**-12).
+MIN_SCALED_MEAN = 2.0**-4
 
 
 class _UnionFind:
@@ -73,9 +77,14 @@ def _need(r: TensorRange | None, threshold: float) -> int | None:
 
 
 def _allowed(r: TensorRange | None) -> int:
-    """Largest exponent the underflow guard allows for this tensor (0 when unknown)."""
+    """Largest exponent the underflow guard allows for this tensor (0 when unknown): by its mean
+    |x| (:data:`MIN_SCALED_MEAN`) when the statistics have one, else by its smallest non-zero |x|
+    (which must stay FP16-normal; one tiny element then decides), else by its max |x|
+    (:data:`MIN_SCALED_MAX`)."""
     if r is None or r.nonfinite or not math.isfinite(r.max_abs):
         return 0
+    if r.mean_abs is not None and math.isfinite(r.mean_abs) and r.mean_abs > 0:
+        return max(0, int(math.floor(math.log2(r.mean_abs / MIN_SCALED_MEAN))))
     if r.smallest is not None and math.isfinite(r.smallest) and r.smallest > 0:
         return max(0, int(math.floor(math.log2(r.smallest / FP16_MIN_NORMAL))))
     if r.max_abs <= 0:
