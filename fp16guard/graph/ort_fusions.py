@@ -45,25 +45,46 @@ __all__ = ["fuse_like_onnxruntime"]
 _DEFAULT = ("", "ai.onnx")
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values of the graph's initializers, Constant outputs and ConstantOfShape fills whose
-    shape is an initializer, by tensor name."""
-    inputs = {v.name for v in graph.input}
-    values: dict[str, np.ndarray] = {}
-    for t in graph.initializer:
-        if t.name not in inputs:
-            if t.data_location == TensorProto.EXTERNAL:
-                raise ModelError(f"initializer {t.name!r} has external data that is not loaded; expected a model loaded with its weights")
-            values[t.name] = numpy_helper.to_array(t)
-    for node in graph.node:
-        if node.domain not in _DEFAULT or not node.output:
-            continue
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
-        if node.op_type == "Constant" and value is not None:
-            values[node.output[0]] = numpy_helper.to_array(value)
-        elif node.op_type == "ConstantOfShape" and value is not None and node.input and node.input[0] in values:
-            values[node.output[0]] = np.full(tuple(int(d) for d in values[node.input[0]].reshape(-1)), numpy_helper.to_array(value).reshape(-1)[0])
-    return values
+class _Constants:
+    """Values of the graph's initializers, Constant outputs and ConstantOfShape fills whose shape
+    is an initializer, by tensor name; a fill is expanded only when asked for (a light VGG-19
+    holds 143 M weight elements as fills)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        inputs = {v.name for v in graph.input}
+        self._inits = {t.name: t for t in graph.initializer if t.name not in inputs}
+        self._nodes: dict[str, onnx.NodeProto] = {}
+        for node in graph.node:
+            if node.domain in _DEFAULT and node.output and node.op_type in ("Constant", "ConstantOfShape"):
+                self._nodes[node.output[0]] = node
+
+    def get(self, name: str) -> np.ndarray | None:
+        """The value of ``name``, or None when it is not such a constant.
+
+        Raises:
+            ModelError: an initializer's external data is not loaded.
+        """
+        if name in self._inits:
+            tensor = self._inits[name]
+            if tensor.data_location == TensorProto.EXTERNAL:
+                raise ModelError(f"initializer {name!r} has external data that is not loaded; expected a model loaded with its weights")
+            return numpy_helper.to_array(tensor)
+        node = self._nodes.get(name)
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None) if node else None
+        if value is None:
+            return None
+        if node.op_type == "Constant":
+            return numpy_helper.to_array(value)
+        shape = self.get(node.input[0]) if node.input and node.input[0] in self._inits else None
+        return None if shape is None else np.full(tuple(int(d) for d in shape.reshape(-1)), numpy_helper.to_array(value).reshape(-1)[0])
+
+    def dtype(self, name: str):
+        """The element type of constant ``name`` without expanding it (None: not a constant)."""
+        if name in self._inits:
+            return onnx.helper.tensor_dtype_to_np_dtype(self._inits[name].data_type)
+        node = self._nodes.get(name)
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None) if node else None
+        return None if value is None else onnx.helper.tensor_dtype_to_np_dtype(value.data_type)
 
 
 def _per_channel(k: np.ndarray, channels: int, weight_rank: int, scalar_ok: bool) -> np.ndarray | None:
@@ -94,7 +115,7 @@ def fuse_like_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    values = _constants(graph)
+    values = _Constants(graph)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -107,23 +128,25 @@ def fuse_like_onnxruntime(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list
     for conv in graph.node:
         if conv.op_type != "Conv" or conv.domain not in _DEFAULT or len(conv.input) < 2 or id(conv) in removed:
             continue
+        if values.dtype(conv.input[1]) != np.float16:
+            continue  # checked first: only FP16 Convs are expanded and considered
+        out = conv.output[0]
+        nxt = readers.get(out, [])
+        if out in outputs or len(nxt) != 1 or nxt[0].domain not in _DEFAULT or nxt[0].op_type not in ("Mul", "Add", "BatchNormalization"):
+            continue
+        second = nxt[0]
         w = values.get(conv.input[1])
         bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else ""
         b = values.get(bias_name) if bias_name else None
-        if w is None or w.dtype != np.float16 or (bias_name and b is None) or w.ndim < 3:
+        if w is None or (bias_name and b is None) or w.ndim < 3:
             continue
-        out = conv.output[0]
-        nxt = readers.get(out, [])
-        if out in outputs or len(nxt) != 1 or nxt[0].domain not in _DEFAULT:
-            continue
-        second = nxt[0]
         channels = w.shape[0]
         weight = w.astype(np.float64)
         bias = b.astype(np.float64).reshape(-1) if b is not None else np.zeros(channels)
         other = [n for n in second.input if n != out]
-        if second.op_type in ("Mul", "Add") and len(second.input) == 2 and len(other) == 1 and other[0] in values:
-            k = values[other[0]]
-            if k.dtype != np.float16:
+        if second.op_type in ("Mul", "Add") and len(second.input) == 2 and len(other) == 1 and values.dtype(other[0]) == np.float16:
+            k = values.get(other[0])
+            if k is None:
                 continue
             vector = _per_channel(k, channels, w.ndim, scalar_ok=second.op_type == "Mul")
             if vector is None:
