@@ -181,3 +181,14 @@ def test_underflow_guard_reads_the_mean_when_the_statistics_have_it():
     assert exponent(TensorRange(8e4, smallest=1e-9, mean_abs=1e3)) == 3
     assert exponent(TensorRange(8e4, smallest=1e-9)) == 0
     assert exponent(TensorRange(8e4, smallest=1.0, mean_abs=0.1)) == 0
+
+
+def test_a_skip_operand_without_statistics_refuses_its_join_with_a_reason():
+    """The join reads its skip operand at its own scale, so a skip without statistics makes the
+    join's class unknown: refused, and the reason names the skip."""
+    model = _residual_stream()
+    r = TensorRange
+    ranges = {"x": r(2.0), "fc0": r(2e4), "s0": r(float("nan")), "fc1": r(2e6), "add1": r(2e6), "s1": r(2e6), "fc2": r(2e6), "add2": r(2e6), "s2": r(2e6), "y": r(2e6)}
+    solution = solve_scales(model, ranges, 1e4)
+    refused = [x for x in solution.regions if x["status"] == "refused"]
+    assert any("'s0'" in x["why"] and "no finite statistics" in x["why"] for x in refused)

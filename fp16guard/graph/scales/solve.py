@@ -176,7 +176,7 @@ def solve_scales(model: onnx.ModelProto, ranges: Mapping[str, TensorRange], thre
         class_exp[root] = 0
         region = {"tensors": len(names), "first": names[0], "last": names[-1]}
         if need is None:
-            unknown = next(t for t in names if _need(ranges.get(t), threshold) is None)
+            unknown = next(t for t in names + extras.get(root, []) if _need(ranges.get(t), threshold) is None)
             solution.regions.append({**region, "exponent": 0, "scale": 1, "status": "refused", "why": f"tensor {unknown!r} has no finite statistics: its scale cannot be chosen"})
             continue
         worst = max(names, key=lambda t: ranges[t].max_abs)
