@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from fp16guard.errors import DataError
 from fp16guard.io.model import InputSpec
-from fp16guard.io.shards import ShardRef, batch_axes, batch_count, check_layout, iter_slices, load_shard, peek_shard, prepare_feeds, slice_size
+from fp16guard.io.shards import ShardRef, batch_axes, batch_count, check_layout, iter_slices, load_shard, peek_shard, prepare_feeds
 from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 from fp16guard.stats.collect import StatsSession
 

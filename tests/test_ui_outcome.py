@@ -8,7 +8,6 @@ import re
 
 import httpx
 import pyarrow as pa
-import pytest
 
 from fixtures_s3 import s3_root, s3_server, write_run_files  # noqa: F401
 from fp16guard.report.outcome import outcome_lines, report_link

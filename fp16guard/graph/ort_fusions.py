@@ -45,6 +45,13 @@ __all__ = ["fuse_like_onnxruntime"]
 _DEFAULT = ("", "ai.onnx")
 
 
+def _value_attr(node: onnx.NodeProto | None) -> onnx.TensorProto | None:
+    """The TENSOR ``value`` attribute of a Constant/ConstantOfShape node (None when absent)."""
+    if node is None:
+        return None
+    return next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+
+
 class _Constants:
     """Values of the graph's initializers, Constant outputs and ConstantOfShape fills whose shape
     is an initializer, by tensor name; a fill is expanded only when asked for (a light VGG-19
@@ -70,7 +77,7 @@ class _Constants:
                 raise ModelError(f"initializer {name!r} has external data that is not loaded; expected a model loaded with its weights")
             return numpy_helper.to_array(tensor)
         node = self._nodes.get(name)
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None) if node else None
+        value = _value_attr(node)
         if value is None:
             return None
         if node.op_type == "Constant":
@@ -82,8 +89,7 @@ class _Constants:
         """The element type of constant ``name`` without expanding it (None: not a constant)."""
         if name in self._inits:
             return onnx.helper.tensor_dtype_to_np_dtype(self._inits[name].data_type)
-        node = self._nodes.get(name)
-        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None) if node else None
+        value = _value_attr(self._nodes.get(name))
         return None if value is None else onnx.helper.tensor_dtype_to_np_dtype(value.data_type)
 
 
