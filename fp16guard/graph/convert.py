@@ -31,7 +31,8 @@ Contract of :func:`to_mixed_precision`:
   ``y__cast_to_fp32`` produces ``y``; FP16 consumers read ``y__fp16``, FP32 consumers ``y``.
   Every other node keeps its name and its output tensor names.
 * Subgraphs (kept FP32) that read an outer-scope tensor now in FLOAT16 read its FP32 Cast.
-* ``value_info`` entries follow the new types; Cast outputs get entries where shapes are known.
+* ``value_info`` entries follow the new types (those declaring a converted weight included);
+  Cast outputs get entries where shapes are known.
 * External data: tensors that are not converted keep their external references.
 """
 
@@ -196,8 +197,16 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
 
     del graph.node[:]
     graph.node.extend(new_nodes)
+    # Exporters (torch dynamo, onnxscript) declare value_info for weights too: a weight converted
+    # in place must be declared with its new type, or the ONNX checker sees FLOAT16 data behind a
+    # FLOAT declaration (issue 20).
+    stored = {t.name: t.data_type for t in graph.initializer}
     for vi in graph.value_info:
+        if vi.type.WhichOneof("value") != "tensor_type":
+            continue
         if produced.get(vi.name) == FLOAT16 and vi.name not in renamed_outputs and vi.type.tensor_type.elem_type == FLOAT:
+            vi.type.tensor_type.elem_type = FLOAT16
+        elif stored.get(vi.name) == FLOAT16 and vi.type.tensor_type.elem_type == FLOAT:
             vi.type.tensor_type.elem_type = FLOAT16
     graph.value_info.extend(new_value_info)
     if check and result.ByteSize() < PROTOBUF_LIMIT:
