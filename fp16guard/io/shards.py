@@ -275,7 +275,7 @@ def check_layout(ref: ShardRef, layout: dict[str, tuple[np.dtype, tuple[int, ...
 
     Raises:
         DataError: an input is missing, has the wrong rank or a static dimension that differs
-            (every axis but the batch axis), has an incompatible dtype, the inputs disagree on
+            (every axis but the batch axis), has an incompatible dtype (integer or boolean data for a float input included), the inputs disagree on
             the batch size, or the batch is empty.
     """
     expected = ", ".join(s.describe() for s in specs)
@@ -294,7 +294,12 @@ def check_layout(ref: ShardRef, layout: dict[str, tuple[np.dtype, tuple[int, ...
                 if i != axis and isinstance(want, int) and want > 0 and got != want:
                     raise DataError(f"shard {ref.name}: input '{spec.name}' has shape {list(shape)}; the model expects {spec.describe()} (axis {i} must be {want})")
         if not _castable(np.dtype(dtype), spec.dtype):
-            raise DataError(f"shard {ref.name}: input '{spec.name}' has dtype {dtype}; the model expects {spec.describe()}")
+            hint = ""
+            if spec.dtype.kind == "f" and np.dtype(dtype).kind in "biu":
+                # Integer data for a float input is almost always unconverted pixels or token ids:
+                # casting it silently would calibrate and verify on the wrong value range.
+                hint = f"; integer data for a float input is refused (unscaled pixels or ids?): convert it to float yourself, e.g. x.astype(np.{spec.dtype}) / 255"
+            raise DataError(f"shard {ref.name}: input '{spec.name}' has dtype {dtype}; the model expects {spec.describe()}{hint}")
         if axis is None:
             continue
         if shape[axis] == 0:
@@ -326,8 +331,9 @@ class Feeds(dict):
 def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> Feeds:
     """Check a loaded shard against the model's inputs and return the feeds to run.
 
-    Float arrays are cast to the input's float dtype, integer arrays to its integer dtype; arrays
-    that are not model inputs are dropped. The result carries each input's batch axis.
+    Float arrays are cast to the input's float dtype (float64 data to a float32 input), integer
+    arrays to its integer dtype; integer data for a float input is refused (:func:`check_layout`).
+    Arrays that are not model inputs are dropped. The result carries each input's batch axis.
 
     Raises:
         DataError: see :func:`check_layout`.
@@ -350,11 +356,15 @@ def prepare_feeds(ref: ShardRef, feeds: dict[str, np.ndarray], specs: Sequence[I
 
 
 def _castable(have: np.dtype, want: np.dtype) -> bool:
-    """Whether data of dtype ``have`` may be fed to an input of dtype ``want`` (after a cast)."""
+    """Whether data of dtype ``have`` may be fed to an input of dtype ``want`` (after a cast).
+
+    Float data of another width (float64, float16) is cast to a float input; integer or boolean
+    data is not (see :func:`check_layout`).
+    """
     if have == want:
         return True
     if want.kind == "f":
-        return have.kind in "fiu"
+        return have.kind == "f"
     if want.kind in "iu":
         return have.kind in "iu"
     if want.kind == "b":
