@@ -38,6 +38,7 @@ from fp16guard.graph.info import (
     all_names,
     graph_elem_types,
     inferred_skeleton,
+    opset_map,
     rename_outer_refs,
 )
 from fp16guard.io.model import PROTOBUF_LIMIT
@@ -71,7 +72,7 @@ def emulate_fp16_storage(model: onnx.ModelProto, check: bool = True) -> onnx.Mod
     result.CopyFrom(model)
     inferred = inferred_skeleton(model)
     alloc = NameAllocator(all_names(model))
-    _emulate_graph(result.graph, inferred.graph, alloc, main=True)
+    _emulate_graph(result.graph, inferred.graph, alloc, main=True, opsets=opset_map(model))
     if check and result.ByteSize() < PROTOBUF_LIMIT:
         onnx.checker.check_model(result, full_check=True)
     return result
@@ -81,8 +82,10 @@ def _cast(source: str, target: str, to: int, alloc: NameAllocator) -> onnx.NodeP
     return helper.make_node("Cast", [source], [target], name=alloc.new(f"{target}__cast"), to=to)
 
 
-def _emulate_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, alloc: NameAllocator, main: bool) -> None:
-    elem = graph_elem_types(graph, inferred)
+def _emulate_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, alloc: NameAllocator, main: bool, opsets: dict[str, int]) -> None:
+    # The op schemas type what inference cannot (function ops): an FP16 tensor left untyped
+    # would go unrounded, and the emulation would be kinder than real FP16.
+    elem = graph_elem_types(graph, inferred, opsets)
     outputs16 = {o.name for o in graph.output if o.type.tensor_type.elem_type == FLOAT16} if main else set()
     rename: dict[str, str] = {}  # readers of key read value instead
     prefix: list[onnx.NodeProto] = []
@@ -118,7 +121,7 @@ def _emulate_graph(graph: onnx.GraphProto, inferred: onnx.GraphProto, alloc: Nam
         sub_pairs = _subgraph_pairs(node, inferred_node)
         for sub, inferred_sub in sub_pairs:
             rename_outer_refs(sub, rename)
-            _emulate_graph(sub, inferred_sub, alloc, main=False)
+            _emulate_graph(sub, inferred_sub, alloc, main=False, opsets=opsets)
         _attributes_to_float(node)
         after: list[onnx.NodeProto] = []
         is_cast16 = node.op_type == "Cast" and any(a.name == "to" and a.i == FLOAT16 for a in node.attribute)

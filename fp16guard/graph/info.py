@@ -173,25 +173,80 @@ def inferred_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
         return skeleton
 
 
-def graph_elem_types(graph: onnx.GraphProto, inferred: onnx.GraphProto | None = None) -> dict[str, int]:
-    """Element types of the tensors of one (sub)graph: ``inferred``'s annotations, then declarations."""
+def graph_elem_types(graph: onnx.GraphProto, inferred: onnx.GraphProto | None = None, opsets: dict[str, int] | None = None) -> dict[str, int]:
+    """Element types of the tensors of one (sub)graph: ``inferred``'s annotations, then
+    declarations, then (with ``opsets``) :func:`propagate_by_schema` for what both left untyped."""
     elem: dict[str, int] = {}
     sources = [] if inferred is None else [inferred]
+    non_tensor: set[str] = set()
     for g in sources + [graph]:
         for vi in list(g.value_info) + list(g.input) + list(g.output):
-            if vi.type.WhichOneof("value") == "tensor_type" and vi.type.tensor_type.elem_type:
+            which = vi.type.WhichOneof("value")
+            if which == "tensor_type" and vi.type.tensor_type.elem_type:
                 elem[vi.name] = vi.type.tensor_type.elem_type
+            elif which is not None and which != "tensor_type":
+                non_tensor.add(vi.name)
     for tensor in graph.initializer:
         elem[tensor.name] = tensor.data_type
+    if opsets is not None:
+        propagate_by_schema(graph, elem, non_tensor, opsets)
     return elem
+
+
+#: Literal tensor types of op schemas (``tensor(float)``) and their element types.
+_LITERAL_TYPES = {
+    "tensor(float)": TensorProto.FLOAT,
+    "tensor(float16)": TensorProto.FLOAT16,
+    "tensor(bfloat16)": TensorProto.BFLOAT16,
+    "tensor(double)": TensorProto.DOUBLE,
+    "tensor(int64)": TensorProto.INT64,
+    "tensor(int32)": TensorProto.INT32,
+    "tensor(bool)": TensorProto.BOOL,
+}
+
+
+def propagate_by_schema(graph: onnx.GraphProto, elem: dict[str, int], non_tensor: set[str], opsets: dict[str, int]) -> None:
+    """Type, in graph order, the outputs of default-domain nodes that ONNX inference left untyped,
+    from the op schema alone: an output bound to the same type variable as a typed input has
+    that input's type; a literal (``tensor(float)``) or single-type output has that type.
+
+    Why: onnx runs no inference for some function ops (GroupNormalization-21 is one), and one
+    untyped output would leave every node after it ``unknown_type`` (kept FP32) and its tensors
+    unmeasured. Edits ``elem`` in place; never overrides a known type.
+    """
+    for node in graph.node:
+        outs = [(k, o) for k, o in enumerate(node.output) if o and o not in elem and o not in non_tensor]
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if not outs or domain not in DEFAULT_DOMAINS:
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), domain)
+        except onnx.defs.SchemaError:
+            continue
+        allowed = {c.type_param_str: list(c.allowed_type_strs) for c in schema.type_constraints}
+        bound: dict[str, int] = {}
+        for k, name in enumerate(node.input):
+            formal = _formal(schema.inputs, k)
+            if name and formal is not None and name in elem:
+                bound.setdefault(formal.type_str, elem[name])
+        for k, name in outs:
+            formal = _formal(schema.outputs, k)
+            if formal is None:
+                continue
+            choices = allowed.get(formal.type_str, [formal.type_str])
+            if formal.type_str in bound:
+                elem[name] = bound[formal.type_str]
+            elif len(choices) == 1 and choices[0] in _LITERAL_TYPES:
+                elem[name] = _LITERAL_TYPES[choices[0]]
 
 
 def tensor_types(model: onnx.ModelProto) -> TypeInfo:
     """Infer the element type of every main-graph value (never raises on inference gaps).
 
     Declared types (graph inputs/outputs, ``value_info``, initializers) are taken first; ONNX
-    type inference fills in the rest. A value inference cannot type (e.g. the output of an op in
-    a custom domain) is simply absent from :attr:`TypeInfo.elem`.
+    type inference fills in the rest, then the op schemas (:func:`propagate_by_schema`) what
+    inference left untyped. A value nothing can type (e.g. the output of an op in a custom
+    domain) is simply absent from :attr:`TypeInfo.elem`.
     """
     inferred = inferred_skeleton(model)
     info = TypeInfo()
@@ -204,6 +259,7 @@ def tensor_types(model: onnx.ModelProto) -> TypeInfo:
         info.elem[tensor.name] = tensor.data_type
     for sparse in model.graph.sparse_initializer:
         info.elem[sparse.values.name] = sparse.values.data_type
+    propagate_by_schema(model.graph, info.elem, info.non_tensor, opset_map(model))
     return info
 
 

@@ -2,7 +2,8 @@
 
 Every stage loads models through :func:`load_model`, so node names are the same everywhere:
 unnamed nodes get deterministic names (``<op_type>_<index>``), duplicate names get a ``__<k>``
-suffix, and IR-version < 4 models stop listing initializers among the graph inputs (docs/FACTS.md #6).
+suffix, IR-version < 4 models stop listing initializers among the graph inputs (docs/FACTS.md #6), and
+sparse initializers become dense ones (as onnxruntime loads them).
 """
 
 from __future__ import annotations
@@ -114,11 +115,21 @@ def load_graph(path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Give every node a unique deterministic name and drop initializers from graph inputs.
+    """Give every node a unique deterministic name, drop initializers from graph inputs, and
+    turn sparse initializers into dense ones.
 
     Edits ``model`` in place and returns it. Idempotent.
+
+    Raises:
+        ModelError: a sparse initializer cannot be made dense (external or malformed data).
     """
     graph = model.graph
+    if graph.sparse_initializer:
+        # onnxruntime densifies sparse initializers when it loads a model; ONNX type inference
+        # types them as sparse tensors that no dense op accepts, so every pass (types, statistics,
+        # conversion, checker) would see an untyped or invalid weight. Dense it is, here, once.
+        graph.initializer.extend(_densify(t) for t in graph.sparse_initializer)
+        del graph.sparse_initializer[:]
     init_names = {t.name for t in graph.initializer}
     if any(i.name in init_names for i in graph.input):
         # IR < 4 lists initializers as inputs; they are constants, not things to feed.
@@ -137,6 +148,32 @@ def normalize_model(model: onnx.ModelProto) -> onnx.ModelProto:
         node.name = name
         seen.add(name)
     return model
+
+
+def _densify(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    """The dense initializer of a sparse one (same name and element type; zeros elsewhere).
+
+    Raises:
+        ModelError: its values or indices are stored as external data that is not loaded, or
+            the indices do not fit its shape.
+    """
+    from onnx import numpy_helper
+
+    name = sparse.values.name
+    if TensorProto.EXTERNAL in (sparse.values.data_location, sparse.indices.data_location):
+        raise ModelError(f"sparse initializer {name!r} keeps its values in external data; expected a sparse initializer stored in the model file")
+    dims = tuple(int(d) for d in sparse.dims)
+    values = numpy_helper.to_array(sparse.values).reshape(-1)
+    indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dense = np.zeros(dims, dtype=values.dtype)
+    try:
+        if indices.ndim == 2:  # [NNZ, rank] coordinates
+            dense[tuple(indices.T)] = values
+        else:  # [NNZ] positions in the flattened tensor
+            dense.reshape(-1)[indices] = values
+    except (IndexError, ValueError) as exc:
+        raise ModelError(f"sparse initializer {name!r} has indices that do not fit its shape {list(dims)} ({exc}); expected indices inside the dense shape") from None
+    return numpy_helper.from_array(dense, name)
 
 
 #: Protobuf cannot serialize a message of 2 GiB or more: such models keep their weights in a file beside them.
