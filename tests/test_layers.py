@@ -17,8 +17,9 @@ LIBRARY = REPO / "fp16guard"
 #: Top-level packages that are the orchestration layer: only tasks/, flows/ and (lazily, inside
 #: functions) the CLI commands that start flows may import them.
 ORCHESTRATION = ("prefect", "flows", "tasks")
-#: Where a lazy (function-level) import of the orchestration layer is allowed.
-LAZY_ALLOWED = ("fp16guard.cli.",)
+#: Where a lazy (function-level) import of the orchestration layer is allowed: the CLI commands
+#: that start flows, and fp16guard.prefect (forwards ``calibrate_task`` from tasks/ on access).
+LAZY_ALLOWED = ("fp16guard.cli.", "fp16guard.prefect")
 
 
 def _modules() -> dict[str, Path]:

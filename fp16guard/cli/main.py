@@ -15,7 +15,7 @@ import importlib
 import sys
 
 #: Command modules, in the order ``--help`` lists them.
-COMMANDS = ("run", "stats", "demo", "history", "show", "verify_store", "register", "server")
+COMMANDS = ("run", "convert", "stats", "demo", "history", "show", "verify_store", "register", "server")
 
 
 def build_parser() -> argparse.ArgumentParser:
