@@ -12,18 +12,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fp16guard.errors import VerificationFailed
 from fp16guard.settings import RunParameters
 from tasks.build import build_backend_task, build_mixed_onnx_task
-from tasks.caching import cached, code_digest, lock_dir_for
+from tasks.caching import cached, code_digest, lock_dir_for, task_code_digest
 from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
 from tasks.plan import plan_task
-from tasks.profile import PROFILE_MODULES, profile_task
+from tasks.profile import profile_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
 from tasks.ui import emit_release_asset, publish_ui_task
 from tasks.verify import verify_task
 
-#: Library modules whose code determines a verification result (part of its cache key).
-VERIFY_MODULES = ("fp16guard.verify.compare", "fp16guard.graph.emulate", "fp16guard.io.shards", "fp16guard.backends.onnxruntime", "fp16guard.runners.onnxrt")
+
+def verify_code(backend: str) -> str:
+    """The code part of the verification task's cache key: every library module the task and
+    the run's ``backend`` can import (found from the registry and the import closure, never a
+    hand-kept list, which missed the TensorRT backend's modules: issue 20)."""
+    return task_code_digest("tasks.verify", backend)
 
 
 # One worker: shards run one after another so a worker holds one ORT session (or one GPU
@@ -99,14 +103,14 @@ def calibrate(params: RunParameters) -> dict:
             verification = verify(
                 params.model, model["sha256"], artifact_path, built["artifact_sha256"],
                 holdout_refs, [h["sha256"] for h in holdout],
-                params.verify, code_digest(*VERIFY_MODULES), params.batch_size, providers, backend.name,
+                params.verify, verify_code(backend.name), params.batch_size, providers, backend.name,
             )
             profile = None
             if params.profile_batches != []:
                 profile_cached = profile_task.with_options(**cached(store.url, "profile", exclude=["model_path", "artifact_path", "sample"]))
                 profile = profile_cached(
                     backend.name, providers, device_name(providers), params.model, model["sha256"], artifact_path,
-                    built["artifact_sha256"], calib[0]["shard"], calib[0]["sha256"], params.profile_batches, code_digest(*PROFILE_MODULES),
+                    built["artifact_sha256"], calib[0]["shard"], calib[0]["sha256"], params.profile_batches, task_code_digest("tasks.profile", backend.name),
                 )
         write_verification_task(verification, staged["dir"])
         result = publish_run_task(

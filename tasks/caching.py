@@ -23,7 +23,10 @@ Three things Prefect does not give us, built here:
   :class:`fp16guard.store.locks.LeaseLocks` (holder pid, host and start time; an expiry renewed
   while the holder lives; a bounded wait that says what it waits for).
 - **Keys that see every dependency.** :func:`code_digest` hashes the source of every
-  ``fp16guard`` module in the static import closure of the modules named.
+  ``fp16guard`` module in the static import closure of the modules named;
+  :func:`task_code_digest` starts that walk from a task module's own imports and from the
+  module the backend registry names for the run's backend (imported there by string, which no
+  static walk of ``import`` statements can see), so no list of modules is kept by hand.
 """
 
 from __future__ import annotations
@@ -48,7 +51,18 @@ from prefect.serializers import Serializer
 from fp16guard.io.urls import is_remote, local_path, protocol
 from fp16guard.store.locks import LeaseLocks
 
-__all__ = ["cached", "code_digest", "import_closure", "lock_dir_for", "LeaseLockManager", "SafeSerializer", "DIGEST_FIELD"]
+__all__ = [
+    "cached",
+    "code_digest",
+    "import_closure",
+    "backend_closure",
+    "task_closure",
+    "task_code_digest",
+    "lock_dir_for",
+    "LeaseLockManager",
+    "SafeSerializer",
+    "DIGEST_FIELD",
+]
 
 _log = logging.getLogger("fp16guard.cache")
 
@@ -351,27 +365,71 @@ def _remote_options(store_url: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------- code digest
-def code_digest(*module_names: str, package: str = "fp16guard") -> str:
+def code_digest(*module_names: str, package: str | tuple[str, ...] = "fp16guard") -> str:
     """sha256 over the source of every ``package`` module in the import closure of
     ``module_names`` (see :func:`import_closure`), so a change anywhere in how a result is
     computed invalidates its cache, even in a module the caller did not think to name."""
+    return _digest_of(import_closure(*module_names, package=package))
+
+
+def _digest_of(modules: set[str]) -> str:
     h = hashlib.sha256()
-    for name in sorted(import_closure(*module_names, package=package)):
+    for name in sorted(modules):
         h.update(name.encode() + b"\0")
         h.update(_source(name) + b"\0")
     return h.hexdigest()
 
 
-def import_closure(*module_names: str, package: str = "fp16guard") -> set[str]:
+def backend_closure(backend: str | None) -> set[str]:
+    """Every module that backend ``backend`` (a registry name; None: the default) can import:
+    the import closure of the registry and of the module the registry makes it from.
+
+    The registry imports backends by string (``"fp16guard.backends.tensorrt.backend:make_backend"``),
+    so a walk of ``import`` statements from the registry alone never reaches them; asking the
+    registry which module makes the backend closes that gap. A backend registered from another
+    package brings that package's modules in too.
+    """
+    from fp16guard.backends.registry import backend_module
+
+    module = backend_module(backend)
+    packages = tuple(dict.fromkeys(("fp16guard", module.split(".")[0])))
+    return import_closure("fp16guard.backends.registry", module, package=packages)
+
+
+def task_closure(task_module: str, backend: str | None = None) -> set[str]:
+    """The library modules a task's result depends on: the import closure of every ``fp16guard``
+    module that ``task_module`` imports (read from its source, so the list is never kept by
+    hand), plus :func:`backend_closure` of the run's ``backend`` when the task runs one.
+
+    Raises:
+        ValueError: ``task_module`` cannot be found.
+    """
+    if _find(task_module) is None:
+        raise ValueError(f"task module {task_module!r} cannot be found")
+    start = [m for m in _imports_of(task_module) if m == "fp16guard" or m.startswith("fp16guard.")]
+    modules = import_closure(*start)
+    if backend is not None:
+        modules |= backend_closure(backend)
+    return modules
+
+
+def task_code_digest(task_module: str, backend: str | None = None) -> str:
+    """The code part of a task's cache key: :func:`code_digest` over :func:`task_closure`."""
+    return _digest_of(task_closure(task_module, backend))
+
+
+def import_closure(*module_names: str, package: str | tuple[str, ...] = "fp16guard") -> set[str]:
     """Names of the ``package`` modules reachable from ``module_names`` through ``import``
     statements anywhere in their source (module level and inside functions, relative imports
     included), found by reading the source (static: no module is executed). Parent packages of
-    each module are included (their ``__init__`` runs on import)."""
+    each module are included (their ``__init__`` runs on import). ``package`` may be a tuple of
+    top-level package names."""
+    packages = (package,) if isinstance(package, str) else tuple(package)
     seen: set[str] = set()
     todo = list(module_names)
     while todo:
         name = todo.pop()
-        if name in seen or not (name == package or name.startswith(package + ".")):
+        if name in seen or not any(name == p or name.startswith(p + ".") for p in packages):
             continue
         if _find(name) is None:
             continue

@@ -36,12 +36,13 @@ def _dead_pid() -> int:
 def test_tampered_cache_is_not_executed_and_dead_locks_do_not_block(prefect_api_url, demo_files, tmp_path, monkeypatch):
     import flows.calibrate
     from flows.calibrate import calibrate
-    from tasks.caching import DIGEST_FIELD, code_digest
+    from tasks.caching import DIGEST_FIELD, code_digest, task_code_digest
 
     # Other work may edit library modules between the two runs (a shared checkout); pin the code
     # part of the key so that only what this test does to the cache decides hits and misses.
     digests = {}
     monkeypatch.setattr(flows.calibrate, "code_digest", lambda *m: digests.setdefault(m, code_digest(*m)))
+    monkeypatch.setattr(flows.calibrate, "task_code_digest", lambda *m: digests.setdefault(m, task_code_digest(*m)))
 
     store = tmp_path / "store"
     params = RunParameters(model=demo_files["model"], calib=[demo_files["calib"]], holdout=[demo_files["holdout"]], name="demo", version="1", store=str(store))
@@ -128,10 +129,71 @@ def test_code_digest_follows_lazy_imports_into_dependencies(tmp_path, monkeypatc
 
 def test_flow_cache_keys_cover_graph_runner_and_io():
     # Issue 11: the old hand-written lists left these out.
-    from flows.calibrate import VERIFY_MODULES
-    from tasks.caching import import_closure
+    from tasks.caching import import_closure, task_closure
     from tasks.stats import STATS_MODULES
 
-    stats, verify = import_closure(*STATS_MODULES), import_closure(*VERIFY_MODULES)
+    stats, verify = import_closure(*STATS_MODULES), task_closure("tasks.verify", "onnxruntime")
     assert {"fp16guard.runners.onnxrt", "fp16guard.graph.info", "fp16guard.io.model"} <= stats
-    assert {"fp16guard.runners.onnxrt", "fp16guard.graph.emulate", "fp16guard.io.model"} <= verify
+    assert {"fp16guard.runners.onnxrt", "fp16guard.graph.emulate", "fp16guard.io.model", "fp16guard.verify.compare"} <= verify
+
+
+# Issue 20: the registry imports backends by string, so the hand-kept VERIFY_MODULES missed these.
+_BACKEND_MODULES = [
+    ("tensorrt", "fp16guard.backends.tensorrt.verify"),
+    ("tensorrt", "fp16guard.backends.tensorrt.backend"),
+    ("tensorrt", "fp16guard.runners.tensorrt"),
+    ("tensorrt", "fp16guard.backends.tensorrt.env"),
+    ("onnxruntime", "fp16guard.backends.onnxruntime"),
+    ("onnxruntime", "fp16guard.graph.emulate"),
+    ("onnxruntime", "fp16guard.graph.ort_fusions"),
+]
+
+
+@pytest.mark.parametrize("backend,module", _BACKEND_MODULES, ids=[f"{b}:{m.rsplit('.', 2)[-2]}.{m.rsplit('.', 1)[-1]}" for b, m in _BACKEND_MODULES])
+def test_verify_key_changes_when_a_backend_module_is_edited(backend, module, monkeypatch):
+    """The flow's verification key, as the flow computes it, changes when the source of a module
+    the run's backend can import changes (the edit is made to the source the key reads)."""
+    import flows.calibrate as flow
+    from tasks import caching
+
+    before = flow.verify_code(backend)
+    assert flow.verify_code(backend) == before, "the key is not deterministic"
+    real = caching._source
+    monkeypatch.setattr(caching, "_source", lambda name: real(name) + (b"\n# edited\n" if name == module else b""))
+    assert flow.verify_code(backend) != before, f"editing {module} does not change the {backend} verification key"
+
+
+def test_verify_key_follows_every_module_of_the_backend_package():
+    """Every module of each built-in backend's package (the folder the registry names) is in the
+    closure of that backend's verification key, and the other backend's private modules are not."""
+    from fp16guard.backends.registry import backend_module, backend_names
+    from tasks.caching import task_closure
+
+    trt = task_closure("tasks.verify", "tensorrt")
+    for name in ("backend", "build", "choose", "env", "errors", "inspector", "mapping", "profiles", "verify"):
+        assert f"fp16guard.backends.tensorrt.{name}" in trt
+    assert "fp16guard.runners.tensorrt" in trt
+    assert "fp16guard.backends.tensorrt.verify" not in task_closure("tasks.verify", "onnxruntime")
+    for name in backend_names():
+        assert backend_module(name) in task_closure("tasks.verify", name)
+
+
+def test_registered_backend_from_another_package_is_in_the_key(tmp_path, monkeypatch):
+    """A backend registered at run time from outside fp16guard: its package's source keys the cache."""
+    from fp16guard.backends import registry
+    from tasks import caching
+
+    pkg = tmp_path / "fp16guard_probe_backend"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "impl.py").write_text("from fp16guard_probe_backend import helper\n\ndef make_backend(providers):\n    return helper\n")
+    (pkg / "helper.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fp16guard_probe_backend.impl as impl
+
+    monkeypatch.setitem(registry._REGISTERED, "probe", (impl.make_backend, "probe"))
+    closure = caching.task_closure("tasks.verify", "probe")
+    assert {"fp16guard_probe_backend.impl", "fp16guard_probe_backend.helper", "fp16guard.backends.registry"} <= closure
+    before = caching.task_code_digest("tasks.verify", "probe")
+    (pkg / "helper.py").write_text("X = 2\n")
+    assert caching.task_code_digest("tasks.verify", "probe") != before

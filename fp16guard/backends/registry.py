@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from fp16guard.backends.base import Backend
 
-__all__ = ["DEFAULT_BACKEND", "backend_names", "describe", "get_backend", "register", "released_artifact"]
+__all__ = ["DEFAULT_BACKEND", "backend_module", "backend_names", "describe", "get_backend", "register", "released_artifact"]
 
 #: name -> ("module:factory", one-line description). The factory takes the requested providers.
 _BUILTIN: dict[str, tuple[str, str]] = {
@@ -47,6 +47,23 @@ def describe(name: str) -> str:
     if name in _REGISTERED:
         return _REGISTERED[name][1]
     return _BUILTIN[name][1]
+
+
+def backend_module(name: str | None) -> str:
+    """The module that makes backend ``name`` (default :data:`DEFAULT_BACKEND`), without
+    importing it: what a cache key must follow, since the import here is by string.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    from fp16guard.errors import ConfigError
+
+    name = name or DEFAULT_BACKEND
+    if name in _REGISTERED:
+        return _REGISTERED[name][0].__module__
+    if name not in _BUILTIN:
+        raise ConfigError(f"backend {name!r} is not known; expected one of {', '.join(backend_names())}")
+    return _BUILTIN[name][0].partition(":")[0]
 
 
 def get_backend(name: str | None, providers: Sequence[str] | None = None) -> Backend:
