@@ -85,13 +85,19 @@ class PlanSettings(BaseModel):
     )
     repair: bool = Field(
         True,
-        description="Check the plan on calibration data with the verification gate before holdout; when it fails, keep FP32 the nodes that add the most FP16 error until it passes (a plan that passes is never changed).",
+        description="Search for the smallest FP32 set by cost on calibration data with the verification gate, before holdout: the all-FP16 build first (it is the plan when it passes), then the rules' plan, pinning the nodes that add the most FP16 error until it passes, then giving nodes back to FP16, costliest first, while it still passes.",
     )
     repair_max_iterations: int = Field(8, ge=0, le=100, description="Repair: most rebuild-and-check iterations after the first check (the FP32 set grows geometrically, so 8 covers ~256x the first step).")
     repair_max_seconds: float = Field(600.0, gt=0, le=86400, description="Repair: no new iteration starts after this many seconds.")
     repair_samples: int = Field(32, ge=1, le=100_000, description="Repair: calibration samples used for the checks and the per-node error attribution (the first ones).")
-    repair_margin: float = Field(
-        0.5, gt=0, le=1, description="Repair: once it pins nodes, it aims at the verification tolerances times this on calibration data, so unseen holdout data passes too (1: exactly the gate)."
+    repair_margin: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Repair: headroom for unseen data. None (default): statistical, from how the error varies across calibration samples (a candidate is accepted when its worst error times the growth seen between random halves of the calibration samples passes the gate; fp16guard.plan.search.margin). A number: aim at the verification tolerances times it (1: exactly the gate).",
+    )
+    shrink_max_checks: int = Field(
+        64, ge=0, le=10_000, description="Repair: most candidates the shrink phase checks while giving FP32 nodes back to FP16, costliest first (0: no shrink phase)."
     )
 
     @field_validator("force_fp32_nodes", "force_fp16_nodes")
@@ -110,13 +116,21 @@ class OutputGate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
-    gate: Literal["numeric", "top1", "topk", "threshold"] = Field(
+    gate: Literal["numeric", "top1", "topk", "threshold", "iou", "custom"] = Field(
         "numeric",
-        description="numeric: max relative error and cosine (the default, strict); top1: the candidate's arg-max over the last axis equals FP32's; topk: FP32's top class is in the candidate's k highest scores; threshold: values on the same side of `threshold` as FP32 (detection/segmentation maps). NaN/inf in the candidate always fails.",
+        description="numeric: max relative error and cosine (the default, strict); top1: the candidate's arg-max over the last axis equals FP32's (classifiers, CTC heads); topk: FP32's top class is in the candidate's k highest scores; threshold: values on the same side of `threshold` as FP32; iou: the map cut at `threshold` overlaps FP32's with IoU >= min_agreement (detection/segmentation maps); custom: the Metric that `metric` builds. NaN/inf in the candidate always fails.",
     )
+    metric: str | None = Field(None, description="custom gate only: 'package.module:factory', called with this OutputGate, returning an fp16guard.verify.metrics.Metric.")
     k: int = Field(5, ge=1, le=1000, description="Classes the topk gate and the reported top-k agreement look at.")
     threshold: float = Field(0.5, ge=-1e30, le=1e30, description="Cut of the threshold gate and the reported thresholded-map agreement (value > threshold is on).")
-    min_agreement: float = Field(1.0, ge=0, le=1, description="Smallest fraction of positions (top1/topk) or elements (threshold) that must agree with FP32.")
+    min_agreement: float = Field(1.0, ge=0, le=1, description="Smallest fraction of positions (top1/topk) or elements (threshold) that must agree with FP32, or smallest IoU (iou).")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_spec(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or not all(value.partition(":")[::2])):
+            raise ValueError(f"{value!r} is not accepted; expected 'package.module:factory'")
+        return value
 
 
 class VerifySettings(BaseModel):
@@ -143,6 +157,25 @@ class VerifySettings(BaseModel):
         if isinstance(value, dict):
             return {k: ({"gate": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
+
+
+class ReleaseSettings(BaseModel):
+    """What a verified run must also show to be released (the release gate; off by default).
+
+    A verified run that misses either stays stored as verified but is not released, with the
+    refusal in one line (summary, manifest ``release_gate``, status reason).
+    """
+
+    model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
+
+    min_fp16_share: float = Field(
+        0.0, ge=0, le=1,
+        description="Smallest FP16 share of the estimated FLOPs (0..1, e.g. 0.5) a verified run needs to be released. 0 (default): no minimum.",
+    )
+    min_speedup: float | None = Field(
+        None, gt=0, le=1000,
+        description="Smallest speed-up of the artifact over FP32 (FP32 latency / artifact latency at the largest profiled batch, GPU profile only) a verified run needs to be released, e.g. 1.1. None (default): no minimum. Without a GPU profile it cannot be judged: the run is released and the summary says it was not judged.",
+    )
 
 
 class RunParameters(BaseModel):
@@ -177,6 +210,7 @@ class RunParameters(BaseModel):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings, description="Release gate: minimum FP16 share of FLOPs and minimum GPU speed-up (both off by default).")
     profile_batches: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None,
         description="Batch sizes at which to time FP32, the artifact and the all-FP16 build on the worker's runtime. None (default): the calibration shard's batch and 32 when the batch is dynamic. Empty list: no profiling. Not timed on the CPU (FP16 nodes there run as FP32).",

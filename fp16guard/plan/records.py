@@ -32,6 +32,17 @@ class _Record(Mapping):
         return len(self.to_dict())
 
 
+def _opt_float(value: Any) -> float | None:
+    """A number as written, or None (absent, null, or the strict-JSON "inf" of a non-finite one)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out and abs(out) != float("inf") else None
+
+
 def _strs(value: Any, what: str) -> list[str]:
     if value is None:
         return []
@@ -159,6 +170,15 @@ class RepairStep:
         seconds: wall time of the iteration.
         added: nodes pinned to FP32 after this check: ``{"name", "op_type", "local_error",
             "why"}`` each.
+        phase: what the check was for (:mod:`fp16guard.plan.search`): ``all_fp16`` (only the
+            nodes that cannot be FP16 or must not be: structural, forced, out of range),
+            ``rules`` (the rule-based plan), ``grow`` (after pinning by attribution), ``shrink``
+            (with ``removed`` given back to FP16), or ``check`` (older plans).
+        removed: nodes this check gave back to FP16 (shrink); kept FP16 only when ``accepted``.
+        score: worst failure ratio under the user's gate (``<= 1`` passes; None: non-finite).
+        inflation: the statistical margin of this candidate (score x inflation <= 1 accepts it).
+        accepted: passed with that margin (what grow and shrink steps are judged by).
+        fp32_flops_share: share of the estimated FLOPs this FP32 set keeps in FP32 (0..1).
     """
 
     iteration: int
@@ -169,6 +189,12 @@ class RepairStep:
     reason: str
     seconds: float
     added: tuple[dict, ...] = ()
+    phase: str = "check"
+    removed: tuple[str, ...] = ()
+    score: float | None = None
+    inflation: float | None = None
+    accepted: bool | None = None
+    fp32_flops_share: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -180,6 +206,12 @@ class RepairStep:
             "reason": self.reason,
             "seconds": self.seconds,
             "added": [dict(a) for a in self.added],
+            "phase": self.phase,
+            "removed": list(self.removed),
+            "score": self.score,
+            "inflation": self.inflation,
+            "accepted": self.accepted,
+            "fp32_flops_share": self.fp32_flops_share,
         }
 
     @classmethod
@@ -196,6 +228,12 @@ class RepairStep:
                 reason=str(data.get("reason") or ""),
                 seconds=float(data.get("seconds") or 0.0),
                 added=tuple(dict(a) for a in data.get("added") or []),
+                phase=str(data.get("phase") or "check"),
+                removed=tuple(_strs(data.get("removed"), "removed")),
+                score=_opt_float(data.get("score")),
+                inflation=_opt_float(data.get("inflation")),
+                accepted=None if data.get("accepted") is None else bool(data["accepted"]),
+                fp32_flops_share=_opt_float(data.get("fp32_flops_share")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"plan repair step {data!r} is malformed ({exc}); expected iteration, fp32_nodes, passed") from None
@@ -206,8 +244,11 @@ class RepairRecord:
     """What automatic repair did to the rule-based plan.
 
     Attributes:
-        outcome: ``unchanged`` (the rule-based plan already passed), ``repaired`` (passes after
-            pinning more nodes), ``budget_spent`` (still failing when the iteration or time budget
+        outcome: ``unchanged`` (the rule-based plan already passed and nothing could go back
+            to FP16), ``all_fp16`` (the all-FP16 build passed: only nodes that cannot or must not
+            be FP16 stay FP32), ``shrunk`` (the rule-based plan passed and the shrink phase gave
+            nodes back to FP16), ``repaired`` (passes after pinning more nodes, then shrinking),
+            ``budget_spent`` (still failing when the iteration or time budget
             ran out), ``fp32_fails`` (even the all-FP32 build fails the gate: nothing to repair),
             ``stuck`` (the remaining error traces to no node left in FP16), or ``skipped`` (repair
             off, no calibration data, or a model of 2 GB or more).
@@ -215,6 +256,13 @@ class RepairRecord:
         samples: calibration samples used for the checks.
         seconds: total wall time of repair.
         steps: every iteration, in order.
+        checks: candidates built and checked (memoised repeats not counted).
+        returned: nodes the shrink phase gave back to FP16 (rule-pinned or grown).
+        stability: how the final plan's error varies across calibration subsets:
+            ``{"inflation", "slices", "method", "score", "bound"}`` (see
+            :mod:`fp16guard.plan.search.margin`); None when no check ran.
+        fp32_flops_share: share of the estimated FLOPs the final set keeps in FP32 (None:
+            unknown).
     """
 
     outcome: str
@@ -222,9 +270,17 @@ class RepairRecord:
     samples: int = 0
     seconds: float = 0.0
     steps: tuple[RepairStep, ...] = ()
+    checks: int = 0
+    returned: tuple[str, ...] = ()
+    stability: dict | None = None
+    fp32_flops_share: float | None = None
 
     def to_dict(self) -> dict:
-        return {"outcome": self.outcome, "message": self.message, "samples": self.samples, "seconds": self.seconds, "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "outcome": self.outcome, "message": self.message, "samples": self.samples, "seconds": self.seconds,
+            "steps": [s.to_dict() for s in self.steps], "checks": self.checks, "returned": list(self.returned),
+            "stability": None if self.stability is None else dict(self.stability), "fp32_flops_share": self.fp32_flops_share,
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> "RepairRecord":
@@ -236,6 +292,10 @@ class RepairRecord:
             samples=int(data.get("samples") or 0),
             seconds=float(data.get("seconds") or 0.0),
             steps=tuple(RepairStep.from_dict(s) for s in data.get("steps") or []),
+            checks=int(data.get("checks") or 0),
+            returned=tuple(_strs(data.get("returned"), "returned")),
+            stability=dict(data["stability"]) if isinstance(data.get("stability"), Mapping) else None,
+            fp32_flops_share=_opt_float(data.get("fp32_flops_share")),
         )
 
 

@@ -1,35 +1,43 @@
-"""Automatic repair: pin the nodes where FP16 error comes from until the plan passes the gate.
+"""Repair: the smallest FP32 set by cost that passes the gate on calibration data.
 
 A strategy applied after the rules (:func:`fp16guard.plan.planner.make_plan`). The rules see
-overflow and underflow; they cannot see precision loss without either (cancellation of nearly
-equal large numbers, long sums, a softmax over thousands of classes). Repair measures it:
+overflow and underflow; they cannot see precision loss without either, nor whether an underflow
+they flag changes the result. The search measures both, on a **calibration** slice (the first
+``repair_samples`` samples) through FP16 storage emulation, with the user's gate — every output
+judged by the metric its user chose (:class:`fp16guard.verify.metrics.Gate`). The holdout is never
+touched: it stays the independent final check.
 
-1. Build the plan's candidate and check it against FP32 on a **calibration** slice (the first
-   ``repair_samples`` samples), through FP16 storage emulation, with the user's verification gate.
-   The holdout is never touched: it stays the independent final check. Once repair pins nodes,
-   later checks aim at the gate tightened by ``repair_margin`` (:func:`tightened`): a plan that
-   only just passes on calibration data often fails on unseen data.
-2. Passed: the plan is returned unchanged (repair never changes a plan that passes).
-3. Failed: rank the nodes still in FP16 by the error each adds on its own
-   (:func:`fp16guard.verify.attribute.local_errors`: the node in FP16 storage on exact FP32
-   inputs against FP32) and pin the worst ``k`` to FP32; ``k`` starts at ``ceil(n/64)`` of the
-   ``n`` FP16 nodes and doubles every iteration, so the whole model is covered in a bounded
-   number of steps. A pinned node whose error mostly remains when it alone is FP32 (it comes
-   from reading FP16-stored activations, e.g. a subtraction of two nearly equal large values)
-   pins the producers of those activations too. Rebuild, re-check, repeat.
-4. Stop when the gate passes, or the budget (``repair_max_iterations`` checks after the first,
-   ``repair_max_seconds``: no new iteration starts after it) is spent. When every node that can
-   be FP32 is FP32 and the check still fails, the FP32 model itself does not meet the gate
-   against itself on this data (non-determinism or a non-finite reference): that is said so.
+The search is split the way Polygraphy's ``debug precision`` is: an injected checker
+(:class:`~fp16guard.plan.search.checker.CalibrationChecker`: build, run, judge, memoised) and two
+policies (:class:`~fp16guard.plan.search.grow.AttributionGrowth`,
+:class:`~fp16guard.plan.search.shrink.CostDdmin`), driven by the short loop below:
 
-Nodes matched by ``force_fp16_nodes`` are never pinned. Every iteration is recorded in the
-plan's :class:`~fp16guard.plan.records.RepairRecord`; pinned nodes join ``fp32_nodes`` with
-reason ``repair_precision`` and a sentence giving their local error.
+1. **All-FP16 first.** The *floor* is what cannot or must not be FP16 whatever the data say:
+   structural nodes, user-forced ones, nodes whose values exceed the range threshold (the headroom
+   the user set for unseen data). The floor's build is checked at the user's gate; when it passes
+   it is the plan — a plan never costs more than the all-FP16 build plus the Casts it needs.
+2. **The rules' plan** (when it differs from the floor) is checked at the user's gate; when it
+   passes, go to 4.
+3. **Grow** by attribution until a candidate is *accepted*: it passes the gate with the headroom
+   unseen data need, a statistical margin from how the error varies across calibration samples
+   (:mod:`fp16guard.plan.search.margin`; or the user's fixed ``repair_margin``). The batch pinned
+   per step grows only when the last step did not pay.
+4. **Shrink**: give FP32 nodes that the data decided (repair's pins, underflow pins) back to FP16,
+   costliest first in halving chunks (:mod:`fp16guard.plan.search.shrink`), keeping each chunk
+   whose candidate is still accepted, until no single node can go back or ``shrink_max_checks``
+   is spent.
+5. Cost-aware islands (:func:`fp16guard.plan.strategies.islands.merge_islands`) are recomputed
+   for the final set when the plan had them.
+
+Every check is a step of the plan's :class:`~fp16guard.plan.records.RepairRecord` (phase, FP32
+set size and FLOP share, score and margin, nodes added or given back, seconds); the record says
+how stable the final plan is across calibration subsets (``stability``). Budget:
+``repair_max_iterations`` growth steps, ``repair_max_seconds`` for the whole search (no new check
+starts after it), ``shrink_max_checks``. Nodes matched by ``force_fp16_nodes`` are never pinned.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 from typing import Sequence
@@ -39,18 +47,23 @@ import onnx
 from fp16guard.graph.info import fp16_slots, opset_map, tensor_types
 from fp16guard.io.shards import ShardRef, peek_shard
 from fp16guard.plan.records import Plan, PlanEntry, RepairRecord, RepairStep
+from fp16guard.plan.search.checker import CalibrationChecker, Check
+from fp16guard.plan.search.grow import CARRY, INPUT_SHARE, AttributionGrowth, Pin, fp16_upstream, trace_sources
+from fp16guard.plan.search.shrink import CostDdmin
 from fp16guard.settings import PlanSettings, VerifySettings
+from fp16guard.verify.metrics import Gate
 
-__all__ = ["REPAIR_REASON", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "tightened", "trace_sources", "fp16_upstream"]
+__all__ = [
+    "REPAIR_REASON", "RETURNABLE", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "tightened", "trace_sources", "fp16_upstream",
+]
 
 #: Reason code of the nodes that repair pins.
 REPAIR_REASON = "repair_precision"
-#: A pinned node whose error is at least this share due to reading FP16-stored activations
-#: (``LocalError.input_error``) also pins the producers of those activations.
-INPUT_SHARE = 0.5
-#: An input carries a node's error when its relative error is at least this share of the output's
-#: (:func:`trace_sources`).
-CARRY = 0.25
+#: Reasons the checks can overrule: FP32 nodes whose every reason is here may go back to FP16
+#: when the gate still passes (an underflowing LayerNorm epsilon that changes nothing).
+RETURNABLE = frozenset({REPAIR_REASON, "initializer_underflow", "activation_underflow"})
+#: Derived from the rest of the set (recomputed at the end), never searched over.
+_ISLAND = "cost_island"
 
 
 def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef]:
@@ -66,96 +79,70 @@ def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef
     return picked
 
 
-def tightened(gate: VerifySettings, margin: float) -> VerifySettings:
-    """``gate`` with every tolerance scaled by ``margin`` (0 < margin <= 1): the target repair
-    aims at once it pins nodes (``max_rel_error * margin``, ``1 - (1 - min_cosine) * margin``,
-    ``max_mismatch_fraction * margin``)."""
-    return VerifySettings(
-        max_rel_error=gate.max_rel_error * margin,
-        min_cosine=1.0 - (1.0 - gate.min_cosine) * margin,
-        max_mismatch_fraction=gate.max_mismatch_fraction * margin,
-    )
+def tightened(gate: VerifySettings | Gate, margin: float) -> Gate:
+    """``gate`` with every tolerance scaled by ``margin`` (0 < margin <= 1), every per-output
+    gate kept (an output under a top-1 gate stays under a stricter top-1 gate)."""
+    return Gate.from_settings(gate).tightened(margin)
 
 
-def _fmt(value: float) -> str:
-    return "inf (not finite)" if math.isinf(value) else f"{value:.3g}"
+def _costs(model: onnx.ModelProto, shards: Sequence[ShardRef]) -> dict[str, float]:
+    from fp16guard.plan.cost import node_costs
+
+    shapes = {name: shape for name, (_, shape) in peek_shard(shards[0]).items()} if shards else None
+    return {name: c.flops for name, c in node_costs(model, shapes).items()}
 
 
-def trace_sources(model: onnx.ModelProto, errors: dict[str, float], start: Sequence[str], carry: float = CARRY) -> list[tuple[str, str, float]]:
-    """Follow the error from ``start`` tensors upstream to the nodes where it appears.
+class _Search:
+    """The loop's state: the current FP32 set, its entries, the steps taken, the budget."""
 
-    A node's input *carries* the error when its relative error is at least ``carry`` times the
-    output's; the walk continues through carriers. A node none of whose inputs carries its
-    output's error is a **source**: the error appears there.
+    def __init__(self, model: onnx.ModelProto, plan: Plan, checker: CalibrationChecker, settings: PlanSettings, costs: dict[str, float], started: float) -> None:
+        self.model, self.checker, self.settings, self.costs, self.started = model, checker, settings, costs, started
+        self.nodes = {n.name: n for n in model.graph.node}
+        self.total_cost = sum(costs.values()) or 1.0
+        self.entries = {e.name: e for e in plan.fp32_nodes if e.reason != _ISLAND}
+        self.steps: list[RepairStep] = []
 
-    Returns:
-        ``(node, output tensor, relative error of that output)`` per source, largest error first.
-    """
-    producers = {o: n for n in model.graph.node for o in n.output if o}
-    found: dict[str, tuple[str, float]] = {}
-    seen: set[str] = set()
-    stack = list(start)
-    while stack:
-        tensor = stack.pop()
-        if tensor in seen or tensor not in producers:
-            continue
-        seen.add(tensor)
-        node = producers[tensor]
-        out = errors.get(tensor, 0.0)
-        if out <= 0:
-            continue
-        carriers = [i for i in node.input if errors.get(i, 0.0) > 0 and errors[i] >= carry * out]
-        if carriers:
-            stack.extend(carriers)
-        elif out > found.get(node.name, ("", -1.0))[1]:
-            found[node.name] = (tensor, out)
-    return sorted(((n, t, e) for n, (t, e) in found.items()), key=lambda s: -s[2])
+    def share(self, fp32: frozenset[str] | set[str]) -> float:
+        return round(sum(self.costs.get(n, 0.0) for n in fp32) / self.total_cost, 6)
 
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self.started >= self.settings.repair_max_seconds
 
-def fp16_upstream(model: onnx.ModelProto, node_name: str, errors: dict[str, float], fp32: set[str], eligible: set[str], limit: int) -> list[tuple[str, str]]:
-    """Up to ``limit`` FP16 nodes upstream of ``node_name``, nearest first, along tensors that
-    carry any error or are not float (breadth-first, through FP32 nodes and FP16 ones alike).
+    def record(self, phase: str, check: Check, added: list[Pin] = (), removed: Sequence[str] = ()) -> None:
+        score = None if check.score == float("inf") else round(check.score, 6)
+        self.steps.append(RepairStep(
+            iteration=len(self.steps), fp32_nodes=len(check.fp32), passed=check.passed, worst_rel_error=check.worst_rel_error,
+            nonfinite=check.nonfinite, reason=check.reason, seconds=check.seconds,
+            added=tuple({"name": p.name, "op_type": self.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why} for p in added),
+            phase=phase, removed=tuple(removed), score=score, inflation=round(check.spread.inflation, 4), accepted=check.accepted,
+            fp32_flops_share=self.share(check.fp32),
+        ))
 
-    Returns ``(producer, tensor it feeds on the way)`` pairs.
-    """
-    from collections import deque
+    def pin(self, p: Pin) -> None:
+        node = self.nodes[p.name]
+        self.entries[p.name] = PlanEntry(
+            name=p.name, op_type=node.op_type, inputs=tuple(i for i in node.input if i), outputs=tuple(o for o in node.output if o),
+            reason=REPAIR_REASON, reasons=(REPAIR_REASON,), details=(p.why,), triggers=(p.trigger,),
+        )
 
-    nodes = {n.name: n for n in model.graph.node}
-    producers = {o: n.name for n in model.graph.node for o in n.output if o}
-    found: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    def carries(tensor: str) -> bool:
-        # Float tensors carry error when measured off FP32; integer ones (the uint8 of a dynamic
-        # quantisation, a shape) are not measured and are followed: their values may have moved.
-        return errors.get(tensor, 0.0) > 0 or tensor not in errors
-
-    queue = deque(i for i in nodes[node_name].input if i and carries(i))
-    while queue and len(found) < limit:
-        tensor = queue.popleft()
-        if tensor in seen or tensor not in producers:
-            continue
-        seen.add(tensor)
-        producer = producers[tensor]
-        if producer in eligible and producer not in fp32:
-            found.append((producer, tensor))
-        queue.extend(i for i in nodes[producer].input if i and carries(i))
-    return found
-
-
-def _check(model: onnx.ModelProto, fp32: set[str], shards: Sequence[ShardRef], settings: VerifySettings, batch_size: int | None) -> dict:
-    from fp16guard.graph.convert import to_mixed_precision
-    from fp16guard.verify.compare import verify
-
-    candidate = to_mixed_precision(model, fp32, check=False)
-    return verify(model, candidate, shards, settings, batch_size=batch_size, providers=None, emulate=True)
-
-
-def _worst(report: dict) -> tuple[float | None, int]:
-    rels = [o.get("max_rel_error") for o in report.get("outputs", {}).values() if isinstance(o, dict) and o.get("kind") != "exact"]
-    nonfinite = sum(int(o.get("nonfinite") or 0) for o in report.get("outputs", {}).values() if isinstance(o, dict))
-    if nonfinite or any(r is None for r in rels):
-        return None, nonfinite
-    return (max(rels) if rels else 0.0), 0
+    def shrink(self, fp32: frozenset[str], returnable: Sequence[str]) -> frozenset[str]:
+        """Give ``returnable`` nodes of the accepted set ``fp32`` back to FP16 while accepted."""
+        policy = CostDdmin(list(returnable), self.costs)
+        tried = 0
+        while tried < self.settings.shrink_max_checks and not self.out_of_time():
+            chunk = policy.next_chunk()
+            if chunk is None:
+                break
+            trial = fp32 - set(chunk)
+            fresh = trial not in self.checker._memo
+            check = self.checker.check(trial)
+            if fresh:
+                tried += 1
+                self.record("shrink", check, removed=chunk)
+            policy.feedback(check.accepted)
+            if check.accepted:
+                fp32 = trial
+        return fp32
 
 
 def repair_plan(
@@ -163,146 +150,140 @@ def repair_plan(
     plan: Plan,
     calibration: Sequence[ShardRef],
     settings: PlanSettings,
-    verify_settings: VerifySettings,
+    verify_settings: VerifySettings | Gate,
     batch_size: int | None = None,
 ) -> Plan:
-    """Check ``plan`` on calibration data and, if it fails, pin nodes until it passes.
+    """Search for the smallest FP32 set by cost that passes the gate on calibration data.
 
     Args:
-        model: the FP32 model with its weights loaded (not modified).
+        model: the FP32 model the plan is for, weights loaded (not modified).
         plan: the rule-based plan (not modified).
         calibration: calibration shards; the first ``settings.repair_samples`` samples are used.
         settings: ``repair``, ``repair_max_iterations``, ``repair_max_seconds``,
-            ``repair_samples``, ``repair_margin``, ``force_fp16_nodes``.
-        verify_settings: the numeric gate (the same one the holdout verification uses).
-        batch_size: samples per inference call.
+            ``repair_samples``, ``repair_margin``, ``shrink_max_checks``, ``force_fp16_nodes``.
+        verify_settings: the gate (the same one the holdout verification uses).
+        batch_size: largest samples per inference call.
 
     Returns:
-        A new plan: the same FP32 set when the plan passed (or repair is off), else with the
-        pinned nodes added; ``repair`` records what happened.
+        A new plan with the FP32 set found; ``repair`` records every check (see the module
+        docstring). The rule-based plan unchanged when repair is off or cannot run.
     """
     started = time.monotonic()
     if not settings.repair or not calibration:
         why = "repair is off (plan.repair = false)" if not settings.repair else "no calibration data to check on"
         return replace(plan, repair=RepairRecord("skipped", why))
     from fp16guard.io.model import PROTOBUF_LIMIT
-    from fp16guard.verify.attribute import global_errors, local_errors
 
     if model.ByteSize() >= PROTOBUF_LIMIT:
         # Candidates are handed to onnxruntime in memory, which protobuf caps at 2 GB.
         return replace(plan, repair=RepairRecord("skipped", "the model is 2 GB or larger: repair builds candidates in memory, which protobuf cannot hold; the holdout check still applies"))
 
     shards = calibration_slice(calibration, settings.repair_samples)
-    target = tightened(verify_settings, settings.repair_margin)
-    samples = settings.repair_samples
-    fp32 = set(plan.fp32_names)
+    gate = Gate.from_settings(verify_settings)
     forced16 = {f.name for f in plan.forced_fp16 if f.applied}
     types, opsets = tensor_types(model), opset_map(model)
     eligible = [n.name for n in model.graph.node if fp16_slots(n, opsets, types).status == "fp16" and n.name not in forced16]
     eligible_set = set(eligible)
-    nodes = {n.name: n for n in model.graph.node}
-    producers = {o: n.name for n in model.graph.node for o in n.output if o}
-    entries = list(plan.fp32_nodes)
-    steps: list[RepairStep] = []
-    k = 0
-    iteration = 0
-    outcome, message = "budget_spent", ""
-    used = 0
-    while True:
-        t0 = time.monotonic()
-        # The first check uses the user's gate (a plan that passes is never changed); once nodes
-        # are being pinned, aim at the tighter target so that unseen holdout data passes too.
-        report = _check(model, fp32, shards, verify_settings if iteration == 0 else target, batch_size)
-        used = int(report.get("samples") or 0)
-        worst, nonfinite = _worst(report)
-        step = dict(iteration=iteration, fp32_nodes=len(fp32), passed=bool(report["passed"]), worst_rel_error=worst, nonfinite=nonfinite, reason=str(report.get("reason") or "passed"))
-        if report["passed"]:
-            steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3)))
-            outcome = "unchanged" if iteration == 0 else "repaired"
-            break
-        candidates = [n for n in eligible if n not in fp32]
-        if not candidates:
-            steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3)))
-            if forced16:
-                outcome = "stuck"
-                message = f"every other node is FP32 and the candidate still fails on calibration data ({step['reason']}): the {len(forced16)} node(s) forced to FP16 (force_fp16_nodes) keep it from passing"
+    costs = _costs(model, shards)
+
+    with CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin) as checker:
+        s = _Search(model, plan, checker, settings, costs, started)
+        rules = frozenset(s.entries)
+        floor = frozenset(n for n, e in s.entries.items() if not set(e.reasons or (e.reason,)) <= RETURNABLE)
+        outcome, message = "budget_spent", ""
+
+        # 1. The all-FP16 build (the floor) at the user's gate: when it passes, it is the plan.
+        first = checker.check(floor)
+        s.record("all_fp16", first)
+        current, last, previous = floor, first, None
+        if first.passed:
+            outcome = "unchanged" if rules == floor else "all_fp16"
+        else:
+            # 2. The rules' plan at the user's gate.
+            if rules != floor:
+                last = checker.check(rules)
+                s.record("rules", last)
+                current = rules
+            if last.passed:
+                outcome = "unchanged"
             else:
-                outcome = "fp32_fails"
-                message = (
-                    f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({step['reason']}): "
-                    "the FP32 model does not reproduce itself on this data, so no plan can pass"
-                )
-            break
-        if iteration >= settings.repair_max_iterations or time.monotonic() - started >= settings.repair_max_seconds:
-            steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3)))
-            spent = "iterations" if iteration >= settings.repair_max_iterations else "seconds"
-            message = f"still failing after {iteration} repair iteration(s) and {time.monotonic() - started:.0f} s (budget of {spent} spent): {step['reason']}"
-            break
-        k = max(1, math.ceil(len(candidates) / 64)) if k == 0 else k * 2
-        added: list[dict] = []
-        tag = f"repair iteration {iteration + 1}"
+                # 3. Grow by attribution until accepted (passes with the margin unseen data need).
+                # Outputs above the numeric tolerance, less the headroom, are the ones traced.
+                target = getattr(gate.default, "max_rel_error", 0.0) / last.spread.inflation
+                grow = AttributionGrowth(model, eligible, shards, checker.samples, checker.batch_size, target)
+                iteration = 0
+                while True:
+                    if not [n for n in eligible if n not in current]:
+                        outcome = "stuck" if forced16 else "fp32_fails"
+                        message = (
+                            f"every other node is FP32 and the candidate still fails on calibration data ({last.reason}): the {len(forced16)} node(s) forced to FP16 (force_fp16_nodes) keep it from passing"
+                            if forced16 else
+                            f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({last.reason}): the FP32 model does not reproduce itself on this data, so no plan can pass"
+                        )
+                        break
+                    if iteration >= settings.repair_max_iterations or s.out_of_time():
+                        spent = "iterations" if iteration >= settings.repair_max_iterations else "seconds"
+                        message = f"still failing after {iteration} repair iteration(s) and {time.monotonic() - started:.0f} s (budget of {spent} spent): {last.reason}"
+                        break
+                    pins = grow.propose(set(current), last, previous, f"repair iteration {iteration + 1}")
+                    s.steps[-1] = replace(s.steps[-1], added=tuple({"name": p.name, "op_type": s.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why} for p in pins))
+                    if not pins:
+                        outcome = "stuck"
+                        message = f"the remaining error could not be traced to any node left in FP16 ({last.reason}); {len([n for n in eligible if n not in current])} node(s) stay FP16"
+                        break
+                    for p in pins:
+                        s.pin(p)
+                    current = current | {p.name for p in pins}
+                    previous, last = last, checker.check(current)
+                    iteration += 1
+                    s.record("grow", last)
+                    if last.accepted:
+                        outcome = "repaired"
+                        break
 
-        def pin(name: str, local: float | None, why: str, trigger: str) -> None:
-            fp32.add(name)
-            node = nodes[name]
-            added.append({"name": name, "op_type": node.op_type, "local_error": local, "why": why})
-            entries.append(PlanEntry(
-                name=name, op_type=node.op_type, inputs=tuple(i for i in node.input if i), outputs=tuple(o for o in node.output if o),
-                reason=REPAIR_REASON, reasons=(REPAIR_REASON,), details=(why,), triggers=(trigger,),
-            ))
+        # 4. Shrink: give back to FP16 what the data decided, while the candidate stays accepted.
+        returnable = [n for n in current - floor if n in eligible_set]
+        returned: tuple[str, ...] = ()
+        if outcome in ("repaired", "unchanged") and returnable and settings.shrink_max_checks > 0:
+            # Each trial must be accepted (the gate with headroom), even where the rules' plan
+            # itself passed only the bare gate: what goes back to FP16 must earn it.
+            current = s.shrink(current, returnable)
+            returned = tuple(n for n in returnable if n not in current)
+            if returned and outcome == "unchanged":
+                outcome = "shrunk"
+        final = checker.check(current)
+        n_checks = checker.checks
 
-        # 1. Where does the error that reaches the failing outputs appear? (side-by-side run)
-        errors = global_errors(model, fp32, shards, samples, batch_size)
-        outputs = [o.name for o in model.graph.output if o.name in errors]
-        failing = [o for o in outputs if errors[o] > target.max_rel_error] or [o for o in outputs if errors[o] > 0]
-        sources = trace_sources(model, errors, failing)[:k]
-        fp16_sources = [name for name, _, _ in sources if name in eligible_set and name not in fp32]
-        local = {e.node: e for e in local_errors(model, fp16_sources, shards, samples, batch_size)} if fp16_sources else {}
-        for name, tensor, err in sources:
-            shown = _fmt(err)
-            if name in eligible_set and name not in fp32:
-                le = local.get(name)
-                pin(name, None if le is None or math.isinf(le.rel_error) else le.rel_error,
-                    f"the FP16 error reaching the failing outputs appears at its output {tensor!r} ({shown} of its max |x|; its inputs carry little) ({tag})", tensor)
-                if le is not None and le.input_error > 0 and le.input_error >= INPUT_SHARE * le.rel_error:
-                    # Most of its error comes from reading FP16-stored activations: their producers go FP32 too.
-                    for t in nodes[name].input:
-                        producer = producers.get(t)
-                        if producer in eligible_set and producer not in fp32:
-                            pin(producer, None, f"produces {t!r}, which {name!r} reads: stored in FP16 it leaves {le.input_error:.3g} of relative error in {name!r} even in FP32 ({tag})", t)
-            else:
-                # The error appears at a node that is FP32 already (or cannot be FP16): it amplifies
-                # the rounding of what it reads (log of tiny values, a division by a small difference).
-                # Pin up to k FP16 nodes upstream of it, nearest first (k grows geometrically).
-                for producer, t in fp16_upstream(model, name, errors, fp32, eligible_set, k):
-                    if producer not in fp32:
-                        pin(producer, None, f"feeds {t!r} to {name!r} (FP32), whose output {tensor!r} is {shown} off FP32: {name!r} amplifies the FP16 rounding of what it reads ({tag})", t)
-        if not added:
-            # Nothing traced to an FP16 node: fall back to the nodes with the largest local error.
-            for rank, err in enumerate(local_errors(model, candidates, shards, samples, batch_size)[:k], 1):
-                if err.node not in fp32:
-                    pin(err.node, None if math.isinf(err.rel_error) else err.rel_error,
-                        f"in FP16 on exact FP32 inputs, output {err.output!r} is {_fmt(err.rel_error)} of its max |x| off FP32 (rank {rank} by local error, {tag})", err.output)
-        steps.append(RepairStep(**step, seconds=round(time.monotonic() - t0, 3), added=tuple(added)))
-        iteration += 1
-        if not added:
-            outcome = "stuck"
-            message = f"the remaining error could not be traced to any node left in FP16 ({step['reason']}); {len(candidates)} node(s) stay FP16"
-            break
-
+    entries = [e for n, e in s.entries.items() if n in current]
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     entries.sort(key=lambda e: order.get(e.name, -1))
     total = round(time.monotonic() - started, 3)
+    share = s.share(current)
+    pct = f"{100 * share:.3g}% of the estimated FLOPs in FP32"
+    used = checker.samples
     if outcome == "unchanged":
-        message = f"the rule-based plan passes the gate on {used} calibration samples; nothing to repair"
+        message = f"the rule-based plan passes the gate on {used} calibration samples ({len(current)} FP32 node(s), {pct}); nothing could go back to FP16"
+    elif outcome == "all_fp16":
+        message = f"the all-FP16 build passes the gate on {used} calibration samples: {len(rules - floor)} rule-pinned node(s) were not needed; {len(current)} node(s) stay FP32 because they cannot or must not run in FP16 ({pct})"
+    elif outcome == "shrunk":
+        message = f"the rule-based plan passes on {used} calibration samples; {len(returned)} of its node(s) went back to FP16 in {len(s.steps) - 1} check(s): {len(current)} FP32 node(s), {pct}"
     elif outcome == "repaired":
-        message = f"{len(fp32) - len(plan.fp32_names)} node(s) pinned to FP32 in {iteration} iteration(s), {total:.1f} s; the plan now passes on {used} calibration samples"
-        if eligible_set <= fp32:
+        grown = sum(1 for st in s.steps if st.phase == "grow")
+        message = f"{len(current - rules)} node(s) pinned to FP32 in {grown} iteration(s), {len(returned)} given back by the shrink phase, {total:.1f} s; the plan now passes on {used} calibration samples with {len(current)} FP32 node(s), {pct}"
+        if eligible_set <= current:
             message += "; every node that could run in FP16 is now FP32, so this build gains nothing from FP16 at this gate"
+    stability = {**final.spread.to_dict(), "score": None if final.score == float("inf") else round(final.score, 6), "bound": None if final.bound == float("inf") else round(final.bound, 6)}
     counts = dict(plan.counts)
     if counts:
-        moved = len(fp32) - len(plan.fp32_names)
-        counts["fp32"] = counts.get("fp32", 0) + moved
-        counts["fp16"] = counts.get("fp16", 0) - moved
-    record = RepairRecord(outcome, message, samples=used, seconds=total, steps=tuple(steps))
-    return replace(plan, fp32_nodes=entries, counts=counts, repair=record)
+        moved = len(current) - len(rules)
+        counts["fp32"] = counts.get("fp32", 0) - sum(1 for e in plan.fp32_nodes if e.reason == _ISLAND) + moved
+        counts["fp16"] = counts.get("fp16", 0) + sum(1 for e in plan.fp32_nodes if e.reason == _ISLAND) - moved
+    record = RepairRecord(outcome, message, samples=used, seconds=total, steps=tuple(s.steps), checks=n_checks, returned=returned, stability=stability, fp32_flops_share=share)
+    result = replace(plan, fp32_nodes=entries, counts=counts, repair=record)
+    if "islands" in plan.extra:
+        # Islands follow the final set: cheap FP16 runs squeezed between its FP32 nodes.
+        from fp16guard.plan.strategies.islands import merge_islands
+
+        data = merge_islands(model, {**result.to_dict(), "islands": []})
+        result = Plan.from_dict(data)
+    return result

@@ -15,7 +15,8 @@ The gate fails when any candidate output is non-finite, ``max_rel_error`` exceed
 ``mismatch_fraction`` exceeds ``settings.max_mismatch_fraction``. Every float output also
 carries ``checks`` (top-1/top-k agreement over the last axis, thresholded-map agreement; see
 :mod:`fp16guard.verify.task_checks`), and an output named in ``settings.output_gates`` is judged
-by the gate chosen there instead (``gate`` in its figures says which judged it).
+by the metric registered for the gate chosen there instead (:mod:`fp16guard.verify.metrics`;
+``gate`` in its figures says which judged it).
 
 FP16 on the CPU provider (docs/FACTS.md #1-2): onnxruntime's CPU provider computes most FP16 nodes in
 FP32 and so hides overflow. When the candidate holds FP16 tensors and runs on the CPU provider,
@@ -39,10 +40,12 @@ from fp16guard.io.shards import ShardRef, batch_count, iter_slices, load_shard, 
 from fp16guard.errors import DataError, NonFiniteError, VerificationFailed
 from fp16guard.io.model import input_specs, load_model
 from fp16guard.records.verification import OutputFigures, VerificationReport
-from fp16guard.verify.task_checks import TaskChecks, check_gate_outputs, judge_task_gate
+from fp16guard.verify.metrics import Gate, suggest_gates
+from fp16guard.verify.metrics.base import ERROR_SEVERITY
+from fp16guard.verify.task_checks import TaskChecks, check_gate_outputs
 from fp16guard.settings import VerifySettings
 
-__all__ = ["compare_runners", "gate", "has_fp16", "verify", "verify_mixed"]
+__all__ = ["compare_runners", "emulated_candidate", "gate", "has_fp16", "verify", "verify_mixed"]
 
 _CPU = "CPUExecutionProvider"
 
@@ -65,9 +68,12 @@ class _FloatStats:
     ref_sq: float = 0.0
     cand_sq: float = 0.0
     checks: TaskChecks = field(default_factory=TaskChecks)
+    own: object | None = None  # the accumulator of a metric that needs its own (a user's gate)
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         self.checks.update(ref, cand)  # top-1/top-k and thresholded agreement, before flattening
+        if self.own is not None:
+            self.own.update(ref, cand)
         r = np.asarray(ref, dtype=np.float64).ravel()
         c = np.asarray(cand, dtype=np.float64).ravel()
         finite = np.isfinite(c)
@@ -107,7 +113,7 @@ class _FloatStats:
             cosine=cosine,
             ref_max_abs=self.ref_max_abs,
             candidate_max_abs=self.cand_max_abs,
-            checks=self.checks.figures(),
+            checks={**self.checks.figures(), **(self.own.figures() if self.own is not None else {})},
         ).to_dict()
 
 
@@ -137,31 +143,11 @@ class _ExactStats:
 # gate
 
 
-def _judge(name: str, fig: dict, settings: VerifySettings) -> list[tuple[float, str]]:
+def _judge(name: str, fig: dict, gate: Gate) -> list[tuple[float, str]]:
     """Failures of one output as (severity, one-line message); severity orders the reason."""
-    fails: list[tuple[float, str]] = []
     if "error" in fig:
-        fails.append((4e9, f"output '{name}': {fig['error']}"))
-        return fails
-    gate = settings.output_gates.get(name)
-    if gate is not None and gate.gate != "numeric":
-        return judge_task_gate(name, fig, gate)  # the user chose what this output must get right
-    if fig["kind"] == "exact":
-        if fig["mismatch_fraction"] > settings.max_mismatch_fraction:
-            fails.append((2e9 + fig["mismatch_fraction"], f"output '{name}': {fig['mismatches']} of {fig['elements']} elements differ from FP32 (fraction {fig['mismatch_fraction']:.4g} > {settings.max_mismatch_fraction:g})"))
-        return fails
-    if fig["nonfinite"]:
-        fails.append((3e9 + fig["nonfinite"], f"output '{name}': {fig['nonfinite']} of {fig['elements']} candidate values are NaN/inf (FP32 max |x| {fig['ref_max_abs']:.4g})"))
-    rel = fig["max_rel_error"]
-    if rel is None or rel > settings.max_rel_error:
-        shown = "inf" if rel is None else f"{rel:.4g}"
-        ratio = 1e9 if rel is None else rel / settings.max_rel_error
-        abs_err = "inf" if fig["max_abs_error"] is None else f"{fig['max_abs_error']:.4g}"
-        fails.append((1e9 + ratio, f"output '{name}': max relative error {shown} > {settings.max_rel_error:g} (max abs error {abs_err}, FP32 max |x| {fig['ref_max_abs']:.4g})"))
-    cos = fig["cosine"]
-    if cos is not None and cos < settings.min_cosine:
-        fails.append((1e9 + (1 - cos) / max(1e-12, 1 - settings.min_cosine), f"output '{name}': cosine similarity {cos:.6g} < {settings.min_cosine:g}"))
-    return fails
+        return [(ERROR_SEVERITY, f"output '{name}': {fig['error']}")]
+    return [(f.severity, f.message) for f in gate.metric(name).judge(name, fig)]
 
 
 def gate(report: dict) -> dict:
@@ -228,6 +214,24 @@ def _runner(model, providers):
     return OnnxRuntimeRunner(model, providers=providers)
 
 
+def emulated_candidate(cand_model: onnx.ModelProto) -> tuple[onnx.ModelProto, list]:
+    """The FP32 graph that emulates ``cand_model``'s FP16 storage on the CPU provider.
+
+    Returns:
+        ``(model to run, Convs that onnxruntime's FP16 weight fusions merged)``.
+    """
+    from fp16guard.graph.emulate import emulate_fp16_storage
+    from fp16guard.graph.ort_fusions import fuse_like_onnxruntime
+
+    # Emulate the graph onnxruntime will run: it fuses a Mul, Add or BatchNormalization into
+    # the FP16 Conv before it, storing the products in FP16 (graph/ort_fusions.py), which an
+    # FP32 emulation of the unfused graph would never see.
+    fused_model, fused = fuse_like_onnxruntime(cand_model)
+    # No ONNX checker pass here: onnxruntime validates the graph as it loads it a moment
+    # later, and the full check costs seconds and a copy of the weights on large models.
+    return emulate_fp16_storage(fused_model, check=False), list(fused)
+
+
 # --------------------------------------------------------------------------------------------
 # verify
 
@@ -236,7 +240,7 @@ def verify(
     reference: onnx.ModelProto | str | os.PathLike,
     candidate: onnx.ModelProto | str | os.PathLike,
     holdout: Sequence[ShardRef],
-    settings: VerifySettings | None = None,
+    settings: "VerifySettings | Gate | None" = None,
     batch_size: int | None = None,
     providers: list[str] | None = None,
     emulate: bool | None = None,
@@ -247,7 +251,8 @@ def verify(
         reference: the FP32 model (proto or path).
         candidate: the built model (proto or path), same graph inputs and outputs.
         holdout: shards, run one at a time (memory flat in their number).
-        settings: tolerances; default :class:`VerifySettings()`.
+        settings: the gate: :class:`VerifySettings` (default ``VerifySettings()``) or a
+            :class:`~fp16guard.verify.metrics.Gate`.
         batch_size: samples per inference call (a static batch dimension in the models wins);
             default: the whole shard.
         providers: onnxruntime execution providers for both models; default CPU.
@@ -277,17 +282,7 @@ def verify(
     on_cpu = first == _CPU
     do_emulate = (fp16 and on_cpu) if emulate is None else bool(emulate and fp16)
     if do_emulate:
-        from fp16guard.graph.emulate import emulate_fp16_storage
-
-        from fp16guard.graph.ort_fusions import fuse_like_onnxruntime
-
-        # Emulate the graph onnxruntime will run: it fuses a Mul, Add or BatchNormalization into
-        # the FP16 Conv before it, storing the products in FP16 (graph/ort_fusions.py), which an
-        # FP32 emulation of the unfused graph would never see.
-        fused_model, fused = fuse_like_onnxruntime(cand_model)
-        # No ONNX checker pass here: onnxruntime validates the graph as it loads it a moment
-        # later, and the full check costs seconds and a copy of the weights on large models.
-        run_model = emulate_fp16_storage(fused_model, check=False)
+        run_model, fused = emulated_candidate(cand_model)
         execution = (
             f"onnxruntime {first}: candidate run through FP16 storage emulation (FP32 arithmetic, every FP16 tensor rounded through FP16)"
             + (f", after onnxruntime's FP16 weight fusions of {len(fused)} Conv(s)" if fused else "")
@@ -314,8 +309,9 @@ def compare_runners(
     cand_model: onnx.ModelProto,
     cand_run,
     holdout: Sequence[ShardRef],
-    settings: VerifySettings,
+    settings: "VerifySettings | Gate",
     batch_size: int | None = None,
+    per_slice: list[dict[str, dict]] | None = None,
 ) -> dict:
     """The comparison loop of :func:`verify`, for any two active runners.
 
@@ -323,17 +319,27 @@ def compare_runners(
     (the onnxruntime runner, or :class:`torch_fp16.TorchRunner` for real FP16 on a
     GPU). Feeds are prepared against each model's own input specs.
 
+    Args:
+        settings: the gate (:class:`VerifySettings`, or a :class:`~fp16guard.verify.metrics.Gate`
+            such as a tightened one).
+        per_slice: when a list is given, the figures of every output of each inference slice
+            alone are appended to it (``{output: figures}`` per slice, in order): how the error
+            varies across samples (search margins, :mod:`fp16guard.plan.search.margin`).
+
     Returns:
-        The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``.
+        The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``;
+        ``suggested_gates`` when the numeric gate failed an output that a task view says agrees
+        (:func:`fp16guard.verify.metrics.suggest_gates`).
     """
     if not holdout:
         raise DataError("the holdout set is empty; expected at least one shard to verify on")
+    gate = Gate.from_settings(settings)
     ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
     stats: dict[str, _FloatStats | _ExactStats] = {}
     errors: dict[str, str] = {}
     samples = 0
     ref_names = list(ref_run.output_names)
-    check_gate_outputs(settings, ref_names)
+    check_gate_outputs(gate.settings, ref_names)
     cand_names = set(cand_run.output_names)
     wanted = [n for n in ref_names if n in cand_names]
     for n in ref_names:
@@ -350,8 +356,13 @@ def compare_runners(
             with shard_context(ref):
                 r_out = ref_run.infer(ref_slice, wanted)
                 c_out = cand_run.infer(cand_slice, wanted)
+            alone: dict = {} if per_slice is not None else None
             for name in wanted:
-                _accumulate(stats, errors, ref, name, r_out[name], c_out[name], settings)
+                _accumulate(stats, errors, ref, name, r_out[name], c_out[name], gate)
+                if alone is not None and name not in errors:
+                    _accumulate(alone, {}, ref, name, r_out[name], c_out[name], gate)
+            if alone is not None:
+                per_slice.append({name: acc.figures() for name, acc in alone.items()})
         samples += n
 
     outputs: dict[str, dict] = {}
@@ -360,27 +371,34 @@ def compare_runners(
         fig = stats[name].figures() if name in stats else {"kind": "unknown"}
         if name in errors:
             fig["error"] = errors[name]
-        fails = _judge(name, fig, settings)
-        fig["gate"] = settings.output_gates[name].gate if name in settings.output_gates else "numeric"
+        fails = _judge(name, fig, gate)
+        fig["gate"] = gate.gate_name(name)
         fig["passed"] = not fails
         outputs[name] = fig
         failures.extend(fails)
     failures.sort(key=lambda f: -f[0])
     reason = None
+    suggestions = suggest_gates(outputs) if failures else []
     if failures:
         reason = failures[0][1] + (f" (and {len(failures) - 1} more failure(s))" if len(failures) > 1 else "")
+        if suggestions and len(suggestions) == len(failures):
+            # Every failure is a numeric one that a task view says agrees: the user may choose it.
+            reason += "; " + "; ".join(s["sentence"] for s in suggestions)
     # Through the typed record, so verification.json has one shape and one non-finite rule.
-    return VerificationReport.from_dict({
+    report = {
         "passed": not failures,
         "reason": reason,
         "outputs": outputs,
         "samples": samples,
         "shards": [r.name for r in holdout],
-        "tolerances": settings.model_dump(),
-    }).to_dict()
+        "tolerances": gate.tolerances(),
+    }
+    if suggestions:
+        report["suggested_gates"] = suggestions
+    return VerificationReport.from_dict(report).to_dict()
 
 
-def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray, settings: VerifySettings | None = None) -> None:
+def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray, gate: Gate | None = None) -> None:
     r, c = np.asarray(r), np.asarray(c)
     if r.dtype.kind == "f" and not np.isfinite(r).all():
         bad = int(r.size - np.count_nonzero(np.isfinite(r)))
@@ -394,8 +412,9 @@ def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.nd
         exact = r.dtype.kind in "biuUSO" and c.dtype.kind in "biuUSO"
         if r.dtype.kind == "f" or c.dtype.kind == "f":
             exact = False
-        gate = settings.output_gates.get(name) if settings is not None else None
-        stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype), checks=TaskChecks.for_gate(gate))
+        user = gate.output_gate(name) if gate is not None else None
+        own = gate.metric(name).accumulator() if gate is not None else None
+        stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype), checks=TaskChecks.for_gate(user), own=own)
     stats[name].update(r, c)
 
 

@@ -18,9 +18,8 @@ A candidate value that is NaN/inf never agrees. Accumulators hold counts only (O
 the number of samples), like the numeric ones in :mod:`fp16guard.verify.compare`.
 
 The gate of an output is numeric unless the user chose another
-(:class:`fp16guard.settings.OutputGate`): ``top1``, ``topk`` or ``threshold`` then pass when the
-chosen agreement reaches ``min_agreement`` (default 1.0, every position) and the candidate holds
-no NaN/inf.
+(:class:`fp16guard.settings.OutputGate`); the gates that judge these counts are in
+:mod:`fp16guard.verify.metrics.agreement`.
 """
 
 from __future__ import annotations
@@ -31,16 +30,7 @@ import numpy as np
 
 from fp16guard.settings import OutputGate, VerifySettings
 
-__all__ = ["TaskChecks", "check_gate_outputs", "gate_figure", "judge_task_gate"]
-
-#: The figure each non-numeric gate compares with ``min_agreement``.
-_GATE_FIGURE = {"top1": "top1_agreement", "topk": "topk_agreement", "threshold": "threshold_agreement"}
-
-
-def gate_figure(gate: OutputGate) -> str | None:
-    """Name of the agreement figure a gate judges (None for the numeric gate)."""
-    return _GATE_FIGURE.get(gate.gate)
-
+__all__ = ["TaskChecks", "check_gate_outputs"]
 
 @dataclass
 class TaskChecks:
@@ -120,28 +110,6 @@ class TaskChecks:
                 topk_agreement=self.topk_agree / self.rows,
             )
         return out
-
-
-def judge_task_gate(name: str, fig: dict, gate: OutputGate) -> list[tuple[float, str]]:
-    """Failures of an output judged by a non-numeric gate, as (severity, one-line message).
-
-    NaN/inf in the candidate always fails (severity as the numeric gate gives it); the chosen
-    agreement must reach ``gate.min_agreement``. An output the gate cannot apply to (no class
-    axis for ``top1``/``topk``; not a float output) fails with a message saying so.
-    """
-    fails: list[tuple[float, str]] = []
-    if fig.get("kind") != "float":
-        return [(4e9, f"output '{name}': gate '{gate.gate}' needs a float output; this one is {fig.get('kind')} ({fig.get('dtype')})")]
-    if fig.get("nonfinite"):
-        fails.append((3e9 + fig["nonfinite"], f"output '{name}': {fig['nonfinite']} of {fig['elements']} candidate values are NaN/inf (FP32 max |x| {fig.get('ref_max_abs') or 0:.4g})"))
-    key = _GATE_FIGURE[gate.gate]
-    value = (fig.get("checks") or {}).get(key)
-    if value is None:
-        return fails + [(4e9, f"output '{name}': gate '{gate.gate}' needs a class axis (rank >= 2, last axis >= 2 classes); this output has none")]
-    if value < gate.min_agreement:
-        what = {"top1": "top-1 class agrees with FP32", "topk": f"FP32's top class is in the candidate's top {fig['checks'].get('k')}", "threshold": f"elements on the same side of {gate.threshold:g} as FP32"}[gate.gate]
-        fails.append((1e9 + (1 - value) / max(1e-12, 1 - gate.min_agreement + 1e-12), f"output '{name}': {what} at {value:.4g} of positions < {gate.min_agreement:g} (gate {gate.gate})"))
-    return fails
 
 
 def check_gate_outputs(settings: VerifySettings, output_names: list[str]) -> None:

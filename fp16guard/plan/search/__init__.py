@@ -1,0 +1,10 @@
+"""The search for the smallest FP32 set by cost (driven by :func:`fp16guard.plan.repair.repair_plan`):
+an injected checker (``checker``), a statistical margin (``margin``), and the policies that grow
+(``grow``: attribution) and shrink (``shrink``: cost-ordered delta debugging) the set."""
+
+from fp16guard.plan.search.checker import CalibrationChecker, Check
+from fp16guard.plan.search.grow import AttributionGrowth, Pin
+from fp16guard.plan.search.margin import Spread, inflation
+from fp16guard.plan.search.shrink import CostDdmin
+
+__all__ = ["AttributionGrowth", "CalibrationChecker", "Check", "CostDdmin", "Pin", "Spread", "inflation"]

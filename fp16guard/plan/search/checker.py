@@ -1,0 +1,173 @@
+"""The injected checker of the search: build a candidate for an FP32 set, run it against FP32 on
+calibration data, and say how it fares.
+
+Every check builds ``to_mixed_precision(model, fp32)``, runs it through FP16 storage emulation on
+the CPU provider (:func:`fp16guard.verify.compare.emulated_candidate`; emulation agreed with real
+FP16 kernels on every case measured, docs/FP16.md) and compares it with FP32 under the run's
+:class:`~fp16guard.verify.metrics.Gate`. The FP32 reference runs once: its outputs are kept for
+the checks that follow (the same shards in the same order every time). The samples run in at least
+:data:`SLICES` slices where they allow, so each check also gives a per-slice score and so a
+statistical margin (:mod:`fp16guard.plan.search.margin`). Results are memoised per FP32 set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import onnx
+
+from fp16guard.io.shards import ShardRef, peek_shard
+from fp16guard.plan.search.margin import Spread, inflation
+from fp16guard.verify.metrics import Gate
+
+__all__ = ["Check", "CalibrationChecker", "SLICES"]
+
+#: Slices a check's calibration samples are split into at least (when there are that many).
+SLICES = 8
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one candidate on calibration data.
+
+    Attributes:
+        fp32: the FP32 set checked.
+        passed: passed the user's gate.
+        score: worst failure ratio under the user's gate (``<= 1`` passes; ``inf``: NaN/inf).
+        spread: the statistical margin of this candidate.
+        worst_rel_error: worst relative error over float outputs (None: non-finite).
+        nonfinite: non-finite candidate output values.
+        reason: the gate's sentence (``passed`` when it passed).
+        seconds: wall time of the check.
+        errors: relative error per output (None: non-finite) — what attribution starts from.
+    """
+
+    fp32: frozenset[str]
+    passed: bool
+    score: float
+    spread: Spread
+    worst_rel_error: float | None
+    nonfinite: int
+    reason: str
+    seconds: float
+    errors: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> float:
+        """``score * inflation``: the failure ratio expected on as many unseen samples."""
+        return self.score * self.spread.inflation
+
+    @property
+    def accepted(self) -> bool:
+        """Passes the gate with the margin unseen data needs (``passed`` and ``bound <= 1``)."""
+        return self.passed and self.bound <= 1.0
+
+
+class _CachedReference:
+    """A runner that replays the FP32 outputs of its first pass (calls come in the same order)."""
+
+    def __init__(self, runner) -> None:
+        self._runner = runner
+        self._outputs: list[dict] = []
+        self._at = 0
+        self.output_names = runner.output_names
+
+    def rewind(self) -> None:
+        self._at = 0
+
+    def infer(self, feeds, output_names=None):
+        if self._at < len(self._outputs):
+            out = self._outputs[self._at]
+        else:
+            out = self._runner.infer(feeds, output_names)
+            self._outputs.append(out)
+        self._at += 1
+        return out
+
+
+def _samples(shards: Sequence[ShardRef]) -> int:
+    total = 0
+    for ref in shards:
+        layout = peek_shard(ref)
+        total += max((shape[0] for _, shape in layout.values() if shape), default=1)
+    return total
+
+
+class CalibrationChecker:
+    """Checks FP32 sets on calibration shards (see the module docstring).
+
+    Args:
+        model: the FP32 model, weights loaded (not modified).
+        shards: the calibration shards to check on.
+        gate: the user's gate.
+        batch_size: largest samples per inference call (None: as many as make :data:`SLICES`).
+        fixed_margin: the user's ``repair_margin`` (None: statistical inflation).
+
+    Use as a context manager (the FP32 reference session stays open between checks).
+    """
+
+    def __init__(self, model: onnx.ModelProto, shards: Sequence[ShardRef], gate: Gate, batch_size: int | None = None, fixed_margin: float | None = None) -> None:
+        self.model = model
+        self.shards = list(shards)
+        self.gate = gate
+        self.fixed_margin = fixed_margin
+        self.samples = _samples(self.shards)
+        per = max(1, math.ceil(self.samples / SLICES))
+        self.batch_size = min(per, batch_size) if batch_size else per
+        self.checks = 0
+        self._memo: dict[frozenset[str], Check] = {}
+        self._ref = None
+        self._ref_runner = None
+
+    def __enter__(self) -> "CalibrationChecker":
+        from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+        self._ref_runner = OnnxRuntimeRunner(self.model, providers=None)
+        self._ref_runner.__enter__()
+        self._ref = _CachedReference(self._ref_runner)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ref_runner is not None:
+            self._ref_runner.__exit__(*exc)
+        self._ref = self._ref_runner = None
+
+    def check(self, fp32: frozenset[str] | set[str]) -> Check:
+        """Build and check the candidate that keeps ``fp32`` in FP32 (memoised)."""
+        from fp16guard.graph.convert import to_mixed_precision
+        from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+        from fp16guard.verify.compare import compare_runners, emulated_candidate
+
+        key = frozenset(fp32)
+        if key in self._memo:
+            return self._memo[key]
+        if self._ref is None:
+            raise RuntimeError("CalibrationChecker.check needs an open checker (use it as a context manager)")
+        t0 = time.monotonic()
+        candidate = to_mixed_precision(self.model, set(key), check=False)
+        run_model, _ = emulated_candidate(candidate)
+        slices: list[dict] = []
+        self._ref.rewind()
+        with OnnxRuntimeRunner(run_model, providers=None) as cand_run:
+            report = compare_runners(self.model, self._ref, candidate, cand_run, self.shards, self.gate, self.batch_size, per_slice=slices)
+        self.checks += 1
+        outputs = report.get("outputs", {})
+        score = self.gate.score(outputs)
+        spread = inflation([self.gate.score(s) for s in slices], self.fixed_margin)
+        errors: dict[str, float | None] = {}
+        nonfinite = 0
+        for name, fig in outputs.items():
+            nonfinite += int(fig.get("nonfinite") or 0)
+            if fig.get("kind") == "float":
+                errors[name] = None if fig.get("nonfinite") or fig.get("max_rel_error") is None else float(fig["max_rel_error"])
+        rels = list(errors.values())
+        worst = None if nonfinite or any(r is None for r in rels) else (max(rels) if rels else 0.0)
+        result = Check(
+            fp32=key, passed=bool(report["passed"]), score=score, spread=spread, worst_rel_error=worst, nonfinite=nonfinite,
+            reason=str(report.get("reason") or "passed"), seconds=round(time.monotonic() - t0, 3), errors=errors,
+        )
+        self._memo[key] = result
+        return result

@@ -1,0 +1,195 @@
+"""The search for the smallest FP32 set by cost: gates as objects, all-FP16 first, the shrink
+policy, the statistical margin, gate suggestions (tiny models built in code, real onnxruntime)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+from fp16guard.io.shards import ShardRef
+from fp16guard.plan.planner import make_plan
+from fp16guard.plan.records import Plan
+from fp16guard.plan.repair import repair_plan, tightened
+from fp16guard.plan.search.margin import FALLBACK, MAX_INFLATION, inflation
+from fp16guard.plan.search.shrink import CostDdmin
+from fp16guard.settings import PlanSettings, VerifySettings
+from fp16guard.verify.compare import verify
+from fp16guard.verify.metrics import AgreementMetric, Gate, NumericMetric
+from tests.onnx_helpers import init, io, make_model
+from tests.test_plan import measured_stats
+
+
+def _shards(tmp_path, count=2, n=16, width=16, seed=0, role="calib", scale=1.0) -> list[ShardRef]:
+    refs = []
+    for i in range(count):
+        path = tmp_path / f"{role}{i}.npz"
+        np.savez(path, x=(scale * np.random.default_rng(seed + i).standard_normal((n, width))).astype(np.float32))
+        refs.append(ShardRef(path.name, str(path)))
+    return refs
+
+
+def _plan(model, shards, settings=None):
+    x = np.concatenate([np.load(r.path)["x"] for r in shards])
+    return make_plan(model, measured_stats(model, {"x": x}), settings or PlanSettings())
+
+
+# ------------------------------------------------------------------------------------------
+# gates are objects
+
+
+def test_tightened_keeps_every_output_gate():
+    settings = VerifySettings(output_gates={"probs": {"gate": "top1", "min_agreement": 0.9}, "mask": {"gate": "iou", "threshold": 0.3, "min_agreement": 0.8}})
+    gate = tightened(settings, 0.5)
+    assert gate.metric("probs") == AgreementMetric("top1", min_agreement=0.95, k=5, threshold=0.5)
+    assert gate.metric("mask") == AgreementMetric("iou", min_agreement=0.9, k=5, threshold=0.3)
+    assert gate.metric("other") == NumericMetric(max_rel_error=0.01, min_cosine=1 - 0.001 * 0.5, max_mismatch_fraction=0.0)
+    assert gate.tolerances()["factor"] == 0.5 and gate.tolerances()["output_gates"]["probs"]["gate"] == "top1"
+    with pytest.raises(ValueError):
+        gate.tightened(0)
+
+
+def _two_heads() -> onnx.ModelProto:
+    """y: a cancellation ((x + 1000) - 1000) that FP16 ruins; probs: a softmax over logits near
+    300 (FP16 spacing 0.25) whose rounding moves the probabilities by a few % but, their spread
+    being wide, keeps every arg-max."""
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((16, 16)) / 4).astype(np.float32)
+    w2 = (rng.standard_normal((16, 4)) * 1.5).astype(np.float32)
+    return make_model(
+        [
+            helper.make_node("Add", ["x", "offset"], ["shifted"], name="shift"),
+            helper.make_node("Sub", ["shifted", "offset"], ["back"], name="unshift"),
+            helper.make_node("MatMul", ["back", "w"], ["h"], name="mm"),
+            helper.make_node("Tanh", ["h"], ["y"], name="tanh"),
+            helper.make_node("MatMul", ["x", "w2"], ["raw"], name="head"),
+            helper.make_node("Add", ["raw", "bias"], ["logits"], name="bias_add"),
+            helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+        ],
+        [io("x", "n", 16)],
+        [io("y", "n", 16), io("probs", "n", 4)],
+        [init("offset", [1000.0]), numpy_helper.from_array(w, "w"), numpy_helper.from_array(w2, "w2"), init("bias", [300.0])],
+    )
+
+
+def test_a_top1_gate_survives_repair(tmp_path):
+    model = _two_heads()
+    calib = _shards(tmp_path)
+    plan = _plan(model, calib)
+    assert plan.fp32_names == set()
+    from fp16guard.graph.convert import to_mixed_precision
+
+    strict = verify(model, to_mixed_precision(model, {"shift", "unshift"}), calib, VerifySettings(), emulate=True)
+    assert not strict["outputs"]["probs"]["passed"] and strict["outputs"]["probs"]["checks"]["top1_agreement"] == 1.0, "probs must fail numeric and keep top-1"
+
+    settings = VerifySettings(output_gates={"probs": "top1"})
+    repaired = repair_plan(model, plan, calib, PlanSettings(), settings)
+    record = repaired.repair
+    # Repair fixes y; probs stays judged by top-1 in every check (before, the tightened gate of
+    # the second check on dropped output_gates and pinned the softmax head for the numeric gate).
+    assert record.outcome == "repaired", record.message
+    assert repaired.fp32_names == {"shift", "unshift"}
+    assert all(s.accepted or not s.passed or s.phase == "all_fp16" for s in record.steps)
+    assert Plan.from_dict(repaired.to_dict()).repair.steps[1].phase == "grow"
+
+    numeric = repair_plan(model, plan, calib, PlanSettings(), VerifySettings())
+    assert numeric.fp32_names - {"shift", "unshift"}, "under the numeric gate the head must need FP32, or this test shows nothing"
+
+
+def _rms_eps() -> onnx.ModelProto:
+    """y = x / sqrt(mean(x^2) + 1e-12): the epsilon is 0 in FP16 and changes nothing here."""
+    return make_model(
+        [
+            helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+            helper.make_node("ReduceMean", ["sq"], ["ms"], name="mean", axes=[-1], keepdims=1),
+            helper.make_node("Add", ["ms", "eps"], ["mse"], name="add_eps"),
+            helper.make_node("Sqrt", ["mse"], ["rms"], name="sqrt"),
+            helper.make_node("Div", ["x", "rms"], ["y"], name="norm"),
+        ],
+        [io("x", "n", 16)],
+        [io("y", "n", 16)],
+        [init("eps", [1e-12])],
+    )
+
+
+def test_an_all_fp16_build_that_passes_is_the_plan(tmp_path):
+    model = _rms_eps()
+    calib = _shards(tmp_path)
+    plan = _plan(model, calib)
+    assert "add_eps" in plan.fp32_names, "the underflow rule must pin the epsilon's reader for this test to mean anything"
+    repaired = repair_plan(model, plan, calib, PlanSettings(), VerifySettings())
+    assert repaired.repair.outcome == "all_fp16" and repaired.fp32_names == set()
+    assert [s.phase for s in repaired.repair.steps] == ["all_fp16"] and repaired.repair.fp32_flops_share == 0.0
+    assert repaired.counts["fp32"] == 0
+
+
+def test_range_pins_stay_when_all_fp16_passes(tmp_path):
+    # Values above the threshold (headroom for unseen data) are not the data's to overrule.
+    model = _rms_eps()
+    calib = _shards(tmp_path, scale=2e4)
+    plan = _plan(model, calib)
+    floor = {e.name for e in plan.fp32_nodes if e.reason in ("input_above_threshold", "output_above_threshold")}
+    assert floor
+    repaired = repair_plan(model, plan, calib, PlanSettings(), VerifySettings())
+    assert floor <= repaired.fp32_names
+
+
+# ------------------------------------------------------------------------------------------
+# the shrink policy
+
+
+def test_cost_ddmin_returns_all_but_the_needed_nodes_costliest_first():
+    costs = {"conv1": 1000.0, "conv2": 800.0, "gemm": 500.0, "add": 1.0, "relu": 1.0, "mul": 1.0, "sub": 1.0, "div": 1.0}
+    needed = {"gemm", "sub"}
+    policy = CostDdmin(list(costs), costs)
+    kept = set(costs)
+    trials = []
+    while (chunk := policy.next_chunk()) is not None:
+        trials.append(chunk)
+        accepted = not (set(chunk) & needed)
+        policy.feedback(accepted)
+        if accepted:
+            kept -= set(chunk)
+    assert kept == needed  # 1-minimal: no single node can go back
+    assert trials[0][0] == "conv1"  # the costliest node leads
+    assert len(trials) <= 2 * len(costs)
+
+
+# ------------------------------------------------------------------------------------------
+# the statistical margin
+
+
+def test_inflation_follows_how_the_error_varies():
+    assert inflation([0.5] * 16).inflation == 1.0  # even errors: aim at the gate itself
+    one_sample = inflation([0.01] * 15 + [0.9])
+    assert one_sample.inflation == MAX_INFLATION and one_sample.method == "half-splits"
+    spread = inflation(list(np.random.default_rng(0).uniform(0.5, 1.0, 32)))
+    assert 1.0 < spread.inflation < 1.5
+    assert inflation([0.3, 0.4]).inflation == FALLBACK and inflation([0.3, 0.4]).method == "fallback"
+    assert inflation([0.3] * 8, fixed_margin=0.5).inflation == 2.0
+    assert inflation([float("inf")] * 8).method == "exact"
+
+
+# ------------------------------------------------------------------------------------------
+# gate suggestions
+
+
+def test_a_failing_numeric_gate_says_which_task_gate_would_pass(tmp_path):
+    from fp16guard.graph.convert import to_mixed_precision
+
+    model = _two_heads()
+    holdout = _shards(tmp_path, role="holdout", seed=50)
+    report = verify(model, to_mixed_precision(model, {"shift", "unshift"}), holdout, VerifySettings(), emulate=True)
+    assert not report["passed"]
+    (suggestion,) = report["suggested_gates"]
+    assert suggestion["output"] == "probs" and suggestion["flag"] == "probs=top1"
+    assert "top-1 agrees at 32 of 32 positions: `--gate probs=top1` would pass" in report["reason"]
+    again = verify(model, to_mixed_precision(model, {"shift", "unshift"}), holdout, VerifySettings(output_gates={"probs": "top1"}), emulate=True)
+    assert again["passed"] and "suggested_gates" not in again
+
+
+def test_a_gate_scores_nan_as_infinite():
+    gate = Gate.from_settings(VerifySettings())
+    assert gate.score({"y": {"kind": "float", "nonfinite": 3, "max_rel_error": None}}) == float("inf")
+    assert gate.score({"y": {"kind": "float", "nonfinite": 0, "max_rel_error": 0.01, "cosine": 1.0}}) == pytest.approx(0.5)
