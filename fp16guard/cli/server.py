@@ -4,9 +4,17 @@ Without ``PREFECT_API_URL`` (environment or active Prefect profile), Prefect wou
 embedded server inside every ``fp16guard run``: ~20-30 s each time on 2 cores, and a
 ``RuntimeError`` when that takes longer than its 20 s limit on a busy machine (docs/FACTS.md #14).
 Instead, the first run starts ``prefect server start`` as a detached background process on
-127.0.0.1 with a free port; its URL and pid are recorded in ``<PREFECT_HOME>/fp16guard-server.json``
-and later runs reuse it after a health check (seconds), so the runs stay visible in its UI.
+127.0.0.1; its URL and pid are recorded in ``<PREFECT_HOME>/fp16guard-server.json`` and later
+runs reuse it after a health check (seconds), so the runs stay visible in its UI.
 ``fp16guard server status|start|stop`` shows, starts and stops it.
+
+**A stable port, so printed and stored links keep working.** The server of a Prefect home
+listens on the port it used last (kept in ``<PREFECT_HOME>/fp16guard-server-port``, which
+``stop`` leaves in place); the first time, on 4200 when that is free, else on a free port chosen
+then and kept. ``$FP16GUARD_SERVER_PORT`` pins a port. Only when the kept port has been taken by
+another program does the server move (and the new port is kept). The UI is told the API URL it
+really serves (``PREFECT_UI_API_URL``, ``PREFECT_SERVER_API_HOST``/``PORT``), so the flow-run
+link a run prints opens a page that reaches its API.
 
 One server per Prefect home: the server keeps its database in ``PREFECT_HOME`` (default
 ``~/.prefect``), so a fresh ``PREFECT_HOME`` gets a fresh server. Starting is serialised by an
@@ -35,6 +43,7 @@ from pathlib import Path
 from fp16guard.errors import EnvironmentFailure
 
 __all__ = [
+    "DEFAULT_PORT",
     "DEFAULT_STARTUP_TIMEOUT_S",
     "LocalServer",
     "configured_api_url",
@@ -51,6 +60,12 @@ DEFAULT_STARTUP_TIMEOUT_S = 120.0
 #: Environment variable overriding :data:`DEFAULT_STARTUP_TIMEOUT_S` (seconds).
 TIMEOUT_ENV = "FP16GUARD_SERVER_STARTUP_TIMEOUT"
 STATE_FILE = "fp16guard-server.json"
+#: The port the server of this Prefect home uses, kept across stops and restarts.
+PORT_FILE = "fp16guard-server-port"
+#: Prefect's own default port: a home without a kept port asks for it first.
+DEFAULT_PORT = 4200
+#: Environment variable pinning the port (1-65535).
+PORT_ENV = "FP16GUARD_SERVER_PORT"
 LOG_FILE = "fp16guard-server.log"
 LOCK_FILE = "fp16guard-server.lock"
 
@@ -102,6 +117,39 @@ class LocalServer:
         self.state_path = self.home / STATE_FILE
         self.log_path = self.home / LOG_FILE
         self.lock_path = self.home / LOCK_FILE
+        self.port_path = self.home / PORT_FILE
+
+    def kept_port(self) -> int | None:
+        """The port this home's server used last (None: never started, or the file is unreadable)."""
+        try:
+            port = int(self.port_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
+
+    def choose_port(self) -> int:
+        """The port to start on: ``$FP16GUARD_SERVER_PORT``; else the kept port when free; else
+        4200 when no port is kept and it is free; else a free port (kept once the server answers).
+
+        Raises:
+            ConfigError: ``$FP16GUARD_SERVER_PORT`` is not a port number.
+            EnvironmentFailure: the pinned port is in use.
+        """
+        pinned = os.environ.get(PORT_ENV)
+        if pinned:
+            from fp16guard.errors import ConfigError
+
+            try:
+                port = int(pinned)
+                if not 0 < port < 65536:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"{PORT_ENV}={pinned!r} is not accepted; expected a port number 1-65535") from None
+            if not _port_free(port):
+                raise EnvironmentFailure(f"{PORT_ENV}={port}: the port is in use by another program; expected a free port, or unset {PORT_ENV}")
+            return port
+        preferred = self.kept_port() or DEFAULT_PORT
+        return preferred if _port_free(preferred) else _free_port()
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -162,26 +210,47 @@ class LocalServer:
             ) from None
 
     def _start(self, timeout_s: float) -> dict:
-        port = _free_port()
+        deadline = time.monotonic() + timeout_s
+        try:
+            return self._start_on(self.choose_port(), deadline, timeout_s)
+        except _PortTaken as exc:
+            if os.environ.get(PORT_ENV):
+                raise EnvironmentFailure(f"{PORT_ENV}={exc.args[0]}: the port was taken by another program while the server started; expected a free port") from None
+            # Another process bound the port between the check and the server's bind (two
+            # Prefect homes starting at once): once more on a port nobody asked for.
+            return self._start_on(_free_port(), deadline, timeout_s)
+
+    def _start_on(self, port: int, deadline: float, timeout_s: float) -> dict:
+        """Start the server on ``port``; wait until ``deadline`` (monotonic seconds) for it to answer."""
         api_url = f"http://127.0.0.1:{port}/api"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING_")}
         env.update(PREFECT_HOME=str(self.home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         env.pop("PREFECT_API_URL", None)
+        # The UI asks /ui-settings where its API is; Prefect derives that from these settings,
+        # not from --port, so without them every page points at :4200 (issue 19).
+        env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port), PREFECT_UI_API_URL=api_url)
+        for alias in ("PREFECT_SERVER_UI_API_URL", "PREFECT_UI_URL", "PREFECT_SERVER_UI_URL"):
+            env.pop(alias, None)  # an inherited value would win over ours
         cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             # A session of its own: Ctrl-C on the run that started it does not stop the server.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, close_fds=True)
         state = {"api_url": api_url, "ui_url": f"http://127.0.0.1:{port}", "pid": proc.pid, "port": port, "started_at": time.time(), "log": str(self.log_path)}
-        deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
+                    if not _port_free(port):
+                        raise _PortTaken(port)
                     raise EnvironmentFailure(
                         f"the local Prefect server exited with status {proc.returncode} while starting (log: {self.log_path}); set PREFECT_API_URL to a running server instead"
                     )
-                if healthy(api_url, timeout_s=5.0):
+                # The answer must come from our server: another home's server may hold the port.
+                if healthy(api_url, timeout_s=5.0) and proc.poll() is None and _serves_home(api_url, self.home):
                     _write_json(self.state_path, state)
+                    from fp16guard.io.atomic import write_text
+
+                    write_text(self.port_path, f"{port}\n")
                     return state
                 time.sleep(0.5)
             raise EnvironmentFailure(
@@ -269,10 +338,44 @@ def ensure_api(timeout_s: float | None = None) -> tuple[str, bool]:
 # -- processes -------------------------------------------------------------------------------
 
 
+class _PortTaken(Exception):
+    """The server could not bind its port: another process took it after it was checked."""
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    """True when 127.0.0.1:``port`` can be bound as uvicorn binds it (SO_REUSEADDR, so a port
+    left in TIME_WAIT by our own stopped server still counts as free)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _serves_home(api_url: str, home: Path) -> bool:
+    """True when the server at ``api_url`` keeps its data in ``home`` (``GET /admin/settings``);
+    True as well when that cannot be read (older servers): the health check then decides."""
+    import httpx
+
+    try:
+        reply = httpx.get(f"{api_url.rstrip('/')}/admin/settings", timeout=5.0)
+        served = reply.json().get("home") if reply.is_success else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return True
+    if not served:
+        return True
+    try:
+        return Path(served).expanduser().resolve() == home.expanduser().resolve()
+    except OSError:
+        return True
 
 
 def _is_server_process(pid: int) -> bool:
