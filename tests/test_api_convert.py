@@ -218,3 +218,24 @@ def test_calibrate_task_in_a_users_flow(prefect_api_url, demo_files, tmp_path):
 
     result = users_flow()
     assert isinstance(result, fp16guard.Result) and result.verified and out.is_file()
+
+
+def test_convert_help_lists_exit_statuses(capsys):
+    from fp16guard.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "no Prefect server" in out and "-o OUT" in out
+    assert "2  bad input" in out and "3  environment failure" in out
+
+
+def test_demo_files_go_under_the_prefect_home(tmp_path, monkeypatch):
+    # The demo no longer leaves an untracked fp16guard-demo/ in the folder it runs from (a clone).
+    from fp16guard.cli.commands.demo import default_workdir
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "ph"))
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    with temporary_settings({PREFECT_HOME: str(tmp_path / "ph")}):
+        assert default_workdir() == tmp_path / "ph" / "fp16guard-demo"

@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run the whole flow on a built-in example that overflows FP16",
-        description="Build a small model that overflows FP16 and its data in --workdir (nothing is downloaded), show that a plain all-FP16 build fails, then run the whole flow on it as model demo, version 1.",
+        description="Build a small model that overflows FP16 and its data in --workdir (default $PREFECT_HOME/fp16guard-demo; nothing is downloaded), show that a plain all-FP16 build fails, then run the whole flow on it as model demo, version 1.",
     )
-    p.add_argument("--workdir", default="fp16guard-demo", help="folder for the example model and data (default ./fp16guard-demo)")
+    p.add_argument("--workdir", default=None, help="folder for the example model and data (default $PREFECT_HOME/fp16guard-demo, so a clone stays clean)")
     p.add_argument("--example", default="demo", help="which built-in example (default demo)")
     add_run_arguments(p)
     p.set_defaults(func=main)
@@ -43,6 +43,14 @@ def prepare(example: str, workdir: str | Path) -> dict:
     return {"model": str(model), "calib": str(work / "calib"), "holdout": str(work / "holdout")}
 
 
+def default_workdir() -> Path:
+    """``<PREFECT_HOME>/fp16guard-demo``: beside the local server's database, never inside the
+    folder the user happens to be in (a clone would get an untracked folder)."""
+    from fp16guard.cli.server import prefect_home
+
+    return prefect_home() / "fp16guard-demo"
+
+
 def naive_fp16_verdict(model_path: str, holdout: str) -> dict:
     """Verify the all-FP16 build of the model (what a plain converter gives) on ``holdout``."""
     from fp16guard.graph.convert import to_mixed_precision
@@ -59,8 +67,9 @@ def main(args: argparse.Namespace) -> int:
     from fp16guard.cli.commands.run import execute
     from fp16guard.settings import RunParameters, parse_parameters
 
-    paths = prepare(args.example, args.workdir)
-    print(f"example model and data: {Path(args.workdir).resolve()}")
+    workdir = args.workdir or default_workdir()
+    paths = prepare(args.example, workdir)
+    print(f"example model and data: {Path(workdir).resolve()}")
     naive = naive_fp16_verdict(paths["model"], paths["holdout"])
     print(f"all-FP16 build (no fp16guard): {'passes' if naive['passed'] else 'FAILS'} — {naive['reason'] or 'within tolerance'}")
     params = parse_parameters(
