@@ -219,8 +219,12 @@ def _convert(model, calib, holdout, work: Path, target, overwrite, plan_settings
     specs = input_specs(graph)
     calib_refs = discover_shards(_paths(calib), "calibration")
     if holdout is None:
-        # Layout first, so a bad shard is reported as such, not as a failed split.
-        check_data(graph, calib_refs, [], allow_overlap=True)
+        # Headers first, so a shard that does not fit is reported as such, not as a failed
+        # split; values are read once, by check_data below.
+        from fp16guard.io.shards import check_layout, peek_shard
+
+        for ref in calib_refs:
+            check_layout(ref, peek_shard(ref), specs)
         calib_refs, holdout_refs, holdout_text = split_holdout(calib_refs, specs, work / "split")
     else:
         holdout_refs = discover_shards(_paths(holdout), "holdout")
