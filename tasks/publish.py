@@ -57,11 +57,18 @@ def publish_run_task(
     """Write ``report.html`` and ``manifest.json``, commit the run, and apply the release gate.
 
     A verified run is released when it is the version's first verified run, or when
-    ``params.promote`` is set; a rejected run is kept and marked rejected.
+    ``params.promote`` is set, unless the release settings (``params.release``: minimum FP16 share
+    of FLOPs, minimum GPU speed-up) refuse it: it then stays verified, not released, with the
+    refusal as its status reason. A rejected run is kept and marked rejected.
 
     Returns:
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
-        "fp32_nodes", "worst_rel_error", "speed", "repair", "repair_summary", "report"}`` (``speed``:
+        "headline", "fp32_nodes", "nodes_total", "fp16_share", "speed_verdict", "release_gate",
+        "worst_rel_error", "speed", "repair", "repair_summary", "report"}`` (``headline``: the verdict's
+        first line, :func:`fp16guard.report.verdict.headline`; ``fp16_share``:
+        :meth:`fp16guard.plan.cost.FP16Share.to_dict`, None when not estimated; ``speed_verdict``:
+        :func:`fp16guard.report.verdict.speed_verdict`; ``release_gate``:
+        :meth:`fp16guard.store.gate.GateDecision.to_dict`, None for a rejected run; ``speed``:
         the profile's one-line summary, see :func:`fp16guard.backends.profile.speed_summary`;
         ``repair``: the repair outcome such as ``repaired``, None when repair did not run;
         ``repair_summary``: :func:`fp16guard.report.plan_summary.repair_line`); ``worst_rel_error`` as
@@ -69,12 +76,18 @@ def publish_run_task(
     """
     from fp16guard.backends.profile import speed_summary
     from fp16guard.report.plan_summary import plan_summary, repair_line
+    from fp16guard.report.verdict import headline, speed_verdict
+    from fp16guard.store.gate import release_gate
     from fp16guard.store.lineage import build_manifest, file_record, output_records
     from fp16guard.store.runs import StagedRun, open_store
 
     out = Path(staged["dir"])
     record = VerificationReport.from_dict(verification)
     passed = record.passed
+    share = fp16_share_record(params.model, plan, calib[0]["shard"] if calib else None)
+    speed = speed_verdict(profile)
+    gate = release_gate(share, speed, params.release.min_fp16_share, params.release.min_speedup)
+    verdict = headline(passed, verification.get("reason"), share, speed)
     calibration = [
         {**rec, "computed_by": r["computed_by"], "computed_at": r["computed_at"]} for rec, r in zip(calib_records(calib), shard_results)
     ]
@@ -94,7 +107,9 @@ def publish_run_task(
         backend=backend,
         providers=verification.get("providers"),
     ), "profile": profile,  # latency record (fp16guard.backends.profile), None when not profiled
-        "plan": plan_summary(plan)})  # how the FP32 set was found: strategy, reasons, repair, folding
+        "plan": plan_summary(plan),  # how the FP32 set was found: strategy, reasons, repair, folding
+        "verdict": verdict, "fp16_share": share, "speed": speed,
+        "release_gate": gate.to_dict() if passed else None})
     # The report shows the lineage, so it is rendered from the manifest; its own hash is then
     # added to the manifest's outputs (and status.json records every file as well).
     write_report(out, plan, record.to_dict(), manifest.to_dict())
@@ -103,11 +118,16 @@ def publish_run_task(
 
     store = open_store(store_url)
     run = StagedRun(store, staged["name"], staged["version"], staged["run_id"], out)
-    ref = run.commit(verified=passed, reason=verification.get("reason") or "")
+    # A verified run the release gate refuses stays verified, unreleased, with the refusal as its note.
+    ref = run.commit(verified=passed, reason=verification.get("reason") or (gate.refused if passed else None) or "")
     released, release_reason = False, "not verified: nothing released"
-    if passed:
+    if passed and gate.refused:
+        release_reason = gate.refused
+    elif passed:
         decision = store.release(params.name, params.version, ref.run_id, promote=params.promote)
         released, release_reason = decision.released, decision.reason
+    if passed and gate.notes:
+        release_reason = "; ".join([release_reason, *gate.notes])
     return {
         "run_id": ref.run_id,
         "run_dir": ref.url,
@@ -116,13 +136,31 @@ def publish_run_task(
         "released": released,
         "release_reason": release_reason,
         "reason": verification.get("reason"),
+        "headline": verdict,
         "fp32_nodes": len(plan.get("fp32_nodes", [])),
+        "nodes_total": (plan.get("counts") or {}).get("nodes") or (share or {}).get("nodes_total"),
+        "fp16_share": share,
+        "speed_verdict": speed,
+        "release_gate": gate.to_dict() if passed else None,
         "worst_rel_error": record.worst_rel_error,
         "speed": speed_summary(profile),
         "repair": (plan.get("repair") or {}).get("outcome"),
         "repair_summary": repair_line(plan),
         "report": f"{ref.url}/report.html",
     }
+
+
+def fp16_share_record(model_path: str, plan: dict, sample) -> dict | None:
+    """The run's FP16 share (:func:`fp16guard.plan.cost.share_for_run` at ``sample``'s shapes,
+    the plan's FP32 nodes) as a record, or None when the cost model cannot read the model: the
+    share is an estimate and never fails a run."""
+    from fp16guard.plan.cost import share_for_run
+
+    names = [n["name"] if isinstance(n, dict) else str(n) for n in plan.get("fp32_nodes", [])]
+    try:
+        return share_for_run(model_path, names, sample).to_dict()
+    except Exception:  # noqa: BLE001 - an estimate: the verdict then says nothing of the share
+        return None
 
 
 def write_report(out: Path, plan: dict, verification: dict, manifest: dict) -> None:

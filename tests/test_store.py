@@ -58,7 +58,7 @@ def test_second_run_needs_promote_and_history_keeps_both(store):
     rows = {r["run_id"]: r for r in history(store, "m")}
     assert rows["b"]["released"] == "current" and rows["a"]["released"] == "previous"
     assert rows["b"]["worst_rel_error"] == pytest.approx(0.005)
-    assert rows["a"]["fp32_nodes"] == 2 and rows["a"]["trigger"] == "manual" and rows["a"]["status"] == "passed"
+    assert rows["a"]["fp32_nodes"] == 2 and rows["a"]["trigger"] == "manual" and rows["a"]["status"] == "verified"
 
 
 def test_rejected_run_is_kept_but_cannot_be_released(store):

@@ -33,7 +33,7 @@ def test_flow_twice_on_s3_store(prefect_api_url, demo_files, s3_root, tmp_path, 
     assert sorted(store.runs("demo", "1")) == sorted([first["run_id"], second["run_id"]])
     rows = {r["run_id"]: r for r in history(store, "demo", "1")}
     assert rows[first["run_id"]]["released"] == "current" and rows[second["run_id"]]["released"] == ""
-    assert all(r["status"] == "passed" and r["fp32_nodes"] > 0 for r in rows.values())
+    assert all(r["status"] == "verified" and r["fp32_nodes"] > 0 for r in rows.values())
     for run_id in rows:
         assert verify_run(store, "demo", "1", run_id, check_inputs=True) == []
     html = store.read_bytes("demo", "1", first["run_id"], "report.html").decode()

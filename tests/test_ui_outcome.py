@@ -39,7 +39,7 @@ def _verification(nonfinite: int = 0) -> dict:
 def test_outcome_lines_say_plan_figures_release_and_where():
     lines = outcome_lines("m", "1", RESULT, PLAN, _verification())
     assert lines[0] == "plan: 2 of 12 nodes stay FP32 (threshold 10000.0; output_above_threshold 1, input_above_threshold 1)"
-    assert "passed" in lines[1] and "worst relative error 0.0023 (output 'y')" in lines[1] and "min cosine 0.99999" in lines[1]
+    assert "verified" in lines[1] and "worst relative error 0.0023 (output 'y')" in lines[1] and "min cosine 0.99999" in lines[1]
     assert lines[2] == "release: released (first verified run of m/1)"
     assert "/s/m/1/runs/r1" in lines[3] and "report.html" in lines[3]
 

@@ -46,6 +46,7 @@ __all__ = [
     "fp16_share",
     "fp32_cost",
     "node_costs",
+    "share_for_run",
 ]
 
 #: Ops counted as heavy arithmetic (FLOPs = 2 × multiply-accumulates).
@@ -609,3 +610,27 @@ def _subgraph_cost(node: onnx.NodeProto, shapes: dict, types: dict, consts: dict
             steps = _dim(shapes.get(node.input[first_scan]), int(axes[0]), default=1)
             flops *= max(steps, 1)
     return flops, compute
+
+
+def share_for_run(model_path: str, fp32_nodes: Iterable[str], sample=None) -> FP16Share:
+    """:func:`fp16_share` of a run: costs of the model at ``model_path`` (graph only, weights
+    never read) at the shapes of ``sample`` (a :class:`fp16guard.io.shards.ShardRef`, e.g. the
+    first calibration shard; only its array headers are read), with ``fp32_nodes`` in FP32.
+
+    The costs are those of the FP32 model as given; a plan made on a folded model (BatchNorm
+    folded into its Conv) names the same compute nodes, and nodes it names that the model
+    lacks are ignored.
+    """
+    from fp16guard.io.model import load_graph
+
+    model = load_graph(model_path)
+    shapes: dict[str, Sequence[int]] = {}
+    if sample is not None:
+        from fp16guard.io.shards import peek_shard
+
+        inputs = {vi.name: vi for vi in model.graph.input}
+        for name, (_dtype, shape) in peek_shard(sample).items():
+            vi = inputs.get(name)
+            if vi is not None and len(shape) == len(vi.type.tensor_type.shape.dim):
+                shapes[name] = tuple(int(d) for d in shape)
+    return fp16_share(node_costs(model, shapes), fp32_nodes)

@@ -63,6 +63,13 @@ class Manifest:
             (:func:`fp16guard.report.plan_summary.plan_summary`: strategy, FP32 nodes by reason,
             repair outcome / iterations / seconds / nodes added, folded regions and largest
             scale); None in manifests written before it was recorded.
+        verdict: the verdict's first line (:func:`fp16guard.report.verdict.headline`), e.g.
+            ``VERIFIED — but only 3% of the arithmetic runs in FP16: ...``.
+        fp16_share: the FP16 share of the estimated FLOPs and of the compute nodes
+            (:meth:`fp16guard.plan.cost.FP16Share.to_dict`); None when not estimated.
+        speed: what the profile says about speed (:func:`fp16guard.report.verdict.speed_verdict`).
+        release_gate: the release settings' judgement of a verified run
+            (:meth:`fp16guard.store.gate.GateDecision.to_dict`); None for a rejected run.
         extra: keys this version does not know, kept as they were.
     """
 
@@ -82,6 +89,10 @@ class Manifest:
     versions: dict[str, Any] = field(default_factory=dict)
     device: dict[str, Any] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
+    verdict: str | None = None
+    fp16_share: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
+    release_gate: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,9 +122,11 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``manifest.json``."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "outputs", "plan")}
-        if self.plan is not None:  # older manifests had no plan summary: they round-trip unchanged
-            out["plan"] = self.plan
+        optional = ("plan", "verdict", "fp16_share", "speed", "release_gate")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("extra", "outputs", *optional)}
+        for key in optional:  # older manifests lack them: they round-trip unchanged
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out["outputs"] = {k: v.to_dict() for k, v in self.outputs.items()}
         out.update({k: v for k, v in self.extra.items() if k not in out})
         return out

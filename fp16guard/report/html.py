@@ -29,6 +29,8 @@ from fp16guard import FP16_MAX
 from fp16guard.records.serialize import jsonable
 from fp16guard.records.verification import VerificationReport, worst_rel_error
 from fp16guard.report.chart import COLOR_FP16, COLOR_FP32_IN, COLOR_FP32_OUT, max_abs_chart
+from fp16guard.plan.cost import fmt_share
+from fp16guard.report.verdict import headline
 from fp16guard.report.plan_summary import (
     ISLAND_REASON,
     REPAIR_REASON,
@@ -97,7 +99,10 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
         "passed": record.passed if record else None,
         "subtitle": _subtitle(manifest),
         "reason": record.reason if record else None,
-        "cards": _cards(rows, plan, fp32_nodes, record, threshold),
+        "headline": _headline(record, manifest),
+        "speed_verdict": (manifest.get("speed") or {}).get("text") if (manifest.get("speed") or {}).get("judged") else None,
+        "release_refused": (manifest.get("release_gate") or {}).get("refused"),
+        "cards": _cards(rows, plan, fp32_nodes, record, threshold) + _share_cards(manifest),
         "chart": Markup(max_abs_chart(rows, threshold, fp32_out, fp32_in)) if rows else None,
         "colors": {"fp32_out": COLOR_FP32_OUT, "fp32_in": COLOR_FP32_IN, "fp16": COLOR_FP16},
         "found": _how_found(plan),
@@ -160,6 +165,31 @@ def _cards(rows: list[dict], plan: dict, fp32_nodes: list, record: VerificationR
         (str(len(fp32_nodes)), of_float),
         ("—" if worst is None else f"{worst:.3g}", "worst relative error"),
     ]
+
+
+def _headline(record: VerificationReport | None, manifest: dict) -> str | None:
+    """The verdict's first line when it warns (low FP16 share, no speed-up): from the manifest,
+    else recomputed from its FP16 share and speed records; None when there is nothing to add."""
+    if record is None or not record.passed:
+        return None
+    text = manifest.get("verdict") or headline(True, None, manifest.get("fp16_share"), manifest.get("speed"))
+    return text if " — but " in text else None
+
+
+def _share_cards(manifest: dict) -> list[tuple[str, str]]:
+    """Cards for the FP16 share of the estimated FLOPs and of the compute nodes, and the gain
+    kept on the GPU; none for a manifest without them."""
+    share = manifest.get("fp16_share") or {}
+    cards = []
+    if share:
+        cards.append((fmt_share(share.get("share_flops")), "of the estimated FLOPs in FP16"))
+        cards.append((f"{share.get('compute_nodes_fp16', 0)} of {share.get('compute_nodes_total', 0)}", "Conv/Gemm/MatMul nodes in FP16"))
+    speed = manifest.get("speed") or {}
+    if speed.get("judged"):
+        kept = speed.get("gain_kept")
+        cards.append((f"{speed['speedup']:.2f}x", f"FP32 speed (batch {speed.get('batch')}, {speed.get('device')})"))
+        cards.append(("—" if kept is None else f"{max(kept, 0.0):.0%}", "of the FP16 gain kept" if kept is not None else "no FP16 gain to keep"))
+    return cards
 
 
 def _how_found(plan: dict) -> dict | None:

@@ -12,6 +12,7 @@ from collections import Counter
 
 from fp16guard.records.verification import VerificationReport
 from fp16guard.report.plan_summary import plan_lines
+from fp16guard.report.verdict import share_text
 
 __all__ = ["REPORT_LINK_EXPIRY_S", "outcome_lines", "report_link"]
 
@@ -20,7 +21,8 @@ REPORT_LINK_EXPIRY_S = 7 * 24 * 3600
 
 
 def outcome_lines(name: str, version: str, result: dict, plan: dict, verification: dict) -> list[str]:
-    """The plan's size, then how it was found (the strategy and repair lines of
+    """The verdict's first line (when ``result`` has its ``headline``), the plan's size and FP16
+    share of FLOPs (when estimated), then how it was found (the strategy and repair lines of
     :func:`fp16guard.report.plan_summary.plan_lines`, when the plan records them, e.g.
     ``repair: repaired — N nodes pinned in K iterations, T s``), the verification figures, the
     release decision, where the artifacts are. E.g. ``plan: 7 of 58 nodes stay FP32 (threshold
@@ -33,7 +35,12 @@ def outcome_lines(name: str, version: str, result: dict, plan: dict, verificatio
     reasons = Counter(n.get("reason", "?") for n in fp32)
     why = ", ".join(f"{r} {c}" for r, c in reasons.most_common(4))
     total = plan.get("counts", {}).get("nodes", "?")
-    lines = [f"plan: {len(fp32)} of {total} nodes stay FP32 (threshold {plan.get('threshold')}" + (f"; {why})" if why else ")")]
+    lines = []
+    if result.get("headline"):  # the verdict's first line (fp16guard.report.verdict.headline)
+        lines.append(f"verdict: {result['headline']}")
+    lines.append(f"plan: {len(fp32)} of {total} nodes stay FP32 (threshold {plan.get('threshold')}" + (f"; {why})" if why else ")"))
+    if share_text(result.get("fp16_share")):
+        lines.append(f"fp16 share: {share_text(result.get('fp16_share'))}")
     lines += plan_lines(plan)
 
     worst = record.worst_rel_error
@@ -43,7 +50,7 @@ def outcome_lines(name: str, version: str, result: dict, plan: dict, verificatio
     figures = f"worst relative error {worst_text}" + (f" (output '{worst_output}')" if worst_output else "")
     if cosines:
         figures += f", min cosine {min(cosines):.6g}"
-    verdict = "passed" if record.passed else f"FAILED: {record.reason}"
+    verdict = "verified" if record.passed else f"FAILED: {record.reason}"
     lines.append(f"verification of {name}/{version} against FP32: {verdict}; {figures}" + (f"; checked with {record.execution}" if record.execution else ""))
 
     released = result.get("released")

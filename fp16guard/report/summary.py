@@ -11,6 +11,7 @@ import pyarrow as pa
 from fp16guard import FP16_MAX
 from fp16guard.records.verification import VerificationReport
 from fp16guard.report.plan_summary import plan_lines, repair_record, step_added_text, step_worst_text, fmt_seconds
+from fp16guard.report.verdict import headline, share_text
 
 __all__ = ["artifact_key", "summary_markdown", "tensors_near_limit"]
 
@@ -45,11 +46,15 @@ def tensors_near_limit(stats: pa.Table, threshold: float, fp32_nodes: set[str], 
 
 
 def summary_markdown(name: str, version: str, result: dict, plan: dict, verification: dict, stats: pa.Table) -> str:
-    """Markdown summary of one run: verdict, release, how the FP32 set was found (strategy, repair
+    """Markdown summary of one run: verdict (with the low-FP16-share and speed warnings of
+    :func:`fp16guard.report.verdict.headline`), release, FP16 share of FLOPs, how the FP32 set was found (strategy, repair
     outcome and one row per repair iteration), verification figures, FP32 nodes with reasons,
     worst tensors."""
     record = VerificationReport.from_dict(verification)
     verdict = "✅ verified" if record.passed else "❌ rejected"
+    first = result.get("headline") or headline(record.passed, record.reason, result.get("fp16_share"), result.get("speed_verdict"))
+    if record.passed and " — but " in first:
+        verdict = "⚠️ verified — but " + first.split(" — but ", 1)[1]
     worst = record.worst_rel_error
     lines = [
         f"# {name} {version} — {verdict}",
@@ -57,8 +62,12 @@ def summary_markdown(name: str, version: str, result: dict, plan: dict, verifica
         f"- run: `{result.get('run_id')}` → `{result.get('run_dir')}`",
         f"- release: {'**released**' if result.get('released') else 'not released'} ({result.get('release_reason', '')})",
         f"- threshold: {plan.get('threshold')} (FP16 max {FP16_MAX:g})",
-        f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes', '?')}",
+        f"- FP32 nodes: {len(plan.get('fp32_nodes', []))} of {plan.get('counts', {}).get('nodes') or result.get('nodes_total') or '?'}",
     ]
+    if share_text(result.get("fp16_share")):
+        lines.append(f"- FP16 share: {_cell(share_text(result.get('fp16_share')))}")
+    if (result.get("speed_verdict") or {}).get("judged"):
+        lines.append(f"- speed verdict: {_cell(result['speed_verdict']['text'])}")
     lines += [f"- {_cell(line)}" for line in plan_lines(plan)]
     lines.append(f"- worst relative error: {_fmt(worst)}")
     if result.get("speed"):  # fp16guard.backends.profile.speed_summary

@@ -30,7 +30,7 @@ from fp16guard.store.runs import DamagedRecord, Store, open_store
 
 __all__ = ["verify_run", "history", "worst_rel_error"]
 
-_STATUS_WORDS = {"verified": "passed", "rejected": "rejected"}
+_STATUS_WORDS = {"verified": "verified", "rejected": "rejected"}
 
 
 def verify_run(store: "Store | str | None", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:
@@ -169,8 +169,9 @@ def _hash_location(location: str) -> str:
 def history(store: "Store | str | None", name: str, version: str | None = None, problems: list[str] | None = None) -> list[dict]:
     """One row per committed run of ``name`` (all versions, or one), oldest first per version.
 
-    Row keys: ``name, version, run_id, time, status ("passed"|"rejected"|"damaged"), reason,
-    released ("current"|"previous"|""), fp32_nodes (int|None), worst_rel_error (float|None),
+    Row keys: ``name, version, run_id, time, status ("verified"|"rejected"|"damaged"), reason,
+    released ("current"|"previous"|""), fp32_nodes (int|None), fp16_share (FP16 share of the
+    estimated FLOPs, 0..1; None when the manifest has none), worst_rel_error (float|None),
     trigger (str)``. A run whose ``status.json`` is damaged gets status ``"damaged"`` and the
     damage as its reason; damaged run files count as missing.
 
@@ -222,6 +223,7 @@ def _row(store: "Store", name: str, version: str, run_id: str, current: str | No
         "reason": status.get("reason") or verification.get("reason") or "",
         "released": "current" if run_id == current else ("previous" if run_id in ever else ""),
         "fp32_nodes": fp32,
+        "fp16_share": _share(manifest),
         "worst_rel_error": worst_rel_error(verification),
         "trigger": str(trigger) if trigger else "",
     }
@@ -244,3 +246,10 @@ def _safe_json(store: "Store", name: str, version: str, run_id: str, filename: s
             problems.append(str(exc))
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _share(manifest: dict) -> float | None:
+    """The manifest's FP16 share of the estimated FLOPs (0..1), None when absent or malformed."""
+    record = manifest.get("fp16_share")
+    value = record.get("share_flops") if isinstance(record, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

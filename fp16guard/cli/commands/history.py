@@ -1,7 +1,7 @@
 """``fp16guard history NAME [--model-version V] [--json] [--store S]``: every run and release of a model.
 
-Prints one line per run (time, version, run id, status, release mark, FP32 node count, worst
-relative error, trigger), then the release history of each version. ``--json`` prints
+Prints one line per run (time, version, run id, status (verified / rejected), release mark, FP32
+node count, FP16 share of the estimated FLOPs, worst relative error, trigger), then the release history of each version. ``--json`` prints
 ``{"runs": [...], "releases": {version: [...]}}`` instead. Exit 0; 2 when the model is unknown.
 """
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "history",
         help="list the runs and releases of a model in the store",
-        description="One line per run of NAME (time, version, run id, status, release, FP32 nodes, worst relative error, trigger), then each version's release history.",
+        description="One line per run of NAME (time, version, run id, status, release, FP32 nodes, FP16 share of the estimated FLOPs, worst relative error, trigger), then each version's release history.",
     )
     p.add_argument("name", help="model name")
     add_model_version(p, required=False)
@@ -56,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
     if not rows:
         print(f"{args.name}/{args.model_version}: no runs in {store.url}")
         return 0
-    header = ("time", "version", "run id", "status", "release", "fp32", "worst rel err", "trigger")
+    from fp16guard.plan.cost import fmt_share
+
+    header = ("time", "version", "run id", "status", "release", "fp32", "fp16 flops", "worst rel err", "trigger")
     table = [header] + [
         (
             (r["time"] or "-")[:19],
@@ -65,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
             r["status"],
             "RELEASED" if r["released"] == "current" else r["released"] or "",
             _num(r["fp32_nodes"], "d"),
+            fmt_share(r["fp16_share"]) if r.get("fp16_share") is not None else "-",
             _num(r["worst_rel_error"], ".3g"),
             r["trigger"] or "-",
         )

@@ -3,7 +3,10 @@
 Exit status: 0 verified, 1 verification failed (run kept, marked rejected), 2 bad input,
 3 environment failure (no Prefect server answers; see :mod:`fp16guard.cli.server`).
 With ``--json`` the last line on stdout is a JSON object with at least ``run_dir`` and ``passed``
-(and ``repair``: the repair outcome, e.g. ``repaired``, null when repair did not run).
+(and ``repair``: the repair outcome, e.g. ``repaired``, null when repair did not run;
+``headline``: the verdict's first line; ``fp16_share``: the FP16 share of the estimated FLOPs and
+of the compute nodes, ``share_flops`` in 0..1; ``fp32_nodes`` of ``nodes_total``;
+``speed_verdict``; ``release_gate``: the release settings' judgement).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, with @MIN the fraction that must agree (default 1.0); e.g. --gate probs=top1 --gate mask=threshold:0.5@0.999",
     )
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
+    p.add_argument("--min-fp16-share", type=float, default=0.0, metavar="F", help="release gate: do not release a verified run whose FP16 share of the estimated FLOPs is below F (0..1, e.g. 0.5; default 0: off)")
+    p.add_argument("--min-speedup", type=float, default=None, metavar="X", help="release gate: do not release a verified run whose artifact is less than X times as fast as FP32 at the largest profiled batch (GPU profile only; without one it is not judged; default off)")
     add_run_arguments(p)
     p.set_defaults(func=main)
 
@@ -131,6 +136,7 @@ def parameters_from_args(args: argparse.Namespace):
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
             "promote": args.promote,
+            "release": {"min_fp16_share": getattr(args, "min_fp16_share", 0.0), "min_speedup": getattr(args, "min_speedup", None)},
         },
     )
 
@@ -195,18 +201,26 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
 
 
 def print_summary(result: dict) -> None:
-    """Human summary on stdout (the JSON line, when asked, comes after it)."""
-    verdict = "VERIFIED" if result.get("passed") else "REJECTED"
-    print(f"{verdict}: {result.get('reason') or 'artifact matches FP32 within tolerance'}")
+    """Human summary on stdout (the JSON line, when asked, comes after it). The first line is the
+    verdict (:func:`fp16guard.report.verdict.headline`): it warns when little arithmetic runs in
+    FP16 or when a GPU profile shows no speed-up."""
+    from fp16guard.report.verdict import headline, share_text
+
+    first = result.get("headline") or headline(bool(result.get("passed")), result.get("reason"), result.get("fp16_share"), result.get("speed_verdict"))
+    print(first)
     worst = result.get("worst_rel_error")
+    fp32, total = result.get("fp32_nodes"), result.get("nodes_total")
+    speed_verdict = result.get("speed_verdict") or {}
     rows = [
         ("run", result.get("run_dir")),
         ("status", result.get("status")),
         ("release", f"{'released' if result.get('released') else 'not released'} ({result.get('release_reason')})" if "released" in result else None),
-        ("fp32 nodes", result.get("fp32_nodes")),
+        ("fp32 nodes", f"{fp32} of {total}" if fp32 is not None and total else fp32),
+        ("fp16 share", share_text(result.get("fp16_share"))),
         ("repair", (result.get("repair_summary") or "").removeprefix("repair: ") or result.get("repair")),
         ("worst relative error", f"{worst:.3g}" if isinstance(worst, (int, float)) else worst),
         ("speed", result.get("speed")),
+        ("speed verdict", speed_verdict.get("text") if speed_verdict.get("judged") else None),
         ("report", result.get("report")),
         ("flow run", result.get("flow_run_url")),
     ]

@@ -1,7 +1,7 @@
 """``fp16guard show NAME --model-version V [--run ID] [--store S]``: the manifest and verification of a run.
 
 Without ``--run`` it shows the version's current release. Prints a short header (run, status,
-release), then ``manifest.json`` and ``verification.json`` as indented JSON. Exit 0; 2 when the
+release, the verdict's first line, FP16 share of the estimated FLOPs, a release-gate refusal), then ``manifest.json`` and ``verification.json`` as indented JSON. Exit 0; 2 when the
 version has no release (and no ``--run``) or the run does not exist.
 """
 
@@ -59,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
     if status.get("reason"):
         print(f"reason: {status['reason']}")
     print(f"location: {store.run_url(name, version, run_id)}")
+    for line in _verdict_lines(store, name, version, run_id):
+        print(line)
     for filename in ("manifest.json", "verification.json"):
         print(f"\n== {filename}")
         try:
@@ -68,6 +70,25 @@ def main(args: argparse.Namespace) -> int:
             continue
         print(json.dumps(content, indent=2, sort_keys=True) if content is not None else "(missing)")
     return 0
+
+
+def _verdict_lines(store, name: str, version: str, run_id: str) -> list[str]:
+    """The manifest's verdict, FP16 share and release-gate refusal, one line each (none for a
+    manifest that lacks them or cannot be read: the JSON below says why)."""
+    from fp16guard.report.verdict import share_text
+
+    try:
+        manifest = store.read_json(name, version, run_id, "manifest.json", default=None) or {}
+    except Exception:  # noqa: BLE001 - shown (or its damage reported) with the JSON below
+        return []
+    lines = []
+    if manifest.get("verdict"):
+        lines.append(f"verdict: {manifest['verdict']}")
+    if share_text(manifest.get("fp16_share")):
+        lines.append(f"fp16 share: {share_text(manifest.get('fp16_share'))}")
+    if (manifest.get("release_gate") or {}).get("refused"):
+        lines.append(f"release gate: {manifest['release_gate']['refused']}")
+    return lines
 
 
 def _export(store, name: str, version: str, run_id: str, fmt: str) -> int:
