@@ -210,6 +210,10 @@ class RunParameters(BaseModel):
     plan: PlanSettings = Field(default_factory=PlanSettings, description="Which nodes stay FP32.")
     verify: VerifySettings = Field(default_factory=VerifySettings, description="Verification tolerances.")
     promote: bool = Field(False, description="Release this run even if the version already has a released run.")
+    allow_overlap: bool = Field(
+        False,
+        description="Accept holdout data that shares files or contents with the calibration data (refused by default: verifying on calibration data says little about unseen inputs). The verdict then says 'not independent'.",
+    )
     release: ReleaseSettings = Field(default_factory=ReleaseSettings, description="Release gate: minimum FP16 share of FLOPs and minimum GPU speed-up (both off by default).")
     profile_batches: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None,

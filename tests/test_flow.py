@@ -45,7 +45,9 @@ def test_flow_writes_verified_run_and_caches_shards(prefect_api_url, demo_files,
         assert hashlib.sha256((run_dir / name).read_bytes()).hexdigest() == rec["sha256"], name
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["fp32_nodes"], "the demo model overflows: some nodes must stay FP32"
-    assert plan["repair"]["outcome"] == "unchanged", plan["repair"]  # the range-rule plan passes on calibration
+    # The all-FP16 build overflows; the range-rule plan passes on calibration (or, where only
+    # some of its guards were needed, the search gives the rest back).
+    assert plan["repair"]["outcome"] in ("unchanged", "shrunk"), plan["repair"]
 
     # Same inputs: every shard comes from the cache (computed by the first run).
     second = calibrate(_params(demo_files, store))

@@ -62,13 +62,20 @@ def test_plan_summary_counts_reasons_repair_and_folding():
     assert s["strategy"] == "fold" and s["strategy_requested"] == "auto"
     assert s["fp32_nodes"] == 9
     assert s["fp32_by_reason"] == {"repair_precision": 6, "underflow": 2, "output_above_threshold": 1}
-    assert s["repair"] == {"outcome": "repaired", "iterations": 2, "seconds": 59.2, "samples": 32, "nodes_added": 6, "message": PLAN["repair"]["message"]}
+    assert s["repair"] == {
+        "outcome": "repaired", "iterations": 2, "seconds": 59.2, "samples": 32, "nodes_added": 6, "nodes_returned": 0, "checks": 0,
+        "fp32_flops_share": None, "stability": None, "message": PLAN["repair"]["message"],
+    }
     assert s["folding"] == {"regions": 2, "refused": 1, "max_exponent": 6, "max_scale": 64}
     assert plan_summary({"threshold": 1.0, "fp32_nodes": []})["repair"] is None
 
 
 def test_lines_for_the_log_and_the_cli():
     assert repair_line(PLAN) == "repair: repaired — 6 nodes pinned in 2 iterations, 59 s"
+    searched = {**PLAN, "repair": {**PLAN["repair"], "checks": 14, "returned": ["a", "b"]}}
+    assert repair_line(searched) == "repair: repaired — 6 nodes pinned in 2 iterations, 2 nodes given back to FP16 in 14 checks, 59 s"
+    all16 = {**PLAN, "repair": {**PLAN["repair"], "outcome": "all_fp16", "returned": ["a"], "seconds": 1.5}}
+    assert repair_line(all16) == "repair: all_fp16 — the all-FP16 build passed on 32 calibration samples; 1 node given back to FP16, 1.5 s"
     assert strategy_line(PLAN).startswith("strategy: fold (requested auto: folding keeps 1")
     assert "2 regions folded, largest scale 64 (2^6)" in strategy_line(PLAN)
     unchanged = {**PLAN, "repair": {"outcome": "unchanged", "message": "", "samples": 16, "seconds": 2.04, "steps": []}}

@@ -124,15 +124,20 @@ def test_an_all_fp16_build_that_passes_is_the_plan(tmp_path):
     assert repaired.counts["fp32"] == 0
 
 
-def test_range_pins_stay_when_all_fp16_passes(tmp_path):
-    # Values above the threshold (headroom for unseen data) are not the data's to overrule.
-    model = _rms_eps()
-    calib = _shards(tmp_path, scale=2e4)
+def test_range_guards_go_when_the_all_fp16_build_passes(tmp_path):
+    # |x| ~ 3e4: above the range threshold (1e4) but held by FP16 (spacing 16: error ~5e-4).
+    model = make_model(
+        [helper.make_node("Mul", ["x", "half"], ["h"], name="scale"), helper.make_node("Add", ["h", "one"], ["y"], name="shift")],
+        [io("x", "n", 16)], [io("y", "n", 16)], [init("half", [0.5]), init("one", [1.0])],
+    )
+    calib = _shards(tmp_path, scale=1e4)
     plan = _plan(model, calib)
-    floor = {e.name for e in plan.fp32_nodes if e.reason in ("input_above_threshold", "output_above_threshold")}
-    assert floor
+    assert plan.fp32_names == {"scale", "shift"} and {e.reason for e in plan.fp32_nodes} <= {"input_above_threshold", "output_above_threshold"}
     repaired = repair_plan(model, plan, calib, PlanSettings(), VerifySettings())
-    assert floor <= repaired.fp32_names
+    assert repaired.repair.outcome == "all_fp16" and repaired.fp32_names == set()
+    forced = _plan(model, calib, PlanSettings(force_fp32_ops=["Mul"]))
+    kept = repair_plan(model, forced, calib, PlanSettings(force_fp32_ops=["Mul"]), VerifySettings())
+    assert kept.fp32_names == {"scale"}  # what the user forced is never overruled
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,17 +12,18 @@ The search is split the way Polygraphy's ``debug precision`` is: an injected che
 policies (:class:`~fp16guard.plan.search.grow.AttributionGrowth`,
 :class:`~fp16guard.plan.search.shrink.CostDdmin`), driven by the short loop below:
 
-1. **All-FP16 first.** The *floor* is what cannot or must not be FP16 whatever the data say:
-   structural nodes, user-forced ones, nodes whose values exceed the range threshold (the headroom
-   the user set for unseen data). The floor's build is checked at the user's gate; when it passes
-   it is the plan — a plan never costs more than the all-FP16 build plus the Casts it needs.
-2. **The rules' plan** (when it differs from the floor) is checked at the user's gate; when it
-   passes, go to 4.
+1. **All-FP16 first.** Only what cannot or must not be FP16 stays FP32 (structural nodes,
+   user-forced ones, weights FP16 cannot store); that build is checked at the user's gate, and
+   when it passes it is the plan — a plan never costs more than the all-FP16 build plus the Casts
+   it needs. The rules' guards for unseen data (:data:`GUARDS`: values above the range threshold,
+   masked non-finite values, integer Casts past 2048) are overruled only here.
+2. **The rules' plan** (when it differs) is checked at the user's gate; when it passes, go to 4.
 3. **Grow** by attribution until a candidate is *accepted*: it passes the gate with the headroom
    unseen data need, a statistical margin from how the error varies across calibration samples
    (:mod:`fp16guard.plan.search.margin`; or the user's fixed ``repair_margin``). The batch pinned
    per step grows only when the last step did not pay.
-4. **Shrink**: give FP32 nodes that the data decided (repair's pins, underflow pins) back to FP16,
+4. **Shrink**: give FP32 nodes that the data decided (:data:`RETURNABLE`: repair's pins,
+   underflow pins) back to FP16,
    costliest first in halving chunks (:mod:`fp16guard.plan.search.shrink`), keeping each chunk
    whose candidate is still accepted, until no single node can go back or ``shrink_max_checks``
    is spent.
@@ -54,15 +55,21 @@ from fp16guard.settings import PlanSettings, VerifySettings
 from fp16guard.verify.metrics import Gate
 
 __all__ = [
-    "REPAIR_REASON", "RETURNABLE", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "tightened", "trace_sources", "fp16_upstream",
+    "GUARDS", "REPAIR_REASON", "RETURNABLE", "INPUT_SHARE", "CARRY", "repair_plan", "calibration_slice", "tightened", "trace_sources", "fp16_upstream",
 ]
 
 #: Reason code of the nodes that repair pins.
 REPAIR_REASON = "repair_precision"
-#: Reasons the checks can overrule: FP32 nodes whose every reason is here may go back to FP16
-#: when the gate still passes (an underflowing LayerNorm epsilon that changes nothing).
+#: Reasons the shrink phase can overrule: FP32 nodes whose every reason is here go back to FP16
+#: when the candidate is still accepted (an underflowing LayerNorm epsilon that changes nothing).
 RETURNABLE = frozenset({REPAIR_REASON, "initializer_underflow", "activation_underflow"})
-#: Derived from the rest of the set (recomputed at the end), never searched over.
+#: Reasons that guard unseen data (values near FP16's range, masked non-finite values, integers
+#: past 2048): a passing all-FP16 build overrules them, the shrink phase does not. Any reason
+#: in neither set (structural, user-forced, weights FP16 cannot store) is never overruled.
+GUARDS = frozenset({"input_above_threshold", "output_above_threshold", "no_statistics", "masked_nonfinite", "integer_conversion"})
+#: Cost-aware islands: FP16 runs squeezed between FP32 nodes, moved for speed. Dropped with the
+#: guards when the all-FP16 build passes; otherwise kept (they also keep the FP16 rounding of
+#: those runs out) and recomputed around the final set.
 _ISLAND = "cost_island"
 
 
@@ -99,7 +106,7 @@ class _Search:
         self.model, self.checker, self.settings, self.costs, self.started = model, checker, settings, costs, started
         self.nodes = {n.name: n for n in model.graph.node}
         self.total_cost = sum(costs.values()) or 1.0
-        self.entries = {e.name: e for e in plan.fp32_nodes if e.reason != _ISLAND}
+        self.entries = {e.name: e for e in plan.fp32_nodes}
         self.steps: list[RepairStep] = []
 
     def share(self, fp32: frozenset[str] | set[str]) -> float:
@@ -189,18 +196,21 @@ def repair_plan(
     with CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin) as checker:
         s = _Search(model, plan, checker, settings, costs, started)
         rules = frozenset(s.entries)
-        floor = frozenset(n for n, e in s.entries.items() if not set(e.reasons or (e.reason,)) <= RETURNABLE)
+        reasons = {n: set(e.reasons or (e.reason,)) for n, e in s.entries.items()}
+        fixed = frozenset(n for n, r in reasons.items() if not r <= RETURNABLE | GUARDS | {_ISLAND})
+        floor = frozenset(n for n, r in reasons.items() if not r <= RETURNABLE)
         outcome, message = "budget_spent", ""
 
-        # 1. The all-FP16 build (the floor) at the user's gate: when it passes, it is the plan.
-        first = checker.check(floor)
+        # 1. The all-FP16 build (only what cannot or must not be FP16 stays FP32) at the user's
+        #    gate: when it passes, it is the plan.
+        first = checker.check(fixed)
         s.record("all_fp16", first)
-        current, last, previous = floor, first, None
+        current, last, previous = fixed, first, None
         if first.passed:
-            outcome = "unchanged" if rules == floor else "all_fp16"
+            outcome = "unchanged" if rules == fixed else "all_fp16"
         else:
             # 2. The rules' plan at the user's gate.
-            if rules != floor:
+            if rules != fixed:
                 last = checker.check(rules)
                 s.record("rules", last)
                 current = rules
@@ -264,7 +274,7 @@ def repair_plan(
     if outcome == "unchanged":
         message = f"the rule-based plan passes the gate on {used} calibration samples ({len(current)} FP32 node(s), {pct}); nothing could go back to FP16"
     elif outcome == "all_fp16":
-        message = f"the all-FP16 build passes the gate on {used} calibration samples: {len(rules - floor)} rule-pinned node(s) were not needed; {len(current)} node(s) stay FP32 because they cannot or must not run in FP16 ({pct})"
+        message = f"the all-FP16 build passes the gate on {used} calibration samples: {len(rules - fixed)} rule-pinned node(s) were not needed; {len(current)} node(s) stay FP32 because they cannot or must not run in FP16 ({pct})"
     elif outcome == "shrunk":
         message = f"the rule-based plan passes on {used} calibration samples; {len(returned)} of its node(s) went back to FP16 in {len(s.steps) - 1} check(s): {len(current)} FP32 node(s), {pct}"
     elif outcome == "repaired":
@@ -272,18 +282,23 @@ def repair_plan(
         message = f"{len(current - rules)} node(s) pinned to FP32 in {grown} iteration(s), {len(returned)} given back by the shrink phase, {total:.1f} s; the plan now passes on {used} calibration samples with {len(current)} FP32 node(s), {pct}"
         if eligible_set <= current:
             message += "; every node that could run in FP16 is now FP32, so this build gains nothing from FP16 at this gate"
+    if outcome in ("budget_spent", "stuck", "fp32_fails") and first.suggested_gates:
+        # The numeric gate could not be met, but the all-FP16 build agrees by task: say which
+        # gate would pass, so the user can choose it knowingly.
+        message += "; the all-FP16 build on calibration data: " + "; ".join(g["sentence"] for g in first.suggested_gates)
     stability = {**final.spread.to_dict(), "score": None if final.score == float("inf") else round(final.score, 6), "bound": None if final.bound == float("inf") else round(final.bound, 6)}
     counts = dict(plan.counts)
     if counts:
         moved = len(current) - len(rules)
-        counts["fp32"] = counts.get("fp32", 0) - sum(1 for e in plan.fp32_nodes if e.reason == _ISLAND) + moved
-        counts["fp16"] = counts.get("fp16", 0) + sum(1 for e in plan.fp32_nodes if e.reason == _ISLAND) - moved
+        counts["fp32"] = counts.get("fp32", 0) + moved
+        counts["fp16"] = counts.get("fp16", 0) - moved
     record = RepairRecord(outcome, message, samples=used, seconds=total, steps=tuple(s.steps), checks=n_checks, returned=returned, stability=stability, fp32_flops_share=share)
     result = replace(plan, fp32_nodes=entries, counts=counts, repair=record)
     if "islands" in plan.extra:
         # Islands follow the final set: cheap FP16 runs squeezed between its FP32 nodes.
         from fp16guard.plan.strategies.islands import merge_islands
 
-        data = merge_islands(model, {**result.to_dict(), "islands": []})
-        result = Plan.from_dict(data)
+        kept = [r for r in plan.extra.get("islands") or [] if set(r.get("nodes") or ()) <= current]
+        data = merge_islands(model, result.to_dict())
+        result = Plan.from_dict({**data, "islands": kept + list(data.get("islands") or [])})
     return result

@@ -112,7 +112,8 @@ def plan_summary(plan: Mapping[str, Any] | None) -> dict[str, Any]:
     Returns:
         ``{"strategy": used or None, "strategy_requested", "strategy_why", "fp32_nodes": n,
         "fp32_by_reason": {reason: count} (primary reasons), "repair": None or {"outcome",
-        "iterations", "seconds", "samples", "nodes_added", "message"}, "folding": None or
+        "iterations", "seconds", "samples", "nodes_added", "nodes_returned", "checks",
+        "fp32_flops_share", "stability", "message"}, "folding": None or
         {"regions": folded regions, "refused": refused regions, "max_scale": 2**e or None,
         "max_exponent"}, "islands": moved runs or None}``.
     """
@@ -137,6 +138,10 @@ def plan_summary(plan: Mapping[str, Any] | None) -> dict[str, Any]:
             "seconds": record.seconds,
             "samples": record.samples,
             "nodes_added": _added(record),
+            "nodes_returned": len(record.returned),
+            "checks": record.checks,
+            "fp32_flops_share": record.fp32_flops_share,
+            "stability": record.stability,
             "message": record.message,
         }
     if folding is not None:
@@ -158,11 +163,19 @@ def repair_line(plan: Mapping[str, Any] | None) -> str | None:
     if record is None:
         return None
     added, iterations, took = _added(record), _iterations(record), fmt_seconds(record.seconds)
+    returned = len(record.returned)
+    back = f"{returned} node{'s' if returned != 1 else ''} given back to FP16"
+    checks = f" in {record.checks} checks" if record.checks else ""
     if record.outcome == "unchanged":
         return f"repair: unchanged — the rule-based plan passed on {record.samples} calibration samples, {took}"
+    if record.outcome == "all_fp16":
+        return f"repair: all_fp16 — the all-FP16 build passed on {record.samples} calibration samples; {back}, {took}"
+    if record.outcome == "shrunk":
+        return f"repair: shrunk — the rule-based plan passed on {record.samples} calibration samples; {back}{checks}, {took}"
     if record.outcome == "skipped":
         return f"repair: skipped — {record.message}" if record.message else "repair: skipped"
-    line = f"repair: {record.outcome} — {added} node{'s' if added != 1 else ''} pinned in {iterations} iteration{'s' if iterations != 1 else ''}, {took}"
+    line = f"repair: {record.outcome} — {added} node{'s' if added != 1 else ''} pinned in {iterations} iteration{'s' if iterations != 1 else ''}"
+    line += f", {back}{checks}, {took}" if returned else f", {took}"
     if record.outcome != "repaired" and record.message:
         line += f"; {record.message}"
     return line

@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, with @MIN the fraction that must agree (default 1.0); e.g. --gate probs=top1 --gate mask=threshold:0.5@0.999",
     )
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
+    p.add_argument("--allow-overlap", action="store_true", help="accept a holdout that shares files or contents with the calibration data (refused by default); the verdict then says 'not independent'")
     p.add_argument("--min-fp16-share", type=float, default=0.0, metavar="F", help="release gate: do not release a verified run whose FP16 share of the estimated FLOPs is below F (0..1, e.g. 0.5; default 0: off)")
     p.add_argument("--min-speedup", type=float, default=None, metavar="X", help="release gate: do not release a verified run whose artifact is less than X times as fast as FP32 at the largest profiled batch (GPU profile only; without one it is not judged; default off)")
     add_run_arguments(p)
@@ -136,6 +137,7 @@ def parameters_from_args(args: argparse.Namespace):
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
             "promote": args.promote,
+            "allow_overlap": args.allow_overlap,
             "release": {"min_fp16_share": getattr(args, "min_fp16_share", 0.0), "min_speedup": getattr(args, "min_speedup", None)},
         },
     )

@@ -43,6 +43,8 @@ class Check:
         reason: the gate's sentence (``passed`` when it passed).
         seconds: wall time of the check.
         errors: relative error per output (None: non-finite) — what attribution starts from.
+        suggested_gates: task gates that would pass where the numeric gate failed
+            (:func:`fp16guard.verify.metrics.suggest_gates`).
     """
 
     fp32: frozenset[str]
@@ -54,6 +56,7 @@ class Check:
     reason: str
     seconds: float
     errors: dict[str, float | None] = field(default_factory=dict)
+    suggested_gates: tuple[dict, ...] = ()
 
     @property
     def bound(self) -> float:
@@ -168,6 +171,7 @@ class CalibrationChecker:
         result = Check(
             fp32=key, passed=bool(report["passed"]), score=score, spread=spread, worst_rel_error=worst, nonfinite=nonfinite,
             reason=str(report.get("reason") or "passed"), seconds=round(time.monotonic() - t0, 3), errors=errors,
+            suggested_gates=tuple(report.get("suggested_gates") or ()),
         )
         self._memo[key] = result
         return result
