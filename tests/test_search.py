@@ -198,3 +198,67 @@ def test_a_gate_scores_nan_as_infinite():
     gate = Gate.from_settings(VerifySettings())
     assert gate.score({"y": {"kind": "float", "nonfinite": 3, "max_rel_error": None}}) == float("inf")
     assert gate.score({"y": {"kind": "float", "nonfinite": 0, "max_rel_error": 0.01, "cosine": 1.0}}) == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------
+# a user-supplied gate
+
+
+class _MeanAbs:
+    """Mean |cand - fp32| <= tol: a metric with its own accumulator (what a user may write)."""
+
+    name = "custom"
+
+    def __init__(self, tol: float) -> None:
+        self.tol = tol
+
+    def accumulator(self):
+        class Acc:
+            total = 0.0
+            count = 0
+
+            def update(self, ref, cand):
+                self.total += float(np.abs(np.asarray(cand, np.float64) - ref).sum())
+                self.count += ref.size
+
+            def figures(self):
+                return {"mean_abs_error": self.total / max(1, self.count)}
+
+        return Acc()
+
+    def judge(self, output, fig):
+        from fp16guard.verify.metrics import Failure
+
+        value = fig["checks"]["mean_abs_error"]
+        return [] if value <= self.tol else [Failure(1e9 + value / self.tol, f"output '{output}': mean abs error {value:.3g} > {self.tol:g}")]
+
+    def score(self, fig):
+        return fig["checks"]["mean_abs_error"] / self.tol
+
+    def tightened(self, factor):
+        return _MeanAbs(self.tol * factor)
+
+
+def mean_abs_gate(gate):
+    return _MeanAbs(1e-3 if gate.min_agreement == 1.0 else 1.0)
+
+
+def test_a_custom_gate_from_the_cli_judges_with_its_own_accumulator(tmp_path):
+    from fp16guard.cli.commands.run import parse_gates
+    from fp16guard.errors import ConfigError
+    from fp16guard.graph.convert import to_mixed_precision
+
+    gates = parse_gates(["y=custom:tests.test_search:mean_abs_gate", "probs=iou:0.3@0.9"])
+    assert gates == {"y": {"gate": "custom", "metric": "tests.test_search:mean_abs_gate"}, "probs": {"gate": "iou", "threshold": 0.3, "min_agreement": 0.9}}
+    with pytest.raises(ConfigError):
+        parse_gates(["y=custom"])
+    model = _two_heads()
+    holdout = _shards(tmp_path, role="holdout", seed=50)
+    cand = to_mixed_precision(model, set())  # the cancellation ruins y: mean abs error ~0.1
+    strict = verify(model, cand, holdout, VerifySettings(output_gates={"y": gates["y"], "probs": "top1"}), emulate=True)
+    assert not strict["outputs"]["y"]["passed"] and strict["outputs"]["y"]["checks"]["mean_abs_error"] > 1e-3
+    assert "mean abs error" in strict["reason"]
+    loose = verify(model, cand, holdout, VerifySettings(output_gates={"y": {**gates["y"], "min_agreement": 0.5}, "probs": "top1"}), emulate=True)
+    assert loose["passed"] and loose["outputs"]["y"]["gate"] == "custom"
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        verify(model, cand, holdout, VerifySettings(output_gates={"y": {"gate": "custom", "metric": "no_such_module:f"}}), emulate=True)

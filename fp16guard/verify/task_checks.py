@@ -113,12 +113,16 @@ class TaskChecks:
 
 
 def check_gate_outputs(settings: VerifySettings, output_names: list[str]) -> None:
-    """Raise when ``settings.output_gates`` names an output the model does not have.
+    """Raise when ``settings.output_gates`` names an output the model does not have, or a gate
+    that cannot be built (a custom metric that does not import): before any work is done.
 
     Raises:
-        ConfigError: names the unknown outputs and lists the model's (exit status 2).
+        ConfigError: names the unknown outputs and lists the model's, or the gate (exit status 2).
     """
     from fp16guard.errors import ConfigError
+    from fp16guard.verify.metrics import Gate
+
+    Gate.from_settings(settings)
 
     unknown = sorted(set(settings.output_gates) - set(output_names))
     if unknown:

@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
     p.add_argument(
         "--gate", action="append", default=[], metavar="OUTPUT=KIND[:PARAM][@MIN]",
-        help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, with @MIN the fraction that must agree (default 1.0); e.g. --gate probs=top1 --gate mask=threshold:0.5@0.999",
+        help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, iou:T (a map cut at T), custom:MODULE:FACTORY (a Metric of yours), with @MIN the fraction that must agree or the smallest IoU (default 1.0); e.g. --gate probs=top1 --gate mask=iou:0.5@0.9",
     )
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
     p.add_argument("--allow-overlap", action="store_true", help="accept a holdout that shares files or contents with the calibration data (refused by default); the verdict then says 'not independent'")
@@ -92,15 +92,19 @@ def parse_gates(specs: list[str]) -> dict[str, dict]:
         kind, _, minimum = rest.partition("@")
         kind, _, param = kind.partition(":")
         try:
-            if not sep or not name or kind not in ("numeric", "top1", "topk", "threshold") or (param and kind not in ("topk", "threshold")):
+            if not sep or not name or kind not in ("numeric", "top1", "topk", "threshold", "iou", "custom") or (param and kind not in ("topk", "threshold", "iou", "custom")):
                 raise ValueError
             gate: dict = {"gate": kind}
-            if param:
+            if kind == "custom":
+                if not param:
+                    raise ValueError
+                gate["metric"] = param  # module:factory (its own colon survives the partition)
+            elif param:
                 gate["k" if kind == "topk" else "threshold"] = int(param) if kind == "topk" else float(param)
             if minimum:
                 gate["min_agreement"] = float(minimum)
         except ValueError:
-            raise ConfigError(f"--gate {spec!r} is not accepted; expected OUTPUT=KIND[:PARAM][@MIN] with KIND numeric, top1, topk[:K] or threshold[:T], e.g. probs=top1 or mask=threshold:0.5@0.99") from None
+            raise ConfigError(f"--gate {spec!r} is not accepted; expected OUTPUT=KIND[:PARAM][@MIN] with KIND numeric, top1, topk[:K], threshold[:T], iou[:T] or custom:MODULE:FACTORY, e.g. probs=top1, mask=iou:0.5@0.9 or y=custom:mypkg.gates:make") from None
         gates[name] = gate
     return gates
 
