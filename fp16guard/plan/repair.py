@@ -120,10 +120,13 @@ class _Search:
         self.steps.append(RepairStep(
             iteration=len(self.steps), fp32_nodes=len(check.fp32), passed=check.passed, worst_rel_error=check.worst_rel_error,
             nonfinite=check.nonfinite, reason=check.reason, seconds=check.seconds,
-            added=tuple({"name": p.name, "op_type": self.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why} for p in added),
+            added=tuple(self._added(p) for p in added),
             phase=phase, removed=tuple(removed), score=score, inflation=round(check.spread.inflation, 4), accepted=check.accepted,
             fp32_flops_share=self.share(check.fp32),
         ))
+
+    def _added(self, p: Pin) -> dict:
+        return {"name": p.name, "op_type": self.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why}
 
     def pin(self, p: Pin) -> None:
         node = self.nodes[p.name]
@@ -131,6 +134,45 @@ class _Search:
             name=p.name, op_type=node.op_type, inputs=tuple(i for i in node.input if i), outputs=tuple(o for o in node.output if o),
             reason=REPAIR_REASON, reasons=(REPAIR_REASON,), details=(p.why,), triggers=(p.trigger,),
         )
+
+    def grow(self, current: frozenset[str], last: Check, eligible: Sequence[str], forced16: set[str], shards: Sequence[ShardRef], gate: Gate) -> tuple[frozenset[str], Check, str, str]:
+        """Pin nodes by attribution from the failing set ``current`` (last checked: ``last``)
+        until a candidate is accepted or the budget is spent.
+
+        Returns:
+            ``(FP32 set, its check, outcome, message)``; outcome ``repaired``, ``budget_spent``,
+            ``stuck`` or ``fp32_fails`` (the message is set for all but ``repaired``).
+        """
+        # Outputs above the numeric tolerance, less the headroom, are the ones traced.
+        target = getattr(gate.default, "max_rel_error", 0.0) / last.spread.inflation
+        policy = AttributionGrowth(self.model, eligible, shards, self.checker.samples, self.checker.batch_size, target)
+        previous: Check | None = None
+        iteration = 0
+        while True:
+            left = [n for n in eligible if n not in current]
+            if not left:
+                if forced16:
+                    return current, last, "stuck", f"every other node is FP32 and the candidate still fails on calibration data ({last.reason}): the {len(forced16)} node(s) forced to FP16 (force_fp16_nodes) keep it from passing"
+                return current, last, "fp32_fails", (
+                    f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({last.reason}): "
+                    "the FP32 model does not reproduce itself on this data, so no plan can pass"
+                )
+            if iteration >= self.settings.repair_max_iterations or self.out_of_time():
+                spent = "iterations" if iteration >= self.settings.repair_max_iterations else "seconds"
+                return current, last, "budget_spent", f"still failing after {iteration} repair iteration(s) and {time.monotonic() - self.started:.0f} s (budget of {spent} spent): {last.reason}"
+            pins = policy.propose(set(current), last, previous, f"repair iteration {iteration + 1}")
+            # The pins belong to the step whose check failed (they were chosen from it).
+            self.steps[-1] = replace(self.steps[-1], added=tuple(self._added(p) for p in pins))
+            if not pins:
+                return current, last, "stuck", f"the remaining error could not be traced to any node left in FP16 ({last.reason}); {len(left)} node(s) stay FP16"
+            for p in pins:
+                self.pin(p)
+            current = current | {p.name for p in pins}
+            previous, last = last, self.checker.check(current)
+            iteration += 1
+            self.record("grow", last)
+            if last.accepted:
+                return current, last, "repaired", ""
 
     def shrink(self, fp32: frozenset[str], returnable: Sequence[str]) -> frozenset[str]:
         """Give ``returnable`` nodes of the accepted set ``fp32`` back to FP16 while accepted."""
@@ -141,7 +183,7 @@ class _Search:
             if chunk is None:
                 break
             trial = fp32 - set(chunk)
-            fresh = trial not in self.checker._memo
+            fresh = not self.checker.known(trial)
             check = self.checker.check(trial)
             if fresh:
                 tried += 1
@@ -205,7 +247,7 @@ def repair_plan(
         #    gate: when it passes, it is the plan.
         first = checker.check(fixed)
         s.record("all_fp16", first)
-        current, last, previous = fixed, first, None
+        current, last = fixed, first
         if first.passed:
             outcome = "unchanged" if rules == fixed else "all_fp16"
         else:
@@ -218,38 +260,7 @@ def repair_plan(
                 outcome = "unchanged"
             else:
                 # 3. Grow by attribution until accepted (passes with the margin unseen data need).
-                # Outputs above the numeric tolerance, less the headroom, are the ones traced.
-                target = getattr(gate.default, "max_rel_error", 0.0) / last.spread.inflation
-                grow = AttributionGrowth(model, eligible, shards, checker.samples, checker.batch_size, target)
-                iteration = 0
-                while True:
-                    if not [n for n in eligible if n not in current]:
-                        outcome = "stuck" if forced16 else "fp32_fails"
-                        message = (
-                            f"every other node is FP32 and the candidate still fails on calibration data ({last.reason}): the {len(forced16)} node(s) forced to FP16 (force_fp16_nodes) keep it from passing"
-                            if forced16 else
-                            f"every node that can be FP32 is FP32 and the candidate still fails on calibration data ({last.reason}): the FP32 model does not reproduce itself on this data, so no plan can pass"
-                        )
-                        break
-                    if iteration >= settings.repair_max_iterations or s.out_of_time():
-                        spent = "iterations" if iteration >= settings.repair_max_iterations else "seconds"
-                        message = f"still failing after {iteration} repair iteration(s) and {time.monotonic() - started:.0f} s (budget of {spent} spent): {last.reason}"
-                        break
-                    pins = grow.propose(set(current), last, previous, f"repair iteration {iteration + 1}")
-                    s.steps[-1] = replace(s.steps[-1], added=tuple({"name": p.name, "op_type": s.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why} for p in pins))
-                    if not pins:
-                        outcome = "stuck"
-                        message = f"the remaining error could not be traced to any node left in FP16 ({last.reason}); {len([n for n in eligible if n not in current])} node(s) stay FP16"
-                        break
-                    for p in pins:
-                        s.pin(p)
-                    current = current | {p.name for p in pins}
-                    previous, last = last, checker.check(current)
-                    iteration += 1
-                    s.record("grow", last)
-                    if last.accepted:
-                        outcome = "repaired"
-                        break
+                current, last, outcome, message = s.grow(current, last, eligible, forced16, shards, gate)
 
         # 4. Shrink: give back to FP16 what the data decided, while the candidate stays accepted.
         returnable = [n for n in current - floor if n in eligible_set]

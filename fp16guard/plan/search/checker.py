@@ -138,6 +138,10 @@ class CalibrationChecker:
             self._ref_runner.__exit__(*exc)
         self._ref = self._ref_runner = None
 
+    def known(self, fp32: frozenset[str] | set[str]) -> bool:
+        """True when ``fp32`` was checked already (checking it again costs nothing)."""
+        return frozenset(fp32) in self._memo
+
     def check(self, fp32: frozenset[str] | set[str]) -> Check:
         """Build and check the candidate that keeps ``fp32`` in FP32 (memoised)."""
         from fp16guard.graph.convert import to_mixed_precision
