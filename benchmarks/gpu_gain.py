@@ -78,19 +78,26 @@ def pack(result_json: str, out: str, models: list[str] | None = None, max_mb: fl
     for r in rows:
         src = Path(r["model_path"])
         art_dir = Path(r["artifact"]).parent
-        size = (src.stat().st_size + (art_dir / "sample.npz").stat().st_size) / 2**20
-        if total + size > max_mb:
+        if total + src.stat().st_size / 2**20 > max_mb:
             skipped.append(r["name"])
             continue
         d = dest / r["name"]
         d.mkdir()
         shutil.copy(src, d / "model.onnx")
         shutil.copy(art_dir / "plan.json", d / "plan.json")
-        shutil.copy(art_dir / "sample.npz", d / "sample.npz")
+        # one holdout shard, at most 4 samples along each input's batch axis, compressed
+        from fp16guard.io.model import input_specs, load_graph
+        from fp16guard.io.shards import batch_axes
+
+        axes = batch_axes(input_specs(load_graph(str(src))))
+        sample = dict(np.load(art_dir / "sample.npz"))
+        sample = {k: (np.take(v, np.arange(min(4, v.shape[axes[k]])), axis=axes[k]) if axes.get(k) is not None and v.ndim > axes[k] else v)
+                  for k, v in sample.items()}
+        np.savez_compressed(d / "sample.npz", **sample)
         (d / "meta.json").write_text(json.dumps({"name": r["name"], "kind": r["kind"], "fp32_nodes": r["fp32_nodes"], "nodes_total": r["nodes_total"],
                                                  "share_flops": (r.get("share") or {}).get("share_flops"), "holdout": (r.get("holdout") or {}).get("worst"),
                                                  "artifact_sha256": hashlib.sha256(Path(r["artifact"]).read_bytes()).hexdigest()}))
-        total += size
+        total += sum(f.stat().st_size for f in d.iterdir()) / 2**20
     (dest / "bundle.json").write_text(json.dumps({"source": result_json, "label": record.get("label"), "commit": record.get("commit"),
                                                  "when": record.get("when"), "skipped_for_size": skipped}, indent=1))
     print(f"packed {len(rows) - len(skipped)} models, {total:.1f} MiB into {dest}; skipped for size: {skipped}")
@@ -123,9 +130,10 @@ def _feeds_at(sample: dict, specs, batch: int) -> tuple[dict, int | None]:
 class _Timed:
     """One session with IOBinding; inputs rebound per batch."""
 
-    def __init__(self, model, providers):
+    def __init__(self, model, providers, device: str = "cuda"):
         import onnxruntime as ort
 
+        self.device = device
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         payload = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
@@ -144,9 +152,9 @@ class _Timed:
                 arr = arr.astype(np.float16)
             elif meta.type == "tensor(float)":
                 arr = arr.astype(np.float32)
-            b.bind_ortvalue_input(meta.name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), "cuda", 0))
+            b.bind_ortvalue_input(meta.name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self.device, 0))
         for meta in s.get_outputs():
-            b.bind_output(meta.name, "cuda")
+            b.bind_output(meta.name, self.device)
         self.binding = b
 
     def run(self, n: int) -> list[float]:
@@ -166,14 +174,17 @@ def _gain(t32: float, t16: float, tart: float) -> tuple[float | None, str]:
     return kept, f"{100 * kept:.0f}%"
 
 
-def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters: int = 20, models: list[str] | None = None) -> dict:
+def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters: int = 20, models: list[str] | None = None, cpu: bool = False) -> dict:
     import onnxruntime as ort
 
+    if (Path(bundle) / "code" / "fp16guard").is_dir():
+        sys.path.insert(0, str((Path(bundle) / "code").resolve()))  # the code that made the plans
     from fp16guard.graph.convert import to_mixed_precision
     from fp16guard.io.model import input_specs, load_graph, load_model
     from tasks.build import build_mixed_onnx_task
 
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = ["CPUExecutionProvider"] if cpu else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    device = "cpu" if cpu else "cuda"
     root = Path(bundle)
     import fp16guard
 
@@ -206,7 +217,8 @@ def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters:
             fp16 = to_mixed_precision(load_model(str(d / "model.onnx")), set(), check=False)
             specs = input_specs(load_graph(str(d / "model.onnx")))
             sample = dict(np.load(d / "sample.npz"))
-            builds = {"fp32": _Timed(str(d / "model.onnx"), providers), "fp16": _Timed(fp16, providers), "artifact": _Timed(built["path"], providers)}
+            builds = {"fp32": _Timed(str(d / "model.onnx"), providers, device), "fp16": _Timed(fp16, providers, device),
+                      "artifact": _Timed(built["path"], providers, device)}
             rec["providers"] = {k: v.providers[:1] for k, v in builds.items()}
             seen_batches = set()
             for batch in BATCHES:
@@ -294,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--warmup", type=int, default=15)
     t.add_argument("--rounds", type=int, default=5)
     t.add_argument("--iters", type=int, default=20)
+    t.add_argument("--cpu", action="store_true", help="dry run of the harness on the CPU provider (no GPU figure)")
     r = sub.add_parser("render")
     r.add_argument("result_json")
     r.add_argument("--out")
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pack":
         pack(args.result_json, args.out, args.models, args.max_mb, args.code)
     elif args.cmd == "time":
-        time_bundle(args.bundle, args.out, args.warmup, args.rounds, args.iters, args.models)
+        time_bundle(args.bundle, args.out, args.warmup, args.rounds, args.iters, args.models, args.cpu)
     else:
         print(render(args.result_json, args.out))
     return 0
