@@ -94,3 +94,76 @@ def test_small_real_model_verifies_with_default_settings(spec, tmp_path, monkeyp
         assert fig.get("nonfinite", 0) == 0, name
     # Not trivially all-FP32: some float node really runs in FP16.
     assert plan["counts"]["fp16"] > 0, plan["counts"]
+
+
+# ------------------------------------------------------------------ the benchmark harness itself
+
+
+def test_worst_error_never_reports_a_number_for_a_nonfinite_output():
+    from benchmarks.real_models.lib_run import worst_error
+
+    report = {"outputs": {"a": {"kind": "float", "max_rel_error": 0.001, "nonfinite": 0},
+                          "b": {"kind": "float", "max_rel_error": None, "nonfinite": 12}}}
+    worst = worst_error(report)
+    assert worst["value"] is None and "non-finite" in worst["text"] and worst["nonfinite"] == 12
+    report["outputs"]["b"] = {"kind": "float", "max_rel_error": float("nan"), "nonfinite": 0}
+    assert worst_error(report)["value"] is None
+    report["outputs"]["b"] = {"kind": "float", "max_rel_error": 0.004, "nonfinite": 0}
+    assert worst_error(report)["value"] == 0.004
+
+
+def test_flops_and_fp16_share_of_a_tiny_model():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from benchmarks.real_models.flops import artifact_share
+    from fp16guard.graph.convert import to_mixed_precision
+
+    w1 = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.ones((8 * 6 * 6, 4), np.float32), "w2")
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"), helper.make_node("MatMul", ["f", "w2"], ["y"], name="mm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w1, w2, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    conv = 2.0 * (2 * 8 * 6 * 6) * (3 * 3 * 3)
+    mm = 2.0 * (2 * 4) * (8 * 6 * 6)
+    share = artifact_share(model, to_mixed_precision(model, {"mm"}), feeds)
+    assert share.flops_total == conv + mm
+    assert share.flops_fp16 == conv and share.compute_nodes == 2 and share.compute_nodes_fp16 == 1
+    assert artifact_share(model, model, feeds).share_flops == 0.0
+
+
+def test_stability_compares_sets_by_cost():
+    from benchmarks.stability import compare_sets
+
+    flops = {"a": 90.0, "b": 10.0, "c": 0.0}
+    nbytes = {"a": 1.0, "b": 1.0, "c": 1.0}
+    pairs = compare_sets([{"a", "b"}, {"a"}, {"a", "c"}], flops, nbytes)
+    by_pair = {tuple(p["pair"]): p for p in pairs}
+    assert by_pair[(1, 2)]["differ_share_of_union_cost"] == 0.1
+    assert by_pair[(2, 3)]["differ_share_of_union_cost"] == 0.0  # differ only in a node without FLOPs
+    assert by_pair[(1, 3)]["differ_nodes"] == 2
+
+
+def test_library_runner_records_one_small_real_model(tmp_path, monkeypatch):
+    from benchmarks.real_models import media
+    from benchmarks.real_models.fetch import FetchError, cache_dir
+    from benchmarks.real_models.lib_run import run_model, spec_by_name
+
+    monkeypatch.setattr(media, "SPEECH_ENGINE", "formant")
+    spec = spec_by_name("silero-vad-v6-seq")
+    try:
+        rec = run_model(spec, cache_dir(), tmp_path / "out", seed=0)
+    except FetchError as exc:
+        pytest.skip(f"{spec.package}=={spec.version} not downloadable here (needs PyPI): {exc}")
+    assert rec["nodes_total"] > 0 and 0 <= rec["fp32_nodes"] <= rec["nodes_total"]
+    assert rec["holdout"]["passed"] is True and rec["holdout"]["worst"]["value"] is not None
+    assert 0.0 <= rec["share"]["share_flops"] <= 1.0 and rec["share"]["compute_nodes"] > 0
+    assert (tmp_path / "out" / "model.mixed.onnx").exists() and (tmp_path / "out" / "sample.npz").exists()
+    assert set(rec["seconds"]) >= {"stats", "plan", "build", "verify", "total"}
