@@ -216,7 +216,7 @@ def test_subgraph_reads_outer_tensor_through_fp32_cast():
         [_io("x", 4, 8), _io("cond", dtype=TensorProto.BOOL)],
         [_io("y", 4, 8)],
     )
-    mixed = to_mixed_precision(model, set())  # If stays FP32 whatever is asked
+    mixed = to_mixed_precision(model, {"branch"})  # the If kept FP32 by the plan
     branch = next(n for n in mixed.graph.node if n.name == "branch")
     assert branch.attribute[0].g.node[0].input[0] == "a__to_fp32"
     assert _types(mixed)["a"] == H

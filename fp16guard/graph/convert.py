@@ -45,10 +45,14 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from fp16guard.errors import ConfigError, ModelError
 from fp16guard.graph.info import (
     NameAllocator,
+    TypeInfo,
+    _defined_in,
     all_names,
     fp16_slots,
+    inferred_skeleton,
     opset_map,
     outer_refs,
+    propagate_by_schema,
     rename_outer_refs,
     subgraphs,
     tensor_types,
@@ -96,20 +100,82 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
     if unknown:
         raise ConfigError(f"plan names nodes {unknown[:5]} that are not in the model; expected names of main-graph nodes (was the plan made for another model?)")
     types = tensor_types(model)
-    opsets = opset_map(model)
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    graph = result.graph
-    alloc = NameAllocator(all_names(model))
+    env = _Env(model, opset_map(model), NameAllocator(all_names(model)))
+    _convert_graph(result.graph, types, env, set(fp32_nodes), env.main_twin, None)
+    if check and result.ByteSize() < PROTOBUF_LIMIT:
+        onnx.checker.check_model(result, full_check=True)
+    return result
 
+
+class _Env:
+    """What every (sub)graph conversion shares: opsets, the name allocator, and the inferred copy
+    of the model (computed only when a subgraph node runs in FP16: its bodies' types)."""
+
+    def __init__(self, model: onnx.ModelProto, opsets: dict[str, int], alloc: NameAllocator) -> None:
+        self.model, self.opsets, self.alloc = model, opsets, alloc
+        self._inferred: onnx.GraphProto | None = None
+
+    def main_twin(self) -> onnx.GraphProto:
+        if self._inferred is None:
+            self._inferred = inferred_skeleton(self.model).graph
+        return self._inferred
+
+
+def _body_types(sub: onnx.GraphProto, twin: onnx.GraphProto, outer: TypeInfo, opsets: dict[str, int]) -> TypeInfo:
+    """Element types visible in body ``sub``: the enclosing scope's (original) types, then the
+    body's own declarations and inferred annotations (``twin``), then the op schemas."""
+    info = TypeInfo(elem=dict(outer.elem), non_tensor=set(outer.non_tensor), value_info={})
+    for g in (twin, sub):
+        for vi in list(g.value_info) + list(g.input) + list(g.output):
+            which = vi.type.WhichOneof("value")
+            if which == "tensor_type" and vi.type.tensor_type.elem_type:
+                info.elem[vi.name] = vi.type.tensor_type.elem_type
+                info.non_tensor.discard(vi.name)
+            elif which is not None and which != "tensor_type":
+                info.non_tensor.add(vi.name)
+                info.elem.pop(vi.name, None)
+    for tensor in sub.initializer:
+        info.elem[tensor.name] = tensor.data_type
+    propagate_by_schema(sub, info.elem, info.non_tensor, opsets)
+    return info
+
+
+class _Scope:
+    """How a body reaches the graph around it: ``resolve(name, type)`` gives the name of an
+    enclosing tensor's version in that type (a Cast placed there, before the subgraph node, when
+    it is new); ``native(name)`` its type there now."""
+
+    def __init__(self, resolve, native) -> None:
+        self.resolve, self.native = resolve, native
+
+
+def _convert_graph(graph: onnx.GraphProto, types: TypeInfo, env: _Env, keep32: set[str] | None, twin, outer: _Scope | None) -> None:
+    """Convert one graph in place.
+
+    ``keep32`` is the plan's FP32 set for the main graph; None for the body of a subgraph node
+    that runs in FP16, where every node that can run in FP16 does and float body inputs and
+    outputs become FLOAT16; ``outer`` then gives the versions of the enclosing-scope tensors the
+    body reads. ``twin()`` returns the inferred copy of ``graph`` (same node order), for the
+    types inside FP16 bodies.
+    """
+    main = keep32 is not None
+    opsets, alloc = env.opsets, env.alloc
     slots = [fp16_slots(node, opsets, types) for node in graph.node]
-    is_fp16 = [s.status == "fp16" and node.name not in fp32_nodes for s, node in zip(slots, graph.node)]
+    is_fp16 = [s.status == "fp16" and (not main or node.name not in keep32) for s, node in zip(slots, graph.node)]
     produced: dict[str, int] = {}  # new type of every FLOAT tensor an FP16 node turns into FLOAT16
     for node, slot, fp16 in zip(graph.node, slots, is_fp16):
         if fp16:
             produced.update({node.output[k]: FLOAT16 for k in slot.outputs})
+    body_inputs16 = set() if main else {v.name for v in graph.input if types.is_float32(v.name)}
+    for name in body_inputs16:
+        produced[name] = FLOAT16
+    local = _defined_in(graph)
 
     def native(name: str) -> int:
+        if outer is not None and name not in local:
+            return outer.native(name)
         return produced.get(name, types.elem.get(name, 0))
 
     graph_inputs = {v.name for v in graph.input}
@@ -127,17 +193,22 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
                 wants.append((i, k, name, FLOAT if name in inits else native(name)))
             else:
                 wants.append((i, k, name, FLOAT))
-        for name in outer_refs(node):
+        for name in outer_refs(node) if not is_fp16[i] else []:
+            # An FP16 subgraph node's bodies ask for the versions they need when converted.
             if types.is_float32(name):
                 wants.append((i, None, name, FLOAT))
+    body_outputs16 = [] if main else [k for k, out in enumerate(graph.output) if types.is_float32(out.name)]
     for out in graph.output:
-        if out.type.tensor_type.elem_type == FLOAT:
+        if main and out.type.tensor_type.elem_type == FLOAT:
             wants.append((None, None, out.name, FLOAT))
+    for k in body_outputs16:
+        wants.append((None, None, graph.output[k].name, FLOAT16))
 
     versions: dict[str, dict[int, str]] = {}  # tensor -> {type: name of that version}
+    originals = {name: _copy(inits[name]) for name in inits if inits[name].data_type == FLOAT}
     _convert_initializers(graph, inits, wants, versions, alloc)
     renamed_outputs: dict[str, str] = {}
-    for out in graph.output:
+    for out in graph.output if main else []:
         if out.type.tensor_type.elem_type == FLOAT and produced.get(out.name) == FLOAT16 and out.name not in renamed_outputs:
             renamed_outputs[out.name] = alloc.new(f"{out.name}__fp16")
             versions[out.name] = {FLOAT16: renamed_outputs[out.name], FLOAT: out.name}
@@ -155,10 +226,21 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
             vi.type.tensor_type.elem_type = to
             new_value_info.append(vi)
 
+    duplicated: set[str] = set()  # FLOAT initializers that a body asked for in FLOAT16
+
     def resolve(name: str, want: int) -> str:
+        if outer is not None and name not in local:
+            return outer.resolve(name, want)
         have = versions.setdefault(name, {native(name): name})
+        if want not in have and name in originals:
+            # A body reads a weight in a type nothing here asked for: store that version too.
+            copy = to_fp16_tensor(originals[name]) if want == FLOAT16 else _copy(originals[name])
+            copy.name = alloc.new(f"{name}__{_SUFFIX[want]}")
+            graph.initializer.append(copy)
+            have[want] = copy.name
+            duplicated.add(name)
         if want not in have:
-            source = next(iter(have.values()))
+            source = have.get(FLOAT, next(iter(have.values())))
             target = alloc.new(f"{name}__to_{_SUFFIX[want]}")
             add_cast(source, target, want, name)
             have[want] = target
@@ -177,6 +259,10 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
                     outer_map[name] = source
             else:
                 node.input[k] = source
+        if is_fp16[i] and subgraphs(node):
+            twin_graph = twin()
+            twin_node = twin_graph.node[i] if len(twin_graph.node) == len(graph.node) else node
+            _convert_bodies(node, twin_node, types, env, _Scope(resolve, native))
         for sub in subgraphs(node) if outer_map else []:
             rename_outer_refs(sub, outer_map)
         if is_fp16[i]:
@@ -194,9 +280,22 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
                 fp16_vi.name = renamed_outputs[o]
                 fp16_vi.type.tensor_type.elem_type = FLOAT16
                 new_value_info.append(fp16_vi)
+    # A body's float inputs and outputs are FLOAT16 (the node's border is FP16 on both sides).
+    for value in graph.input:
+        if value.name in body_inputs16:
+            value.type.tensor_type.elem_type = FLOAT16
+    for k in body_outputs16:
+        out = graph.output[k]
+        out.name = resolve(out.name, FLOAT16)
+        out.type.tensor_type.elem_type = FLOAT16
 
     del graph.node[:]
     graph.node.extend(new_nodes)
+    if duplicated:
+        read = {o.name for o in graph.output} | {n for node in graph.node for n in list(node.input) + outer_refs(node)}
+        unread = [t for t in graph.initializer if t.name in duplicated and t.name not in read]
+        for tensor in unread:
+            graph.initializer.remove(tensor)
     # Exporters (torch dynamo, onnxscript) declare value_info for weights too: a weight converted
     # in place must be declared with its new type, or the ONNX checker sees FLOAT16 data behind a
     # FLOAT declaration (issue 20).
@@ -209,9 +308,33 @@ def to_mixed_precision(model: onnx.ModelProto, fp32_nodes: set[str], check: bool
         elif stored.get(vi.name) == FLOAT16 and vi.type.tensor_type.elem_type == FLOAT:
             vi.type.tensor_type.elem_type = FLOAT16
     graph.value_info.extend(new_value_info)
-    if check and result.ByteSize() < PROTOBUF_LIMIT:
-        onnx.checker.check_model(result, full_check=True)
-    return result
+
+
+def _convert_bodies(node: onnx.NodeProto, twin_node: onnx.NodeProto, outer: TypeInfo, env: _Env, scope: _Scope) -> None:
+    """Convert the bodies of FP16 subgraph node ``node`` (its twin in the inferred copy gives the
+    bodies' types): every body runs in FP16 where it can, reading enclosing tensors through
+    ``scope``."""
+    twins = {a.name: a for a in twin_node.attribute}
+    for attr in node.attribute:
+        twin = twins.get(attr.name)
+        if attr.type == AttributeProto.GRAPH:
+            pairs = [(attr.g, twin.g if twin is not None and twin.type == AttributeProto.GRAPH else attr.g)]
+        elif attr.type == AttributeProto.GRAPHS:
+            twin_graphs = list(twin.graphs) if twin is not None and len(twin.graphs) == len(attr.graphs) else list(attr.graphs)
+            pairs = list(zip(attr.graphs, twin_graphs))
+        else:
+            continue
+        for sub, sub_twin in pairs:
+            if len(sub_twin.node) != len(sub.node):
+                sub_twin = sub
+            body = _body_types(sub, sub_twin, outer, env.opsets)
+            _convert_graph(sub, body, env, None, lambda t=sub_twin: t, scope)
+
+
+def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    return copy
 
 
 def _convert_initializers(graph, inits, wants, versions, alloc) -> None:

@@ -306,8 +306,15 @@ def fp16_slots(node: onnx.NodeProto, opsets: dict[str, int], types: TypeInfo) ->
 
     Rules, in order (the first that applies decides):
 
-    1. ``has_subgraph``: If/Loop/Scan and other nodes with graph attributes stay FP32 (their
-       subgraphs are not instrumented, so nothing is known about their values).
+    1. Subgraph nodes (If/Loop/Scan, default domain) run in FP16 as a whole: ``fp16`` when they
+       touch a FLOAT tensor (at their border or captured from the enclosing scope), with every
+       FLOAT input and output as a slot (their type constraints allow float16; the bodies are
+       converted with them, :func:`fp16guard.graph.convert.to_mixed_precision`);
+       ``unknown_type`` when a border value or a body input/output is not a typed tensor;
+       ``no_float`` when no FLOAT tensor is in sight. The plan keeps them FP32 by default
+       (:mod:`fp16guard.plan.rules.structural`, ``has_subgraph``) because their bodies are not
+       measured; a passing calibration check overrules that (:mod:`fp16guard.plan.repair`).
+       A subgraph node outside the default domain is ``has_subgraph``.
     2. ``custom_domain``: nodes outside the default ONNX domain stay FP32 (no schema to say
        whether float16 is allowed; ``ai.onnx.ml`` included).
     3. ``unknown_type``: a node touching a value whose tensor type is unknown (sequence, map,
@@ -319,9 +326,11 @@ def fp16_slots(node: onnx.NodeProto, opsets: dict[str, int], types: TypeInfo) ->
        float16 at all. FLOAT slots with a literal type (``scales`` of Resize is
        ``tensor(float)``) stay FLOAT without blocking the node.
     """
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    if subgraphs(node) and domain in DEFAULT_DOMAINS:
+        return _subgraph_slots(node, types)
     if subgraphs(node):
         return Fp16Slots("has_subgraph", detail=f"{node.op_type} holds subgraphs, which are not instrumented")
-    domain = "" if node.domain == "ai.onnx" else node.domain
     if domain not in DEFAULT_DOMAINS:
         return Fp16Slots("custom_domain", detail=f"op {node.op_type} is in domain '{node.domain}', not the default ONNX domain")
     names = [n for n in list(node.input) + list(node.output) if n]
@@ -357,6 +366,23 @@ def fp16_slots(node: onnx.NodeProto, opsets: dict[str, int], types: TypeInfo) ->
     if not picked["in"] and not picked["out"]:
         return Fp16Slots("no_fp16_kernel", detail=f"no float input or output of {node.op_type} can be float16")
     return Fp16Slots("fp16", frozenset(picked["in"]), frozenset(picked["out"]))
+
+
+def _subgraph_slots(node: onnx.NodeProto, types: TypeInfo) -> Fp16Slots:
+    """:func:`fp16_slots` of a default-domain node holding subgraphs (see rule 1 there)."""
+    names = [n for n in list(node.input) + list(node.output) if n]
+    unknown = [n for n in names if n in types.non_tensor or n not in types.elem]
+    if unknown:
+        return Fp16Slots("unknown_type", detail=f"the tensor type of {unknown[0]!r} is unknown (sequence, optional or untyped)")
+    for sub in subgraphs(node):
+        for value in list(sub.input) + list(sub.output):
+            if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
+                return Fp16Slots("unknown_type", detail=f"{node.op_type} body {sub.name!r} declares {value.name!r} without a tensor element type")
+    if not any(types.is_float32(n) for n in names + outer_refs(node)):
+        return Fp16Slots("no_float")
+    inputs = frozenset(k for k, n in enumerate(node.input) if n and types.is_float32(n))
+    outputs = frozenset(k for k, n in enumerate(node.output) if n and types.is_float32(n))
+    return Fp16Slots("fp16", inputs, outputs)
 
 
 class NameAllocator:

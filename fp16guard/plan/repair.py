@@ -62,7 +62,7 @@ __all__ = [
 REPAIR_REASON = "repair_precision"
 #: Reasons the shrink phase can overrule: FP32 nodes whose every reason is here go back to FP16
 #: when the candidate is still accepted (an underflowing LayerNorm epsilon that changes nothing).
-RETURNABLE = frozenset({REPAIR_REASON, "initializer_underflow", "activation_underflow"})
+RETURNABLE = frozenset({REPAIR_REASON, "initializer_underflow", "activation_underflow", "has_subgraph"})
 #: Reasons that guard unseen data (values near FP16's range, masked non-finite values, integers
 #: past 2048): a passing all-FP16 build overrules them, the shrink phase does not. Any reason
 #: in neither set (structural, user-forced, weights FP16 cannot store) is never overruled.
