@@ -266,12 +266,24 @@ def test_subgraph_slots_and_plan_default():
     plan = _plan(model, [_shard_of(_x(0))])
     entry = next(e for e in plan.fp32_nodes if e.name == "if")
     assert entry.reason == "has_subgraph"
-    # An untyped body output: the node cannot be converted at all.
+    # Untyped body outputs (torch's If bodies): the node's own output gives the type; the
+    # conversion declares them FLOAT16.
+    untyped = onnx.ModelProto()
+    untyped.CopyFrom(model)
+    for attr in next(n for n in untyped.graph.node if n.name == "if").attribute:
+        attr.g.output[0].type.tensor_type.elem_type = 0
+    node = next(n for n in untyped.graph.node if n.name == "if")
+    assert fp16_slots(node, opsets, tensor_types(untyped)).status == "fp16"
+    mixed = to_mixed_precision(untyped, set())
+    assert {a.name: a.g.output[0].type.tensor_type.elem_type for a in next(n for n in mixed.graph.node if n.name == "if").attribute} == {"then_branch": H, "else_branch": H}
+    for seed in (0, 1, 2, 3):
+        _close(model, mixed, _x(seed), 2e-2)
+    # A body output that is not a tensor: the node cannot be converted at all.
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
-    g = next(n for n in broken.graph.node if n.name == "if").attribute[0].g
-    g.output[0].type.tensor_type.elem_type = 0
-    assert fp16_slots(next(n for n in broken.graph.node if n.name == "if"), opsets, tensor_types(broken)).status == "unknown_type"
+    node = next(n for n in broken.graph.node if n.name == "if")
+    node.attribute[0].g.output[0].type.CopyFrom(helper.make_sequence_type_proto(helper.make_tensor_type_proto(F, None)))
+    assert fp16_slots(node, opsets, tensor_types(broken)).status == "unknown_type"
 
 
 # --- emulation ------------------------------------------------------------------------------

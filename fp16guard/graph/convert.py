@@ -48,6 +48,7 @@ from fp16guard.graph.info import (
     TypeInfo,
     _defined_in,
     all_names,
+    body_border,
     fp16_slots,
     inferred_skeleton,
     opset_map,
@@ -123,9 +124,10 @@ class _Env:
         return self._inferred
 
 
-def _body_types(sub: onnx.GraphProto, twin: onnx.GraphProto, outer: TypeInfo, opsets: dict[str, int]) -> TypeInfo:
-    """Element types visible in body ``sub``: the enclosing scope's (original) types, then the
-    body's own declarations and inferred annotations (``twin``), then the op schemas."""
+def _body_types(node: onnx.NodeProto, sub: onnx.GraphProto, twin: onnx.GraphProto, outer: TypeInfo, opsets: dict[str, int]) -> TypeInfo:
+    """Element types visible in body ``sub`` of ``node``: the enclosing scope's (original) types,
+    then the body's own declarations and inferred annotations (``twin``), the node's border for
+    body inputs/outputs left untyped, then the op schemas."""
     info = TypeInfo(elem=dict(outer.elem), non_tensor=set(outer.non_tensor), value_info={})
     for g in (twin, sub):
         for vi in list(g.value_info) + list(g.input) + list(g.output):
@@ -138,6 +140,9 @@ def _body_types(sub: onnx.GraphProto, twin: onnx.GraphProto, outer: TypeInfo, op
                 info.elem.pop(vi.name, None)
     for tensor in sub.initializer:
         info.elem[tensor.name] = tensor.data_type
+    for name, bound in body_border(node, sub).items():
+        if name not in info.elem and name not in info.non_tensor and bound in outer.elem:
+            info.elem[name] = outer.elem[bound]
     propagate_by_schema(sub, info.elem, info.non_tensor, opsets)
     return info
 
@@ -327,7 +332,7 @@ def _convert_bodies(node: onnx.NodeProto, twin_node: onnx.NodeProto, outer: Type
         for sub, sub_twin in pairs:
             if len(sub_twin.node) != len(sub.node):
                 sub_twin = sub
-            body = _body_types(sub, sub_twin, outer, env.opsets)
+            body = _body_types(node, sub, sub_twin, outer, env.opsets)
             _convert_graph(sub, body, env, None, lambda t=sub_twin: t, scope)
 
 

@@ -368,6 +368,24 @@ def fp16_slots(node: onnx.NodeProto, opsets: dict[str, int], types: TypeInfo) ->
     return Fp16Slots("fp16", frozenset(picked["in"]), frozenset(picked["out"]))
 
 
+def body_border(node: onnx.NodeProto, sub: onnx.GraphProto) -> dict[str, str]:
+    """Body input/output name -> the name of the node's input/output it is bound to (same type):
+    If outputs; Loop carried inputs (from the third) and outputs (from the second); Scan inputs
+    and outputs one to one (opset 9+, where their counts match)."""
+    op, border = node.op_type, {}
+    if op == "If":
+        border.update({v.name: o for v, o in zip(sub.output, node.output) if o})
+    elif op == "Loop":
+        border.update({v.name: i for v, i in list(zip(sub.input, node.input))[2:] if i})
+        border.update({v.name: o for v, o in zip(list(sub.output)[1:], node.output) if o})
+    elif op == "Scan":
+        if len(sub.input) == len(node.input):
+            border.update({v.name: i for v, i in zip(sub.input, node.input) if i})
+        if len(sub.output) == len(node.output):
+            border.update({v.name: o for v, o in zip(sub.output, node.output) if o})
+    return border
+
+
 def _subgraph_slots(node: onnx.NodeProto, types: TypeInfo) -> Fp16Slots:
     """:func:`fp16_slots` of a default-domain node holding subgraphs (see rule 1 there)."""
     names = [n for n in list(node.input) + list(node.output) if n]
@@ -375,9 +393,16 @@ def _subgraph_slots(node: onnx.NodeProto, types: TypeInfo) -> Fp16Slots:
     if unknown:
         return Fp16Slots("unknown_type", detail=f"the tensor type of {unknown[0]!r} is unknown (sequence, optional or untyped)")
     for sub in subgraphs(node):
+        border = body_border(node, sub)
         for value in list(sub.input) + list(sub.output):
-            if value.type.WhichOneof("value") != "tensor_type" or not value.type.tensor_type.elem_type:
-                return Fp16Slots("unknown_type", detail=f"{node.op_type} body {sub.name!r} declares {value.name!r} without a tensor element type")
+            which = value.type.WhichOneof("value")
+            if which == "tensor_type" and value.type.tensor_type.elem_type:
+                continue
+            # Exporters leave body outputs untyped (torch's If bodies): the node's matching
+            # input or output gives the type.
+            if which in (None, "tensor_type") and border.get(value.name) in types.elem:
+                continue
+            return Fp16Slots("unknown_type", detail=f"{node.op_type} body {sub.name!r} declares {value.name!r} without a tensor element type")
     if not any(types.is_float32(n) for n in names + outer_refs(node)):
         return Fp16Slots("no_float")
     inputs = frozenset(k for k, n in enumerate(node.input) if n and types.is_float32(n))
