@@ -11,8 +11,19 @@ Contract of :func:`to_mixed_precision`:
   converted); node names unique (as :func:`fp16guard.io.model.load_model` makes them).
 * Returns a new model; the input model is not modified.
 * A node runs in FP16 when it is not in ``fp32_nodes`` and :func:`fp16guard.graph.info.fp16_slots`
-  allows it (subgraph holders, custom domains, untyped values and ops whose schema excludes
-  float16 stay FP32 whatever the caller asks). Shape/Size follow their producer's precision.
+  allows it (custom domains, untyped values and ops whose schema excludes float16 stay FP32
+  whatever the caller asks). Shape/Size follow their producer's precision.
+* **Subgraph nodes** (If/Loop/Scan) run in FP16 as a whole when not in ``fp32_nodes``: their float
+  inputs and outputs are FLOAT16 at the border (Casts outside as for any node), and each body is
+  converted by the same rules with every node that can run in FP16 in FP16 (nested subgraph
+  nodes included): float body inputs and outputs become FLOAT16 (so Loop-carried and Scan state
+  keep one type across iterations; a body output made by an FP32 node goes through a Cast),
+  body initializers and Constants read in FP16 are converted, and body nodes that cannot run in
+  FP16 stay FP32 with Casts around them inside the body. Enclosing-scope float tensors a body
+  reads are resolved in the enclosing graph in the type each body reader needs: a Cast placed
+  there before the subgraph node (``<tensor>__to_fp16``), or, for a FLOAT weight, an FP16 copy
+  ``<weight>__fp16`` (the FP32 original is dropped when nothing reads it any more); the body
+  reads the new name. The plan names main-graph nodes only: a body is FP16 or FP32 with its node.
 * Only FLOAT tensors change type; FLOAT16, BFLOAT16 and DOUBLE tensors are left alone. An FP16
   node's FLOAT slots bound to a type constraint become FLOAT16; slots with a literal
   ``tensor(float)`` type (Resize ``scales``) stay FLOAT.
@@ -30,7 +41,8 @@ Contract of :func:`to_mixed_precision`:
   produced by an FP16 node, that node's output becomes ``y__fp16`` and a Cast(to=FLOAT) named
   ``y__cast_to_fp32`` produces ``y``; FP16 consumers read ``y__fp16``, FP32 consumers ``y``.
   Every other node keeps its name and its output tensor names.
-* Subgraphs (kept FP32) that read an outer-scope tensor now in FLOAT16 read its FP32 Cast.
+* Subgraphs of FP32 nodes are left as they are; those that read an outer-scope tensor now in
+  FLOAT16 read its FP32 Cast.
 * ``value_info`` entries follow the new types (those declaring a converted weight included);
   Cast outputs get entries where shapes are known.
 * External data: tensors that are not converted keep their external references.

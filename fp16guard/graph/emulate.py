@@ -21,7 +21,10 @@ Contract of :func:`emulate_fp16_storage`:
   FLOAT (``<input>__fp32``) for its readers; a FLOAT16 graph output is the rounded FP16 tensor
   itself, and readers inside the graph read its FLOAT copy (``<output>__fp32``).
 * Subgraphs are processed the same way (their own inputs and outputs become FLOAT, as they are
-  not model I/O), with types from ONNX inference.
+  not model I/O), with types from ONNX inference: the bodies of a subgraph node that
+  :func:`~fp16guard.graph.convert.to_mixed_precision` ran in FP16 get every FLOAT16 tensor
+  rounded too (``tests/test_subgraph_fp16.py``). onnxruntime's weight fusions are emulated in
+  the main graph only (:mod:`fp16guard.graph.ort_fusions`), not inside bodies.
 * New names get ``_2``, ``_3``... if taken. The result is checked with
   ``onnx.checker.check_model(full_check=True)`` (skipped above 2 GB).
 """
