@@ -51,6 +51,30 @@ def shard_location(ref: ShardRef) -> str:
     return loc if ref.index is None else f"{loc}#{ref.index}"
 
 
+def holdout_overlap(calib: list[dict], holdout: list[dict]):
+    """Holdout shards that are calibration shards too, from discovered shards (:func:`discover`):
+    the same place (file and feed index) or the same content digest, as
+    :func:`fp16guard.preflight.check_independent` judges them, without reading the files again.
+
+    Returns:
+        :class:`fp16guard.preflight.Overlap` (empty when the holdout is independent).
+    """
+    from fp16guard.preflight import Overlap
+
+    by_place = {shard_location(c["shard"]): c["shard"].name for c in calib}
+    by_digest: dict[str, str] = {}
+    for c in calib:
+        by_digest.setdefault(c["sha256"], c["shard"].name)
+    pairs = []
+    for h in holdout:
+        same = by_place.get(shard_location(h["shard"]))
+        if same is not None:
+            pairs.append((h["shard"].name, same, "same file"))
+        elif h["sha256"] in by_digest:
+            pairs.append((h["shard"].name, by_digest[h["sha256"]], "same content"))
+    return Overlap(tuple(pairs))
+
+
 def calib_records(shards: list[dict]) -> list[dict]:
     """``{"shard", "location", "sha256"}`` per discovered shard, for lineage records."""
     return [{"shard": s["shard"].name, "location": shard_location(s["shard"]), "sha256": s["sha256"]} for s in shards]

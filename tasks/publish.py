@@ -9,7 +9,7 @@ from prefect import task
 from fp16guard.io import atomic
 from fp16guard.records import Manifest, VerificationReport, write_json
 from fp16guard.settings import RunParameters
-from tasks.inputs import calib_records
+from tasks.inputs import calib_records, holdout_overlap
 
 
 @task(name="stage-run")
@@ -63,9 +63,10 @@ def publish_run_task(
 
     Returns:
         ``{"run_id", "run_dir", "passed", "status", "released", "release_reason", "reason",
-        "headline", "fp32_nodes", "nodes_total", "fp16_share", "speed_verdict", "release_gate",
+        "headline", "independent", "fp32_nodes", "nodes_total", "fp16_share", "speed_verdict", "release_gate",
         "worst_rel_error", "speed", "repair", "repair_summary", "report"}`` (``headline``: the verdict's
-        first line, :func:`fp16guard.report.verdict.headline`; ``fp16_share``:
+        first line, :func:`fp16guard.report.verdict.headline`, which ends with ``(not independent: ...)``
+        when the holdout overlaps the calibration data; ``independent``: False then; ``fp16_share``:
         :meth:`fp16guard.plan.cost.FP16Share.to_dict`, None when not estimated; ``speed_verdict``:
         :func:`fp16guard.report.verdict.speed_verdict`; ``release_gate``:
         :meth:`fp16guard.store.gate.GateDecision.to_dict`, None for a rejected run; ``speed``:
@@ -87,7 +88,10 @@ def publish_run_task(
     share = fp16_share_record(params.model, plan, calib[0]["shard"] if calib else None)
     speed = speed_verdict(profile)
     gate = release_gate(share, speed, params.release.min_fp16_share, params.release.min_speedup)
-    verdict = headline(passed, verification.get("reason"), share, speed)
+    # A holdout that overlaps the calibration data (allowed with --allow-overlap) is said in the
+    # verdict's first line, so every view of the run says it.
+    independent = not holdout_overlap(calib, holdout)
+    verdict = headline(passed, verification.get("reason"), share, speed, independent=independent)
     calibration = [
         {**rec, "computed_by": r["computed_by"], "computed_at": r["computed_at"]} for rec, r in zip(calib_records(calib), shard_results)
     ]
@@ -137,6 +141,7 @@ def publish_run_task(
         "release_reason": release_reason,
         "reason": verification.get("reason"),
         "headline": verdict,
+        "independent": independent,
         "fp32_nodes": len(plan.get("fp32_nodes", [])),
         "nodes_total": (plan.get("counts") or {}).get("nodes") or (share or {}).get("nodes_total"),
         "fp16_share": share,

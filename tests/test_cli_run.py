@@ -51,7 +51,8 @@ def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     summary = json.loads(out.strip().splitlines()[-1])
-    assert summary["passed"] is True
+    assert summary["passed"] is True and summary["independent"] is True
+    assert "not independent" not in summary["headline"]
     assert (Path(summary["run_dir"]) / "model.mixed.onnx").is_file()
     # How the FP32 set was found: the repair outcome in the JSON and the manifest's plan summary.
     manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
@@ -98,6 +99,27 @@ def test_verification_failure_exits_1(prefect_api_url, demo_files, tmp_path, cap
     run_dir = Path(summary["run_dir"])
     assert json.loads((run_dir / "status.json").read_text())["status"] == "rejected"
     assert json.loads((run_dir / "verification.json").read_text())["passed"] is False
+
+
+def test_allowed_overlap_says_not_independent(prefect_api_url, demo_files, tmp_path, capsys):
+    """--allow-overlap with the calibration data as holdout: the run goes ahead, and its verdict
+    (the summary's first line, the JSON and the manifest) says the holdout is not independent,
+    whether it verifies or not (the demo's plan, checked on a calibration slice, need not meet the
+    default gate on every calibration sample)."""
+    from fp16guard.preflight import NOT_INDEPENDENT
+
+    store = tmp_path / "store"
+    args = ["run", demo_files["model"], "--calib", demo_files["calib"], "--holdout", demo_files["calib"], "--name", "demo",
+            "--model-version", "1", "--store", str(store), "--no-profile", "--json"]
+    code = main([*args, "--allow-overlap"])
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == (0 if summary["passed"] else 1), out
+    first = [line for line in out.splitlines() if line.strip() and not line.startswith("flow run:")][0]
+    assert first.startswith("VERIFIED" if summary["passed"] else "REJECTED: ") and first.endswith(f"({NOT_INDEPENDENT})"), out
+    assert summary["independent"] is False and summary["headline"] == first
+    manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
+    assert NOT_INDEPENDENT in manifest["verdict"]
 
 
 def _write_npz(path: Path, **arrays) -> Path:
@@ -178,8 +200,9 @@ def test_nan_in_fp32_activation_found_in_flow(prefect_api_url, tmp_path):
 
     model = _overflowing_fp32_model(tmp_path / "inf.onnx")
     shard = _write_npz(tmp_path / "x.npz", x=np.ones((3, 4), np.float32))
+    holdout = _write_npz(tmp_path / "h.npz", x=np.full((3, 4), 0.5, np.float32))  # independent of the calibration data
     store = tmp_path / "store"
-    proc = run_cli(["run", str(model), "--calib", str(shard), "--holdout", str(shard), "--name", "m", "--model-version", "1", "--store", str(store)], api_url=prefect_api_url)
+    proc = run_cli(["run", str(model), "--calib", str(shard), "--holdout", str(holdout), "--name", "m", "--model-version", "1", "--store", str(store)], api_url=prefect_api_url)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -45,6 +45,32 @@ def test_headline_warns_on_low_share_and_on_the_fp32_model():
     assert headline(True) == "VERIFIED: artifact matches FP32 within tolerance"  # no share estimated: nothing claimed
 
 
+def test_headline_says_not_independent_when_the_holdout_overlaps():
+    from fp16guard.preflight import NOT_INDEPENDENT
+
+    assert headline(True, None, SHARE_HIGH, independent=False) == f"VERIFIED: artifact matches FP32 within tolerance ({NOT_INDEPENDENT})"
+    assert headline(True, None, SHARE_LOW, independent=False).endswith(f"this is nearly the FP32 model ({NOT_INDEPENDENT})")
+    assert headline(False, "output 'y' max rel error 0.3 > 0.02", independent=False) == f"REJECTED: output 'y' max rel error 0.3 > 0.02 ({NOT_INDEPENDENT})"
+    assert "not independent" not in headline(True, None, SHARE_HIGH)
+
+
+def test_overlap_of_discovered_shards_same_file_and_same_content(tmp_path):
+    import numpy as np
+
+    from fp16guard.io.shards import discover_shards, shard_digest
+    from tasks.inputs import holdout_overlap
+
+    def shards(*paths):
+        return [{"shard": ref, "sha256": shard_digest(ref)} for ref in discover_shards([str(p) for p in paths], "test")]
+
+    for name, value in (("a", 1.0), ("copy", 1.0), ("b", 2.0)):
+        np.savez(tmp_path / f"{name}.npz", x=np.full((2, 3), value, np.float32))
+    calib = shards(tmp_path / "a.npz")
+    assert not holdout_overlap(calib, shards(tmp_path / "b.npz"))
+    assert holdout_overlap(calib, shards(tmp_path / "a.npz")).pairs == ((str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "same file"),)
+    assert [how for *_, how in holdout_overlap(calib, shards(tmp_path / "copy.npz", tmp_path / "b.npz")).pairs] == ["same content"]
+
+
 def test_speed_verdict_gain_kept_slower_artifact_and_fp16_not_worth_it():
     good = speed_verdict(_profile(20.0, 12.0, 10.0))
     assert good["judged"] and not good["warning"] and good["batch"] == 16  # the largest batch is judged

@@ -92,7 +92,7 @@ def speed_verdict(profile: Mapping | None) -> dict:
     }
 
 
-def headline(passed: bool, reason: str | None = None, share: Mapping | None = None, speed: Mapping | None = None) -> str:
+def headline(passed: bool, reason: str | None = None, share: Mapping | None = None, speed: Mapping | None = None, independent: bool = True) -> str:
     """The first line of a run's verdict.
 
     Examples: ``VERIFIED: artifact matches FP32 within tolerance``; ``VERIFIED — but only 3% of
@@ -105,7 +105,19 @@ def headline(passed: bool, reason: str | None = None, share: Mapping | None = No
         reason: why it failed (ignored when it passed).
         share: :meth:`fp16guard.plan.cost.FP16Share.to_dict`, or None when not estimated.
         speed: :func:`speed_verdict`, or None.
+        independent: False when the holdout overlapped the calibration data (allowed with
+            ``--allow-overlap``); the line then ends with ``(not independent: ...)``
+            (:data:`fp16guard.preflight.NOT_INDEPENDENT`).
     """
+    text = _headline(passed, reason, share, speed)
+    if not independent:
+        from fp16guard.preflight import NOT_INDEPENDENT
+
+        text += f" ({NOT_INDEPENDENT})"
+    return text
+
+
+def _headline(passed: bool, reason: str | None, share: Mapping | None, speed: Mapping | None) -> str:
     if not passed:
         return f"REJECTED: {reason or 'verification failed'}"
     warnings = []
