@@ -6,7 +6,7 @@ Every computation is a task in ``tasks/`` over a pure function of the ``fp16guar
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fp16guard.errors import VerificationFailed
@@ -18,7 +18,8 @@ from tasks.lineage import run_context_task
 from tasks.plan import plan_task
 from tasks.profile import profile_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
-from tasks.stats import STATS_MODULES, reduce_stats_task, shard_stats_task
+from tasks.runners import describe, stats_runner
+from tasks.stats import STATS_MODULES, reduce_stats_task, shard_group_stats_task, shard_groups_task
 from tasks.ui import emit_release_asset, publish_ui_task
 from tasks.verify import verify_task
 
@@ -28,6 +29,84 @@ def verify_code(backend: str) -> str:
     the run's ``backend`` can import (found from the registry and the import closure, never a
     hand-kept list, which missed the TensorRT backend's modules: issue 20)."""
     return task_code_digest("tasks.verify", backend)
+
+
+def statistics_pass(params: RunParameters, store_url: str, model_sha256: str, calib: list[dict], providers: list[str]) -> list[dict]:
+    """Statistics of every calibration shard, one result per shard in input order.
+
+    Shards go in groups (``params.execution``: samples / bytes per group, at least one group per
+    worker) to :func:`tasks.stats.shard_group_stats_task` on the runner chosen at run time
+    (:func:`tasks.runners.stats_runner`: threads or Dask); each shard is cached on its own
+    content, so neither the runner nor the grouping changes a result. The CLI's progress bar
+    counts shards (from the worker threads as they finish; from Dask workers as groups return);
+    the UI shows a progress artifact updated as groups return.
+    """
+    from fp16guard.progress import Progress
+
+    execution = params.execution
+    choice = stats_runner(execution)
+    code = code_digest(*STATS_MODULES)
+    shards = [c["shard"] for c in calib]
+    artifact = _progress_artifact(len(shards))
+    with choice.runner as runner:
+        workers = choice.workers or _cluster_workers(runner)
+        groups = shard_groups_task(params.model, shards, execution.group_samples, execution.group_bytes, max(1, workers))
+        get_run_logger().info("statistics: %d shards in %d groups; %s", len(shards), len(groups), describe(choice, execution))
+        with Progress(len(shards), "calibration shards") as progress, progress.channel() as channel:
+            futures = [
+                runner.submit(
+                    shard_group_stats_task,
+                    parameters={
+                        "store_url": store_url,
+                        "model_path": params.model,
+                        "model_sha256": model_sha256,
+                        "shards": [shards[i] for i in group],
+                        "shard_sha256": [calib[i]["sha256"] for i in group],
+                        "code": code,
+                        "batch_size": params.batch_size,
+                        "providers": providers,
+                        "label": f"shards {group[0] + 1}-{group[-1] + 1} of {len(shards)}",
+                        "progress": channel,
+                        "threads": choice.threads,
+                    },
+                )
+                for group in groups
+            ]
+            shard_results: list[dict] = []
+            for future in futures:
+                part = future.result()
+                progress.advance_many(sum(1 for r in part if not r.get("reported")), part[-1]["shard"] if part else "")
+                shard_results.extend({k: v for k, v in r.items() if k not in ("reported", "cached")} for r in part)
+                _update_artifact(artifact, progress.done, len(shards))
+    return shard_results
+
+
+def _cluster_workers(runner) -> int:
+    """Worker threads of the Dask cluster a runner is connected to (1 when it cannot say)."""
+    try:
+        return max(1, sum(runner.client.nthreads().values()))
+    except Exception:  # noqa: BLE001 — only sizes groups
+        return 1
+
+
+def _progress_artifact(total: int):
+    try:
+        from prefect.artifacts import create_progress_artifact
+
+        return create_progress_artifact(progress=0.0, description=f"calibration shards measured (of {total})")
+    except Exception:  # noqa: BLE001 — the UI display never stops a run
+        return None
+
+
+def _update_artifact(artifact_id, done: int, total: int) -> None:
+    if artifact_id is None:
+        return
+    try:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id=artifact_id, progress=100.0 * done / max(1, total))
+    except Exception:  # noqa: BLE001
+        pass
 
 
 # One worker: shards run one after another so a worker holds one ORT session (or one GPU
@@ -48,7 +127,6 @@ def calibrate(params: RunParameters) -> dict:
     """
     from fp16guard.backends.device import device_name
     from fp16guard.backends.registry import get_backend
-    from fp16guard.progress import Progress
     from fp16guard.store.runs import open_store
 
     store = open_store(params.store)
@@ -62,21 +140,7 @@ def calibrate(params: RunParameters) -> dict:
     holdout = discover(params.holdout, "holdout")
     staged = stage_run_task(store.url, params.name, params.version)
     try:
-        shard_task = shard_stats_task.with_options(**cached(store.url, "stats", exclude=["model_path", "shard", "batch_size", "providers"]))
-        futures = shard_task.map(
-            model_path=unmapped(params.model),
-            model_sha256=unmapped(model["sha256"]),
-            shard=[c["shard"] for c in calib],
-            shard_sha256=[c["sha256"] for c in calib],
-            code=unmapped(code_digest(*STATS_MODULES)),
-            batch_size=unmapped(params.batch_size),
-            providers=unmapped(providers),
-        )
-        with Progress(len(futures), "calibration shards") as progress:
-            shard_results = []
-            for future in futures:
-                shard_results.append(future.result())
-                progress.advance(shard_results[-1]["shard"])
+        shard_results = statistics_pass(params, store.url, model["sha256"], calib, providers)
         files = reduce_stats_task(shard_results, staged["dir"])
         # Repair checks the plan on calibration data with the run's gate; holdout stays independent.
         plan = plan_task(params.model, files["stats"], params.plan, staged["dir"], [c["shard"] for c in calib], params.verify, params.batch_size)

@@ -477,3 +477,69 @@ def _imports_of(name: str) -> list[str]:
             # ``from pkg import mod`` may name a submodule rather than an attribute.
             found.extend(f"{module}.{alias.name}" for alias in node.names if alias.name != "*")
     return [f for f in found if f]
+
+
+# ---------------------------------------------------------------------------------- per-entry access
+class TaskCache:
+    """The cache of a task declared with :func:`cached`, read and written entry by entry from
+    *another* task (issue 18: a task that measures a group of shards caches each shard on its own).
+
+    The key of an entry is computed by the very policy ``task.with_options(**cached(...))`` would
+    use (its inputs minus ``exclude``, plus the task's source), and entries are read and written
+    through Prefect's own ``ResultStore`` over the same verified records, payload storage,
+    serializer and lease locks; so an entry written here is a hit for the task itself and the
+    other way round, a tampered or torn entry is a miss, and two runs that miss the same entry at
+    once compute it once.
+
+    Args:
+        store_url: the store root (as for :func:`cached`).
+        name: the cache name (e.g. "stats").
+        task: the task whose cache this is (its source is part of every key).
+        exclude: argument names left out of the key, exactly as the task is declared with.
+    """
+
+    def __init__(self, store_url: str, name: str, task, exclude: list[str]) -> None:
+        from prefect.results import ResultStore
+
+        options = cached(store_url, name, exclude)
+        self.task = task.with_options(**options)
+        self.policy = options["cache_policy"]
+        self.store = ResultStore(cache_result_in_memory=False).update_for_task(self.task)
+        self.name = name
+
+    def key(self, inputs: dict[str, Any]) -> str:
+        """The cache key of a call of the task with ``inputs`` (every argument, by name, as the
+        task would be called; excluded ones may be left out)."""
+        from types import SimpleNamespace
+
+        key = self.policy.compute_key(task_ctx=SimpleNamespace(task=self.task), inputs=dict(inputs), flow_parameters={})
+        if key is None:
+            raise ValueError(f"no cache key for {self.name}: the policy gave none")
+        return key
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` when the entry is present and sound, else ``(False, None)``. Waits
+        (bounded, see :class:`LeaseLockManager`) while a live holder computes it."""
+        try:
+            return True, self.store.read(key).result
+        except Exception:  # noqa: BLE001 — absent, refused (logged by the records) or unreadable: a miss
+            return False, None
+
+    def compute(self, key: str, make):
+        """The entry's value: read it if present, else ``make()`` under the entry's lock, written
+        to the cache (a value the serializer refuses is returned uncached, as the task would)."""
+        holder = self.store.generate_default_holder()
+        self.store.acquire_lock(key, holder=holder)
+        try:
+            if self.store.exists(key):
+                found, value = self.get(key)
+                if found:
+                    return value
+            value = make()
+            try:
+                self.store.write(value, key=key, holder=holder)
+            except SerializationError as exc:
+                _report(f"fp16guard: {self.name} cache entry not written ({exc})")
+            return value
+        finally:
+            self.store.release_lock(key, holder=holder)

@@ -6,12 +6,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from fp16guard.io.shards import ShardRef
 
 #: Library modules whose code determines a shard's statistics (part of the cache key).
 STATS_MODULES = ("fp16guard.graph.instrument", "fp16guard.stats.collect", "fp16guard.io.lazy_weights", "fp16guard.io.shards", "fp16guard.io.model")
+#: Arguments of :func:`shard_stats_task` left out of its cache key (they do not change the result).
+STATS_CACHE_EXCLUDE = ["model_path", "shard", "batch_size", "providers"]
 
 
 @task(name="shard-stats", task_run_name="stats {shard.name}", tags=["fp16guard-gpu"])
@@ -43,6 +46,99 @@ def shard_stats_task(
         "computed_by": flow_run.get_id(),
         "computed_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+@task(name="shard-groups")
+def shard_groups_task(model_path: str, shards: list[ShardRef], group_samples: int | None = None, group_bytes: int | None = None, min_groups: int = 1) -> list[list[int]]:
+    """Split the calibration shards into groups for :func:`shard_group_stats_task`
+    (:func:`fp16guard.stats.groups.plan_groups`; sizes from array headers, nothing loaded).
+
+    Returns:
+        Lists of indices into ``shards``, in order.
+    """
+    from fp16guard.io.lazy_weights import load_graph_only
+    from fp16guard.io.model import input_specs, normalize_model
+    from fp16guard.stats.groups import plan_groups, shard_size
+
+    try:
+        specs = input_specs(normalize_model(load_graph_only(model_path)))
+    except Exception:  # noqa: BLE001 — the statistics task reports a bad model in full
+        specs = None
+    return plan_groups([shard_size(ref, specs) for ref in shards], group_samples, group_bytes, min_groups)
+
+
+@task(name="shard-group-stats", task_run_name="stats {label}", tags=["fp16guard-gpu"], cache_policy=NO_CACHE, persist_result=False)
+def shard_group_stats_task(
+    store_url: str,
+    model_path: str,
+    model_sha256: str,
+    shards: list[ShardRef],
+    shard_sha256: list[str],
+    code: str,
+    batch_size: int | None = None,
+    providers: list[str] | None = None,
+    label: str = "",
+    progress: str | None = None,
+    threads: int = 0,
+) -> list[dict]:
+    """Statistics of a group of shards with one onnxruntime session, each shard cached on its own.
+
+    Each shard is looked up in the ``stats`` cache by the key :func:`shard_stats_task` would use
+    (:class:`tasks.caching.TaskCache`: model and shard content digests, ``code``, the task's
+    source), so entries are shared with that task and across groupings; only the misses are
+    measured, one after another in one :class:`~fp16guard.stats.collect.StatsSession` (opened
+    only when something is missing), each under its entry's lock and written back to the cache.
+
+    Args:
+        store_url: the store whose ``.cache/stats`` holds the entries.
+        progress: a :func:`fp16guard.progress.report` channel; each finished shard is reported
+            to it when the flow listens in this process (threads), else the flow counts the group
+            when it returns (other processes, e.g. Dask workers).
+        threads: onnxruntime intra-op threads (0: onnxruntime's choice; a local Dask cluster
+            gives each worker its share of the cores).
+
+    Returns:
+        One dict per shard, in order, as :func:`shard_stats_task` returns it, plus
+        ``"reported"`` (the shard was counted on ``progress`` already) and ``"cached"``.
+    """
+    from contextlib import ExitStack
+
+    from fp16guard.progress import report
+    from fp16guard.stats.collect import StatsSession
+    from tasks.caching import TaskCache
+
+    if len(shards) != len(shard_sha256):
+        raise ValueError(f"{len(shards)} shards but {len(shard_sha256)} digests")
+    cache = TaskCache(store_url, "stats", shard_stats_task, STATS_CACHE_EXCLUDE)
+    keys = [
+        cache.key({"model_sha256": model_sha256, "shard_sha256": digest, "code": code})
+        for digest in shard_sha256
+    ]
+    results: list[dict | None] = [None] * len(shards)
+    for i, key in enumerate(keys):
+        found, value = cache.get(key)
+        if found:
+            results[i] = {**value, "shard": shards[i].name, "cached": True, "reported": report(progress, shards[i].name)}
+    with ExitStack() as stack:
+        session = None
+        for i, ref in enumerate(shards):
+            if results[i] is not None:
+                continue
+            if session is None:
+                session = stack.enter_context(StatsSession(model_path, batch_size=batch_size, providers=providers, intra_op_threads=threads))
+
+            def measure(ref=ref, digest=shard_sha256[i], session=session) -> dict:
+                return {
+                    "shard": ref.name,
+                    "sha256": digest,
+                    "table": session.run(ref),
+                    "computed_by": flow_run.get_id(),
+                    "computed_at": datetime.now(timezone.utc).isoformat(),
+                }
+
+            value = cache.compute(keys[i], measure)
+            results[i] = {**value, "shard": ref.name, "cached": False, "reported": report(progress, ref.name)}
+    return results  # type: ignore[return-value]
 
 
 @task(name="reduce-stats")

@@ -83,18 +83,22 @@ class StatsSession:
         batch_size: samples per inference call when the model's batch is dynamic; default: the
             whole shard. A static batch in the model always wins (slices of that size).
         providers: onnxruntime execution providers; default CPU.
+        intra_op_threads: onnxruntime threads per operator of the per-shard session; 0 (default):
+            onnxruntime's choice (every core). Several sessions on one host (Dask workers) share
+            the cores instead of oversubscribing them. The statistics do not depend on it.
 
     Example:
         >>> with StatsSession("model.onnx") as session:
         ...     tables = [session.run(ref) for ref in shards]
     """
 
-    def __init__(self, model_path: str | os.PathLike, batch_size: int | None = None, providers: list[str] | None = None):
+    def __init__(self, model_path: str | os.PathLike, batch_size: int | None = None, providers: list[str] | None = None, intra_op_threads: int = 0):
         from fp16guard.io.lazy_weights import load_graph_only
 
         self.model_path = Path(model_path)
         self.batch_size = batch_size
         self.providers = providers
+        self.intra_op_threads = max(0, int(intra_op_threads))
         model = normalize_model(load_graph_only(self.model_path))
         self.specs = input_specs(model)
         self.tensors: list[TensorInfo] = float_tensors(model)
@@ -126,6 +130,7 @@ class StatsSession:
             # right after its producer (measured on VGG-19: inference 1.35x -> ~1.0x a plain pass).
             execution_order="priority_based",
             cpu_arena=False,  # the arena fragments around the many scalar outputs (runners.onnxrt)
+            intra_op_threads=self.intra_op_threads,
         )
         self._runner.activate()
         return self

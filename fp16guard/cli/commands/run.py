@@ -74,8 +74,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-overlap", action="store_true", help="accept a holdout that shares files or contents with the calibration data (refused by default); the verdict then says 'not independent'")
     p.add_argument("--min-fp16-share", type=float, default=0.0, metavar="F", help="release gate: do not release a verified run whose FP16 share of the estimated FLOPs is below F (0..1, e.g. 0.5; default 0: off)")
     p.add_argument("--min-speedup", type=float, default=None, metavar="X", help="release gate: do not release a verified run whose artifact is less than X times as fast as FP32 at the largest profiled batch (GPU profile only; without one it is not judged; default off)")
+    add_execution_arguments(p)
     add_run_arguments(p)
     p.set_defaults(func=main)
+
+
+def add_execution_arguments(p: argparse.ArgumentParser) -> None:
+    """Task runner and shard-group options (``RunParameters.execution``; results never depend on them)."""
+    g = p.add_argument_group("task runner")
+    g.add_argument("--task-runner", choices=("threads", "dask"), default="threads", help="threads (default): shard groups in this process; dask: on a Dask cluster (pip install 'fp16guard[dask]'), local or at --dask-address")
+    g.add_argument("--dask-address", metavar="ADDR", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster started for the run)")
+    g.add_argument("--workers", type=int, metavar="N", help="threads: shard groups at once (default 1); local Dask cluster: worker processes (default: CPUs, at most 4)")
+    g.add_argument("--group-samples", type=int, metavar="N", help="samples of calibration data per statistics task (default 256; each shard is still cached on its own)")
+    g.add_argument("--group-bytes", type=int, metavar="B", help="bytes of shard files per statistics task at most (default 256 MiB)")
 
 
 def parse_gates(specs: list[str]) -> dict[str, dict]:
@@ -143,6 +154,13 @@ def parameters_from_args(args: argparse.Namespace):
             "promote": args.promote,
             "allow_overlap": args.allow_overlap,
             "release": {"min_fp16_share": getattr(args, "min_fp16_share", 0.0), "min_speedup": getattr(args, "min_speedup", None)},
+            "execution": {
+                "task_runner": getattr(args, "task_runner", "threads") if not getattr(args, "dask_address", None) else "dask",
+                "dask_address": getattr(args, "dask_address", None),
+                "workers": getattr(args, "workers", None),
+                "group_samples": getattr(args, "group_samples", None),
+                "group_bytes": getattr(args, "group_bytes", None),
+            },
         },
     )
 
