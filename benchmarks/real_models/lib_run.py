@@ -136,8 +136,13 @@ def _search_record(plan: dict) -> dict:
     search = rec.get("search") or {}
     if isinstance(search, dict) and search.get("steps") is not None and isinstance(search.get("steps"), list):
         checks = max(checks if isinstance(checks, int) else 0, len(search["steps"]))
+    phases: dict[str, int] = {}
+    for s in steps:
+        if isinstance(s, dict) and s.get("phase"):
+            phases[s["phase"]] = phases.get(s["phase"], 0) + 1
     rec["summary"] = {"outcome": rep.get("outcome") or search.get("outcome"), "checks": checks, "message": rep.get("message") or search.get("message"),
-                      "trail": [s.get("fp32_nodes") for s in steps if isinstance(s, dict)]}
+                      "trail": [s.get("fp32_nodes") for s in steps if isinstance(s, dict)], "phases": phases,
+                      "stability": rep.get("stability"), "fp32_flops_share": rep.get("fp32_flops_share")}
     return rec
 
 
@@ -276,6 +281,14 @@ def _pct(v) -> str:
     return "—" if v is None else f"{100 * v:.0f}%" if v >= 0.995 or v < 0.005 else f"{100 * v:.1f}%"
 
 
+def _trail_text(trail: list, phases: dict) -> str:
+    if len(trail) <= 1:
+        return ""
+    shown = trail if len(trail) <= 8 else trail[:4] + ["…"] + trail[-2:]
+    ph = ", ".join(f"{k} {v}" for k, v in phases.items())
+    return f" ({ph}; FP32 nodes " + " → ".join(str(x) for x in shown) + ")" if ph else " (" + " → ".join(str(x) for x in shown) + ")"
+
+
 def row_cells(r: dict) -> dict:
     """The table's cells of one record."""
     if r.get("error"):
@@ -283,7 +296,7 @@ def row_cells(r: dict) -> dict:
     share = r.get("share") or {}
     hold = r.get("holdout") or {}
     a16 = r.get("all_fp16") or {}
-    s = (r.get("search") or {}).get("summary") or {}
+    s = _search_record({k: v for k, v in (r.get("search") or {}).items() if k != "summary"})["summary"]
     trail = s.get("trail") or []
     return {
         "model": r["name"],
@@ -296,7 +309,7 @@ def row_cells(r: dict) -> dict:
         "holdout": (hold.get("worst") or {}).get("text", "—"),
         "all_fp16": ("passes " if a16.get("passed") else "fails ") + (a16.get("worst") or {}).get("text", "—") if "worst" in a16 else a16.get("error", "—"),
         "seconds": f"{(r.get('seconds') or {}).get('total', 0):.0f}",
-        "search": f"{s.get('outcome')}, {s.get('checks')} checks" + (f" ({' → '.join(str(x) for x in trail)})" if len(trail) > 1 else ""),
+        "search": f"{s.get('outcome')}, {s.get('checks')} checks" + _trail_text(trail, s.get("phases") or {}),
     }
 
 

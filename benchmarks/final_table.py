@@ -1,0 +1,87 @@
+"""One table per issue 17's "Done when": a ``real_models.lib_run`` result joined with a
+``gpu_gain`` result (per model: FP32 nodes, FP16 share of FLOPs, gate, holdout error, seconds,
+GPU gain kept at batch 1 and 16).
+
+    .venv/bin/python -m benchmarks.final_table CPU.json [CPU2.json ...] --gpu GPU.json [--gpu GPU2.json] --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.real_models.lib_run import row_cells  # noqa: E402
+
+
+def _gpu_cells(m: dict | None) -> tuple[str, str, str]:
+    if not m:
+        return "not timed", "not timed", ""
+    if m.get("error"):
+        return f"error: {m['error'][:80]}", "", ""
+    cells, notes = {}, []
+    for row in m.get("batches") or []:
+        if row.get("same_as_previous"):
+            cells[row["batch"]] = "same as batch 1 (no batch axis / static batch)"
+            continue
+        speed = f"FP16 {row['fp16_speedup']:.2f}×, artifact {row['artifact_speedup']:.2f}×"
+        cells[row["batch"]] = f"{row['gain_text']} ({speed})"
+        if row.get("real_batch") is not None and row["real_batch"] != row["batch"]:
+            notes.append(f"batch {row['batch']} runs at {row['real_batch']}")
+    if m.get("artifact_matches_cpu_run") is False:
+        notes.append("artifact rebuilt on the GPU machine differs from the CPU run's")
+    return cells.get(1, "—"), cells.get(16, "—"), "; ".join(notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cpu", nargs="+")
+    p.add_argument("--gpu", action="append", default=[])
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    cpu_records = [json.loads(Path(c).read_text()) for c in args.cpu]
+    gpu = {}
+    gpu_heads = []
+    for g in args.gpu:
+        r = json.loads(Path(g).read_text())
+        gpu_heads.append(f"{r.get('device')}, onnxruntime-gpu {r.get('onnxruntime')} (`{g}`)")
+        for m in r["models"]:
+            gpu[m["name"]] = m
+    lines = ["# Real models with default settings — CPU verification and GPU gain kept", ""]
+    for rec in cpu_records:
+        lines.append(f"- CPU run: {rec['when']}, {rec['machine']}; commit {rec['commit']}; `{rec['command']}`")
+    for h in gpu_heads:
+        lines.append(f"- GPU timing: {h}")
+    lines += ["", "gain kept = (t_fp32 − t_artifact) / (t_fp32 − t_all-FP16), medians with IOBinding, FP32 at onnxruntime's default TF32;",
+              "given only where all-FP16 is ≥10% faster than FP32. Holdout error: worst max|cand − fp32| / max|fp32| over the outputs",
+              "(non-finite shown as such). Seconds: stats + plan/search + build + verify on the CPU machine above.", "",
+              "| model | FP32 nodes / total | FP16 share of FLOPs | gate | verdict | holdout error | seconds | gain kept, batch 1 | gain kept, batch 16 | search |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for rec in cpu_records:
+        for r in rec["results"]:
+            c = row_cells(r)
+            if "error" in c:
+                lines.append(f"| {c['model']} | harness/tool error: {c['error'][:150].replace('|', '/')} | | | | | | | | |")
+                continue
+            b1, b16, note = _gpu_cells(gpu.get(r["name"]))
+            if note:
+                notes.append(f"- {r['name']}: {note}")
+            gate = "numeric 0.02 / cos 0.999" if c["gate"].startswith("numeric: max rel. error ≤ 0.02, cosine ≥ 0.999") else c["gate"]
+            lines.append(f"| {c['model']} | {c['fp32']} | {c['share_flops']} | {gate} | {c['verdict']} | {c['holdout']} | {c['seconds']} | {b1} | {b16} | {c['search']} |")
+    if notes:
+        lines += ["", *notes]
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
