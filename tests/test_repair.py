@@ -157,7 +157,7 @@ def test_plan_task_repairs_with_the_runs_gate_and_writes_the_record(tmp_path):
     written = json.loads((tmp_path / "plan.json").read_text())
     assert written == plan and plan["repair"]["outcome"] == "repaired"
     assert {e["name"] for e in plan["fp32_nodes"]} == {"shift", "unshift"}
-    loose = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), pin, str(tmp_path), calib, VerifySettings(max_rel_error=0.5, min_cosine=0.5), None)
+    loose = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), pin, str(tmp_path), calib, VerifySettings(max_rel_error=1.0, min_cosine=0.0), None)
     assert loose["repair"]["outcome"] == "unchanged" and loose["fp32_nodes"] == []  # the user's gate decides
 
 

@@ -13,15 +13,17 @@ policies (:class:`~fp16guard.plan.search.grow.AttributionGrowth`,
 :class:`~fp16guard.plan.search.shrink.CostDdmin`), driven by the short loop below:
 
 1. **All-FP16 first.** Only what cannot or must not be FP16 stays FP32 (structural nodes,
-   user-forced ones, weights FP16 cannot store); that build is checked at the user's gate, and
-   when it passes it is the plan — a plan never costs more than the all-FP16 build plus the Casts
-   it needs. The rules' guards for unseen data (:data:`GUARDS`: values above the range threshold,
-   masked non-finite values, integer Casts past 2048) are overruled only here.
-2. **The rules' plan** (when it differs) is checked at the user's gate; when it passes, go to 4.
-3. **Grow** by attribution until a candidate is *accepted*: it passes the gate with the headroom
-   unseen data need, a statistical margin from how the error varies across calibration samples
-   (:mod:`fp16guard.plan.search.margin`; or the user's fixed ``repair_margin``). The batch pinned
-   per step grows only when the last step did not pay.
+   user-forced ones, weights FP16 cannot store); when that build is *accepted* it is the plan —
+   a plan never costs more than the all-FP16 build plus the Casts it needs. A candidate is
+   accepted when it passes the user's gate with the headroom unseen data need: its worst
+   calibration error times a statistical margin from how the error varies across calibration
+   samples (:mod:`fp16guard.plan.search.margin`: 1 where the error is even, up to 2 where one
+   sample dominates; or the user's fixed ``repair_margin``). The rules' guards for unseen data
+   (:data:`GUARDS`: values above the range threshold, masked non-finite values, integer Casts
+   past 2048) are overruled only here.
+2. **The rules' plan** (when it differs): accepted, go to 4.
+3. **Grow** by attribution until a candidate is accepted. The batch pinned per step grows only
+   when the last step did not pay.
 4. **Shrink**: give FP32 nodes that the data decided (:data:`RETURNABLE`: repair's pins,
    underflow pins) back to FP16,
    costliest first in halving chunks (:mod:`fp16guard.plan.search.shrink`), keeping each chunk
@@ -243,20 +245,20 @@ def repair_plan(
         floor = frozenset(n for n, r in reasons.items() if not r <= RETURNABLE)
         outcome, message = "budget_spent", ""
 
-        # 1. The all-FP16 build (only what cannot or must not be FP16 stays FP32) at the user's
-        #    gate: when it passes, it is the plan.
+        # 1. The all-FP16 build (only what cannot or must not be FP16 stays FP32): when it is
+        #    accepted, it is the plan.
         first = checker.check(fixed)
         s.record("all_fp16", first)
         current, last = fixed, first
-        if first.passed:
+        if first.accepted:
             outcome = "unchanged" if rules == fixed else "all_fp16"
         else:
-            # 2. The rules' plan at the user's gate.
+            # 2. The rules' plan.
             if rules != fixed:
                 last = checker.check(rules)
                 s.record("rules", last)
                 current = rules
-            if last.passed:
+            if last.accepted:
                 outcome = "unchanged"
             else:
                 # 3. Grow by attribution until accepted (passes with the margin unseen data need).
@@ -266,8 +268,8 @@ def repair_plan(
         returnable = [n for n in current - floor if n in eligible_set]
         returned: tuple[str, ...] = ()
         if outcome in ("repaired", "unchanged") and returnable and settings.shrink_max_checks > 0:
-            # Each trial must be accepted (the gate with headroom), even where the rules' plan
-            # itself passed only the bare gate: what goes back to FP16 must earn it.
+            # Each trial must be accepted too (the gate with headroom): what goes back to FP16
+            # must earn it.
             current = s.shrink(current, returnable)
             returned = tuple(n for n in returnable if n not in current)
             if returned and outcome == "unchanged":
