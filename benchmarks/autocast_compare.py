@@ -75,6 +75,12 @@ def merged_calibration(calib_dir: Path, model_path: Path, out: Path) -> str:
         return f"first shard only ({exc})"
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def precision_counts(original, built) -> dict:
     """Nodes of ``original`` that touch a float tensor, and how many of them ``built`` keeps FP32."""
     feeds = None
@@ -106,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--venv", default="/work/autocast-venv")
     p.add_argument("--label", default="")
+    p.add_argument("--reuse", action="store_true", help="reuse AutoCast's output from an earlier run on the same calibration file")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     from fp16guard.io.model import load_model
@@ -126,9 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         how = merged_calibration(calib_dir, model_path, work / "calib.npz")
         t = time.monotonic()
-        proc = subprocess.run([str(py), str(REPO / "benchmarks" / "autocast_convert.py"), str(model_path), str(work / "calib.npz"),
-                               str(work / "autocast.onnx"), str(work / "autocast.json")], capture_output=True, text=True, timeout=1800)
-        info = json.loads((work / "autocast.json").read_text()) if (work / "autocast.json").exists() else {"ok": False, "error": proc.stderr[-1500:]}
+        reuse = args.reuse and (work / "autocast.json").exists() and (work / "calib.sha256").exists() and \
+            (work / "calib.sha256").read_text() == _digest(work / "calib.npz")
+        if reuse:
+            info = json.loads((work / "autocast.json").read_text())
+            info["reused"] = True
+        else:
+            (work / "autocast.json").unlink(missing_ok=True)
+            proc = subprocess.run([str(py), str(REPO / "benchmarks" / "autocast_convert.py"), str(model_path), str(work / "calib.npz"),
+                                   str(work / "autocast.onnx"), str(work / "autocast.json")], capture_output=True, text=True, timeout=1800)
+            info = json.loads((work / "autocast.json").read_text()) if (work / "autocast.json").exists() else {"ok": False, "error": proc.stderr[-1500:]}
+            (work / "calib.sha256").write_text(_digest(work / "calib.npz"))
         row: dict = {"name": name, "calibration": how, "autocast": {k: v for k, v in info.items() if k not in ("low_precision_nodes",)},
                      "autocast_seconds_wall": round(time.monotonic() - t, 1)}
         original = load_model(str(model_path))
