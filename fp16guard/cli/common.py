@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["EXIT_STATUS_HELP", "add_model_version", "model_version", "take_model_argument"]
+__all__ = ["EXIT_STATUS_HELP", "add_model_version", "add_plan_arguments", "model_version", "take_model_argument"]
 
 #: Appended to every command's ``--help``.
 EXIT_STATUS_HELP = """\
@@ -100,3 +100,28 @@ def take_model_argument(args: argparse.Namespace, list_options: tuple[str, ...] 
     if not args.model:
         raise ConfigError(f"`fp16guard {args.command}` needs MODEL, an FP32 .onnx file; expected e.g. fp16guard {args.command} model.onnx --calib calib/ ...")
     return args.model
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """The plan and gate options ``run`` and ``convert`` share (same names, same defaults)."""
+    from fp16guard.backends.registry import DEFAULT_BACKEND, backend_names
+
+    p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
+    p.add_argument("--backend", choices=list(backend_names()), default=DEFAULT_BACKEND, help=f"what to build (default {DEFAULT_BACKEND})")
+    p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
+    p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
+    p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32 (each must be in the model)")
+    p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
+    p.add_argument("--no-repair", action="store_true", help="do not search the FP32 set on calibration data (default: the all-FP16 build first, pin where the error comes from until the gate passes, give back what is not needed)")
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "pin", "fold"),
+        default="auto",
+        help="pin: keep FP32 every node the rules name; fold: first fold power-of-two scales into the weights where exact; auto (default): fold when it keeps fewer Conv/Gemm/MatMul nodes FP32, else pin",
+    )
+    p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
+    p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
+    p.add_argument(
+        "--gate", action="append", default=[], metavar="OUTPUT=KIND[:PARAM][@MIN]",
+        help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, iou:T (a map cut at T), custom:MODULE:FACTORY (a Metric of yours), with @MIN the fraction that must agree or the smallest IoU (default 1.0); e.g. --gate probs=top1 --gate mask=iou:0.5@0.9",
+    )

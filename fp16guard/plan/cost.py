@@ -346,15 +346,7 @@ def _value_facts(graph: onnx.GraphProto, shapes: dict | None = None, types: dict
     """Shapes and element types of every value of ``graph`` and of its subgraphs."""
     shapes = {} if shapes is None else shapes
     types = {} if types is None else types
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        shape, elem = _shape_of(vi)
-        if elem:
-            types.setdefault(vi.name, elem)
-        if shape is not None and vi.name not in shapes:
-            shapes[vi.name] = shape
-    for tensor in graph.initializer:
-        shapes.setdefault(tensor.name, tuple(int(d) for d in tensor.dims))
-        types.setdefault(tensor.name, tensor.data_type)
+    _record(graph, list(graph.input) + list(graph.value_info) + list(graph.output), shapes, types)
     for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
@@ -372,7 +364,12 @@ def _value_facts(graph: onnx.GraphProto, shapes: dict | None = None, types: dict
 
 def _add_declared(graph: onnx.GraphProto, shapes: dict, types: dict) -> None:
     """Declared facts of the original model where inference gave none (custom ops)."""
-    for vi in list(graph.value_info) + list(graph.output):
+    _record(graph, list(graph.value_info) + list(graph.output), shapes, types)
+
+
+def _record(graph: onnx.GraphProto, values: list, shapes: dict, types: dict) -> None:
+    """Shapes and element types of ``values`` and of ``graph``'s initializers, where not known yet."""
+    for vi in values:
         shape, elem = _shape_of(vi)
         if elem:
             types.setdefault(vi.name, elem)

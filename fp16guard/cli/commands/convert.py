@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from fp16guard.cli.common import add_plan_arguments
+
 __all__ = ["register"]
 
 
@@ -23,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a model to mixed precision and verify it, in this process (no server, no store)",
         usage="%(prog)s MODEL --calib PATH... [--holdout PATH...] -o OUT.onnx [options]",
         description=(
-            "Measure every activation of MODEL on the calibration data, keep the nodes that exceed the threshold in FP32, "
-            "build the mixed-precision model, verify it against FP32 on the holdout data and write it to OUT when verified. "
+            "Measure every activation of MODEL on the calibration data, find the smallest FP32 set by cost that passes the gate there "
+            "(all-FP16 first), build the mixed-precision model, verify it against FP32 on the holdout data and write it to OUT when verified. "
             "Runs in this process: no Prefect server, no store, no cache (fp16guard run does those). Without --holdout, the "
             "last fifth of the calibration data is held out (the summary says so)."
         ),
@@ -36,24 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (default: refuse before any work)")
     p.add_argument("--allow-overlap", action="store_true", help="accept holdout data that shares files or content with the calibration data; the verdict then says 'not independent'")
     p.add_argument("--workdir", metavar="DIR", help="keep statistics, plan.json, verification.json and the candidate in DIR (default: a temporary folder, removed when OUT is written)")
-    p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
-    from fp16guard.backends.registry import DEFAULT_BACKEND, backend_names
-
-    p.add_argument("--backend", choices=list(backend_names()), default=DEFAULT_BACKEND, help=f"what to build (default {DEFAULT_BACKEND})")
-    p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
+    add_plan_arguments(p)
     p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers, e.g. CUDAExecutionProvider; default auto: CUDA when a GPU and onnxruntime-gpu are present, else CPU")
     p.add_argument("--no-profile", action="store_true", help="do not time the artifact (only ever timed on a GPU with real FP16 kernels)")
-    p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
-    p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32 (each must be in the model)")
-    p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
-    p.add_argument("--no-repair", action="store_true", help="do not repair the plan on calibration data")
-    p.add_argument("--strategy", choices=("auto", "pin", "fold"), default="auto", help="pin, fold, or auto (default): fold when it keeps fewer Conv/Gemm/MatMul nodes FP32, else pin")
-    p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
-    p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
-    p.add_argument(
-        "--gate", action="append", default=[], metavar="OUTPUT=KIND[:PARAM][@MIN]",
-        help="judge one output by what its user needs (repeatable): top1, topk:K, threshold:T, with @MIN the fraction that must agree; e.g. --gate probs=top1",
-    )
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.set_defaults(func=main)
 

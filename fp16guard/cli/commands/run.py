@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fp16guard.cli.common import add_model_version, add_store_argument
+from fp16guard.cli.common import add_model_version, add_plan_arguments, add_store_argument
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="calibrate, plan, build and verify a model; publish the run to the store",
         usage="%(prog)s MODEL --calib PATH... --holdout PATH... --name NAME --model-version V [options]",
         description=(
-            "Measure every activation of MODEL on the calibration data, keep the nodes that exceed the threshold in FP32, "
-            "build the mixed-precision model and verify it against FP32 on the holdout data, as a Prefect flow; the run is "
+            "Measure every activation of MODEL on the calibration data, find the smallest FP32 set by cost that passes the gate there "
+            "(all-FP16 first), build the mixed-precision model and verify it against FP32 on the holdout data, as a Prefect flow; the run is "
             "stored (verified or rejected) and the first verified run of a version is released. MODEL may come before or "
             "after the options. Uses the Prefect server at PREFECT_API_URL, else a shared local one (fp16guard server)."
         ),
@@ -42,34 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", nargs="+", required=True, metavar="PATH", help="holdout data for verification (same formats)")
     p.add_argument("--name", required=True, help="model name in the store")
     add_model_version(p, required=True)
-    p.add_argument("--threshold", type=float, default=10000.0, help="max |x| above which a node stays FP32 (0 < T <= 65504; default 10000)")
-    from fp16guard.backends.registry import DEFAULT_BACKEND, backend_names
-
-    p.add_argument("--backend", choices=list(backend_names()), default=DEFAULT_BACKEND, help=f"what to build (default {DEFAULT_BACKEND})")
-    p.add_argument("--batch-size", type=int, help="samples per inference call; larger shards run in slices")
+    add_plan_arguments(p)
     p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers for statistics and verification, e.g. CUDAExecutionProvider (falls back to CPU with a message); default auto: CUDA when a GPU and onnxruntime-gpu are present, else CPU")
     p.add_argument("--profile-batches", nargs="+", type=int, default=None, metavar="N", help="batch sizes to time FP32, the artifact and all-FP16 at (default: the calibration shard's and 32 when the batch is dynamic; GPU only)")
     p.add_argument("--no-profile", action="store_true", help="do not time the artifact")
     p.add_argument("--trt-mode", choices=["auto", "strong", "weak"], default="auto", help="TensorRT typing mode (--backend tensorrt; default auto: by installed version)")
     p.add_argument("--trt-workspace", type=int, default=4096, metavar="MIB", help="TensorRT builder workspace limit in MiB (default 4096)")
-    p.add_argument("--force-fp32-nodes", metavar="REGEX", help="nodes whose name matches stay FP32")
-    p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32")
-    p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
-    p.add_argument("--no-repair", action="store_true", help="do not repair the plan on calibration data (default: when the plan fails the gate there, keep FP32 the nodes the error comes from until it passes)")
     p.add_argument("--repair-max-iterations", type=int, default=8, metavar="N", help="repair: most rebuild-and-check iterations (0-100, default 8)")
     p.add_argument("--repair-max-seconds", type=float, default=600.0, metavar="S", help="repair: no new iteration starts after S seconds (default 600)")
-    p.add_argument(
-        "--strategy",
-        choices=("auto", "pin", "fold"),
-        default="auto",
-        help="pin: keep FP32 every node the rules name; fold: first fold power-of-two scales into the weights where exact; auto (default): fold when it keeps fewer Conv/Gemm/MatMul nodes FP32, else pin",
-    )
-    p.add_argument("--max-rel-error", type=float, default=0.02, help="largest allowed max error relative to the output's scale (default 0.02)")
-    p.add_argument("--min-cosine", type=float, default=0.999, help="smallest allowed cosine similarity (default 0.999)")
-    p.add_argument(
-        "--gate", action="append", default=[], metavar="OUTPUT=KIND[:PARAM][@MIN]",
-        help="judge one output by what its user needs instead of the numeric figures (repeatable): top1, topk:K, threshold:T, iou:T (a map cut at T), custom:MODULE:FACTORY (a Metric of yours), with @MIN the fraction that must agree or the smallest IoU (default 1.0); e.g. --gate probs=top1 --gate mask=iou:0.5@0.9",
-    )
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
     p.add_argument("--allow-overlap", action="store_true", help="accept a holdout that shares files or contents with the calibration data (refused by default); the verdict then says 'not independent'")
     p.add_argument("--min-fp16-share", type=float, default=0.0, metavar="F", help="release gate: do not release a verified run whose FP16 share of the estimated FLOPs is below F (0..1, e.g. 0.5; default 0: off)")
