@@ -56,7 +56,8 @@ def test_run_json_contract(prefect_api_url, demo_files, tmp_path, capsys):
     assert (Path(summary["run_dir"]) / "model.mixed.onnx").is_file()
     # How the FP32 set was found: the repair outcome in the JSON and the manifest's plan summary.
     manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
-    assert summary["repair"] == manifest["plan"]["repair"]["outcome"] in ("unchanged", "all_fp16", "shrunk", "repaired")  # repair is on by default
+    # Repair is on by default; the demo overflows FP16, so the all-FP16 build cannot be the plan.
+    assert summary["repair"] == manifest["plan"]["repair"]["outcome"] in ("unchanged", "shrunk", "repaired")
     assert manifest["plan"]["fp32_nodes"] == summary["fp32_nodes"]
     # Against a server, the flow run's page is printed (and in the JSON).
     ui = prefect_api_url.removesuffix("/api")
