@@ -104,6 +104,7 @@ def test_group_task_reads_the_per_shard_cache_entries(prefect_api_url, demo_file
     assert not group[1]["cached"]
 
 
+@pytest.mark.slow  # three flow runs: 25-30 s on 2 cores; the default suite keeps the per-shard cache inside a group (test above, tests/test_flow.py)
 def test_stats_are_identical_whatever_the_grouping(prefect_api_url, demo_files, tmp_path):
     """stats.parquet and shard_stats.parquet are the same bytes for one group of all shards and
     for one shard per group, and a changed shard inside a group is the only one recomputed."""
