@@ -14,8 +14,8 @@ FP32 nodes are counted two ways:
 
 * *native*: AutoCast's own list of nodes kept in high precision (its classifier's log); for
   fp16guard the plan's FP32 nodes;
-* *same count*: on each built model, the original's nodes that touch a float tensor and whose
-  float outputs are still FLOAT (FP32) there — one yardstick for both.
+* *same count*: on each built model, the original's nodes that produce a float tensor and whose
+  outputs are still FLOAT (FP32) there — one yardstick for both.
 
 fp16guard's side comes from a ``real_models.lib_run`` result (``--fp16guard``).
 
@@ -82,16 +82,15 @@ def _digest(path: Path) -> str:
 
 
 def precision_counts(original, built) -> dict:
-    """Nodes of ``original`` that touch a float tensor, and how many of them ``built`` keeps FP32."""
+    """Nodes of ``original`` that produce a float tensor, and how many of them ``built`` keeps FP32."""
     feeds = None
     _, orig_types = _flops._inferred_shapes(original, feeds or {})
     _, built_types = _flops._inferred_shapes(built, feeds or {})
     built_nodes = {n.name: n for n in built.graph.node}
     float_nodes = fp32 = fp16 = missing = 0
     for node in original.graph.node:
-        tensors = [t for t in list(node.input) + list(node.output) if t]
-        if not any(orig_types.get(t) == FLOAT for t in tensors):
-            continue
+        if not any(orig_types.get(t) == FLOAT for t in node.output if t):
+            continue  # only nodes that produce a float tensor (Shape of a float tensor is no FP32 node)
         float_nodes += 1
         other = built_nodes.get(node.name)
         if other is None:
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- Machine: {record['machine']}", f"- fp16guard side: `{args.fp16guard}` (commit {commit})", f"- Command: `{record['command']}`",
              "- Same calibration data (AutoCast: the shards merged into one .npz), same holdout, same gate (default `VerifySettings()`: max rel. error 0.02, "
              "cosine 0.999), both verified by fp16guard's verifier (CPU, FP16 storage emulation).",
-             "- FP32 nodes: *native* = AutoCast's high-precision list / fp16guard's plan; *same count* = nodes of the original that touch a float tensor "
+             "- FP32 nodes: *native* = AutoCast's high-precision list / fp16guard's plan; *same count* = nodes of the original that produce a float tensor "
              "and still output FLOAT in the built model (one yardstick for both).", "",
              "| model | AutoCast FP32 (native / same count) | AutoCast holdout | fp16guard FP32 (plan / same count) | fp16guard holdout | fewer or equal FP32 where AutoCast passes? |",
              "|---|---|---|---|---|---|"]
