@@ -51,7 +51,21 @@ def plan_task(
     if calibration is not None:
         # Repair builds and runs candidates: it needs the weights. A plan that passes is unchanged.
         full = load_model(model_path) if settings.repair and settings.strategy == "pin" else planned
-        plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size)
+        plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size, on_step=_log_step)
     data = plan.to_dict()
     atomic.write_json(Path(out_dir) / "plan.json", data)
     return data
+
+
+def _log_step(step) -> None:
+    """Each check of the search as one line in the task run's log (the UI shows it as it runs)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    from fp16guard.report.plan_summary import step_line
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called outside a task run (plan_task.fn in tests): no log
+        return
+    logger.info(step_line(step))

@@ -14,6 +14,7 @@ from fp16guard.plan.records import Plan
 from fp16guard.plan.repair import repair_plan, tightened
 from fp16guard.plan.search.margin import FALLBACK, MAX_INFLATION, inflation
 from fp16guard.plan.search.shrink import CostDdmin
+from fp16guard.report.plan_summary import step_line
 from fp16guard.settings import PlanSettings, VerifySettings
 from fp16guard.verify.compare import verify
 from fp16guard.verify.metrics import AgreementMetric, Gate, NumericMetric
@@ -84,7 +85,8 @@ def test_a_top1_gate_survives_repair(tmp_path):
     assert not strict["outputs"]["probs"]["passed"] and strict["outputs"]["probs"]["checks"]["top1_agreement"] == 1.0, "probs must fail numeric and keep top-1"
 
     settings = VerifySettings(output_gates={"probs": "top1"})
-    repaired = repair_plan(model, plan, calib, PlanSettings(), settings)
+    lines: list[str] = []
+    repaired = repair_plan(model, plan, calib, PlanSettings(), settings, on_step=lambda step: lines.append(step_line(step)))
     record = repaired.repair
     # Repair fixes y; probs stays judged by top-1 in every check (before, the tightened gate of
     # the second check on dropped output_gates and pinned the softmax head for the numeric gate).
@@ -92,6 +94,9 @@ def test_a_top1_gate_survives_repair(tmp_path):
     assert repaired.fp32_names == {"shift", "unshift"}
     assert all(s.accepted or not s.passed or s.phase == "all_fp16" for s in record.steps)
     assert Plan.from_dict(repaired.to_dict()).repair.steps[1].phase == "grow"
+    # Progress while it runs: one line per check, as the flow's log shows them.
+    assert len(lines) == len(record.steps) and lines[0].startswith("search check 0 (all_fp16): 0 FP32 nodes")
+    assert lines[1].startswith("search check 1 (grow): 2 FP32 nodes") and lines[1].endswith(("accepted, " + lines[1].rsplit(", ", 1)[-1]))
 
     numeric = repair_plan(model, plan, calib, PlanSettings(), VerifySettings())
     assert numeric.fp32_names - {"shift", "unshift"}, "under the numeric gate the head must need FP32, or this test shows nothing"
@@ -262,3 +267,28 @@ def test_a_custom_gate_from_the_cli_judges_with_its_own_accumulator(tmp_path):
     assert loose["passed"] and loose["outputs"]["y"]["gate"] == "custom"
     with pytest.raises(ConfigError, match="cannot be imported"):
         verify(model, cand, holdout, VerifySettings(output_gates={"y": {"gate": "custom", "metric": "no_such_module:f"}}), emulate=True)
+
+
+def test_a_state_batched_on_an_undeclared_axis_is_not_sliced(tmp_path):
+    # x [N, 16] and state [2, N, 16], no named dimensions: nothing declares that state's batch
+    # is axis 1, so the checker must not cut the shard into slices (it crashed on silero VAD).
+    from onnx import TensorProto
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 16])
+    state = helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 16])
+    nodes = [
+        helper.make_node("ReduceSum", ["state", "axes"], ["summed"], name="sum", keepdims=0),
+        helper.make_node("Add", ["x", "summed"], ["y"], name="add"),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, state], [y], [numpy_helper.from_array(np.array([0], np.int64), "axes")]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    refs = []
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        path = tmp_path / f"s{i}.npz"
+        np.savez(path, x=rng.standard_normal((8, 16)).astype(np.float32), state=rng.standard_normal((2, 8, 16)).astype(np.float32))
+        refs.append(ShardRef(path.name, str(path)))
+    plan = make_plan(model, measured_stats(model, {"x": np.load(refs[0].path)["x"], "state": np.load(refs[0].path)["state"]}), PlanSettings())
+    repaired = repair_plan(model, plan, refs, PlanSettings(), VerifySettings())
+    assert repaired.repair.outcome in ("unchanged", "all_fp16") and repaired.repair.stability["slices"] == 2

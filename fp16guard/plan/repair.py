@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import onnx
 
@@ -104,8 +104,8 @@ def _costs(model: onnx.ModelProto, shards: Sequence[ShardRef]) -> dict[str, floa
 class _Search:
     """The loop's state: the current FP32 set, its entries, the steps taken, the budget."""
 
-    def __init__(self, model: onnx.ModelProto, plan: Plan, checker: CalibrationChecker, settings: PlanSettings, costs: dict[str, float], started: float) -> None:
-        self.model, self.checker, self.settings, self.costs, self.started = model, checker, settings, costs, started
+    def __init__(self, model: onnx.ModelProto, plan: Plan, checker: CalibrationChecker, settings: PlanSettings, costs: dict[str, float], started: float, on_step: Callable[[RepairStep], None] | None = None) -> None:
+        self.model, self.checker, self.settings, self.costs, self.started, self.on_step = model, checker, settings, costs, started, on_step
         self.nodes = {n.name: n for n in model.graph.node}
         self.total_cost = sum(costs.values()) or 1.0
         self.entries = {e.name: e for e in plan.fp32_nodes}
@@ -126,6 +126,8 @@ class _Search:
             phase=phase, removed=tuple(removed), score=score, inflation=round(check.spread.inflation, 4), accepted=check.accepted,
             fp32_flops_share=self.share(check.fp32),
         ))
+        if self.on_step is not None:
+            self.on_step(self.steps[-1])
 
     def _added(self, p: Pin) -> dict:
         return {"name": p.name, "op_type": self.nodes[p.name].op_type, "local_error": p.local_error, "why": p.why}
@@ -203,6 +205,7 @@ def repair_plan(
     settings: PlanSettings,
     verify_settings: VerifySettings | Gate,
     batch_size: int | None = None,
+    on_step: Callable[[RepairStep], None] | None = None,
 ) -> Plan:
     """Search for the smallest FP32 set by cost that passes the gate on calibration data.
 
@@ -214,6 +217,8 @@ def repair_plan(
             ``repair_samples``, ``repair_margin``, ``shrink_max_checks``, ``force_fp16_nodes``.
         verify_settings: the gate (the same one the holdout verification uses).
         batch_size: largest samples per inference call.
+        on_step: called with each check's :class:`RepairStep` as soon as it is made (progress
+            for people: a long search says which phase and check it is in).
 
     Returns:
         A new plan with the FP32 set found; ``repair`` records every check (see the module
@@ -238,7 +243,7 @@ def repair_plan(
     costs = _costs(model, shards)
 
     with CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin) as checker:
-        s = _Search(model, plan, checker, settings, costs, started)
+        s = _Search(model, plan, checker, settings, costs, started, on_step)
         rules = frozenset(s.entries)
         reasons = {n: set(e.reasons or (e.reason,)) for n, e in s.entries.items()}
         fixed = frozenset(n for n, r in reasons.items() if not r <= RETURNABLE | GUARDS | {_ISLAND})

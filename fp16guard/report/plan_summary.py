@@ -20,6 +20,7 @@ from fp16guard.errors import ConfigError
 from fp16guard.plan.records import RepairRecord, RepairStep
 
 __all__ = [
+    "step_line",
     "REPAIR_REASON",
     "ISLAND_REASON",
     "plan_summary",
@@ -207,3 +208,16 @@ def strategy_line(plan: Mapping[str, Any] | None) -> str | None:
 def plan_lines(plan: Mapping[str, Any] | None) -> list[str]:
     """The strategy line and the repair line, those that apply (0 to 2 lines)."""
     return [line for line in (strategy_line(plan), repair_line(plan)) if line]
+
+
+def step_line(step: RepairStep) -> str:
+    """One line about one check of the search, for logs while it runs, e.g. ``search check 12
+    (shrink, 3 nodes back to FP16): 41 FP32 nodes, 2.1% of FLOPs; error 0.0123, x1.18 margin:
+    accepted, 1.4 s``."""
+    what = step.phase
+    if step.removed:
+        what += f", {len(step.removed)} node{'s' if len(step.removed) != 1 else ''} back to FP16"
+    share = "" if step.fp32_flops_share is None else f", {100 * step.fp32_flops_share:.3g}% of FLOPs"
+    verdict = "accepted" if step.accepted else ("passed without the margin" if step.passed else "failed")
+    margin = "" if step.inflation is None else f", x{step.inflation:.3g} margin"
+    return f"search check {step.iteration} ({what}): {step.fp32_nodes} FP32 nodes{share}; error {step_worst_text(step)}{margin}: {verdict}, {fmt_seconds(step.seconds)}"

@@ -99,6 +99,28 @@ def _samples(shards: Sequence[ShardRef]) -> int:
     return total
 
 
+def _sliceable(model: onnx.ModelProto, shards: Sequence[ShardRef]) -> bool:
+    """False when slicing a shard finer than it comes could split it wrongly: an input fed whole
+    with every slice (no batch axis the model's declared shapes show) has a dimension as large as
+    the batch — an RNN state ``[2, N, 128]`` of a model without named dimensions is batched on
+    axis 1, which nothing declares."""
+    from fp16guard.io.model import input_specs
+    from fp16guard.io.shards import batch_axes
+
+    specs = input_specs(model)
+    axes = batch_axes(specs)
+    for ref in shards:
+        layout = peek_shard(ref)
+        sizes = {layout[n][1][a] for n, a in axes.items() if a is not None and n in layout and len(layout[n][1]) > a}
+        if len(sizes) != 1:
+            continue
+        batch = sizes.pop()
+        for name, axis in axes.items():
+            if axis is None and name in layout and batch > 1 and batch in layout[name][1]:
+                return False
+    return True
+
+
 class CalibrationChecker:
     """Checks FP32 sets on calibration shards (see the module docstring).
 
@@ -106,7 +128,8 @@ class CalibrationChecker:
         model: the FP32 model, weights loaded (not modified).
         shards: the calibration shards to check on.
         gate: the user's gate.
-        batch_size: largest samples per inference call (None: as many as make :data:`SLICES`).
+        batch_size: largest samples per inference call (None: as many as make :data:`SLICES`;
+            shards whose batch cannot be told apart from an input fed whole run unsliced).
         fixed_margin: the user's ``repair_margin`` (None: statistical inflation).
 
     Use as a context manager (the FP32 reference session stays open between checks).
@@ -119,7 +142,9 @@ class CalibrationChecker:
         self.fixed_margin = fixed_margin
         self.samples = _samples(self.shards)
         per = max(1, math.ceil(self.samples / SLICES))
-        self.batch_size = min(per, batch_size) if batch_size else per
+        if not _sliceable(model, self.shards):
+            per = batch_size  # keep the shard's batch whole, as verification would run it
+        self.batch_size = min(per, batch_size) if batch_size and per else per
         self.checks = 0
         self._memo: dict[frozenset[str], Check] = {}
         self._ref = None
