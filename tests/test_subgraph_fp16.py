@@ -356,3 +356,16 @@ def test_repair_runs_a_loop_in_fp16(tmp_path):
     assert "loop" not in repaired.fp32_names, repaired.repair
     _, report = verify_mixed(model, repaired.fp32_names, _shards(tmp_path, count=1, seed=100, role="holdout"), VerifySettings())
     assert report["passed"], report["reason"]
+
+
+def test_islands_never_move_a_subgraph_node_to_fp32():
+    # The If's branches hold MatMuls: its run is work the per-element cost model cannot see, so
+    # the islands pass leaves it FP16 even with FP32 nodes on both sides (silero VAD's decoder
+    # LSTMs sit in such an If and were moved to FP32 as a "cheap" island).
+    from fp16guard.plan.strategies.islands import merge_islands
+
+    model = _benign_if()
+    entries = [{"name": n, "op_type": "", "reason": "forced_name"} for n in ("relu", "add")]
+    plan = merge_islands(model, {"threshold": 1e4, "fp32_nodes": entries, "counts": {}})
+    assert not any("if" in island["nodes"] for island in plan["islands"])
+    assert "if" not in {e["name"] for e in plan["fp32_nodes"]}

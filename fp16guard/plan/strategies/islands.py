@@ -19,8 +19,9 @@ reshapes), running it in FP32 instead is faster and never less accurate.
   per border and kept chains of 4-8 ops FP16 that were 1-4% faster in FP32);
 * tensors of one run are taken to be of similar size (true of the element-wise and shape ops
   such runs are made of), so element counts cancel out;
-* a run containing a compute op (Conv, ConvTranspose, Gemm, MatMul, Einsum) is never moved: its
-  arithmetic, not its memory traffic, decides, and FP16 tensor cores win it.
+* a run containing a compute op (Conv, ConvTranspose, Gemm, MatMul, Einsum, a recurrent op, or a
+  subgraph node whose body holds such work) is never moved: its arithmetic, not its memory
+  traffic, decides, and FP16 tensor cores win it.
 
 A run (a maximal set of FP16 nodes connected through FLOAT tensors) moves to FP32 when its Casts
 cost at least what FP16 saves on it: ``1.0 * border tensors >= 0.12 * float slots`` — break-even
@@ -51,7 +52,9 @@ CAST_COST = 1.0
 #: Saving per element of each float input and output when a memory-bound node runs in FP16,
 #: in the same unit.
 FP16_SAVING = 0.12
-_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum"})
+#: Runs holding one of these are never moved: arithmetic decides there, not memory traffic. A
+#: subgraph node counts: its body (an LSTM inside an If) is work the per-element model cannot see.
+_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN", "If", "Loop", "Scan"})
 
 
 def merge_islands(model: onnx.ModelProto, plan: Mapping) -> dict:
