@@ -48,8 +48,8 @@ PathLike = str | os.PathLike
 
 def convert(
     model: PathLike | Any,
-    calib: PathLike | Sequence[PathLike],
-    holdout: PathLike | Sequence[PathLike] | None = None,
+    calib: PathLike | Sequence[PathLike] | Any,
+    holdout: PathLike | Sequence[PathLike] | Any | None = None,
     *,
     gate: Mapping[str, str | Mapping[str, Any]] | None = None,
     strategy: str = "auto",
@@ -73,6 +73,7 @@ def convert(
     allow_overlap: bool = False,
     workdir: PathLike | None = None,
     keep_workdir: bool | None = None,
+    shard_samples: int | None = None,
 ) -> Result:
     """Measure, plan, build and verify a mixed-precision model, in this process.
 
@@ -80,7 +81,11 @@ def convert(
         model: the FP32 ONNX model: a path (external-data files beside it), or an
             ``onnx.ModelProto`` (saved into the work folder first).
         calib: calibration data: an ``.npz`` file, a folder of them, a glob, a Polygraphy JSON
-            inputs file, or a list of these.
+            inputs file, or a list of these; or a data source (:mod:`fp16guard.io.loaders`): a
+            Polygraphy data-loader script (``"loader.py:load_data"`` or
+            ``LoaderScript(...)``), a callable returning feed dicts ``{input name: array}``, an
+            iterable of feed dicts, or an ``ImageFolder(...)``. Sources are materialised as
+            ``.npz`` shards in the work folder first.
         holdout: holdout data for verification (same forms). None: the last
             :data:`HOLDOUT_FRACTION` of the calibration shards (or of the samples of a single
             shard) are held out, and the result says "holdout split from calibration".
@@ -120,6 +125,8 @@ def convert(
         keep_workdir: keep the temporary work folder. Default: removed when the verified
             artifact was written to ``output``, kept otherwise (it holds the artifact, or the
             rejected candidate to inspect). A ``workdir`` you give is never removed.
+        shard_samples: samples per shard when a data source is materialised (default
+            :data:`fp16guard.io.loaders.SHARD_SAMPLES`).
 
     Returns:
         The :class:`Result` (``print(result)`` gives a readable summary). A rejected artifact is
@@ -155,6 +162,11 @@ def convert(
     )
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ConfigError(f"batch_size {batch_size!r} is not accepted; expected a positive integer or None")
+    from fp16guard.io.loaders import SHARD_SAMPLES
+
+    shard_samples = SHARD_SAMPLES if shard_samples is None else shard_samples
+    if not isinstance(shard_samples, int) or isinstance(shard_samples, bool) or shard_samples < 1:
+        raise ConfigError(f"shard_samples {shard_samples!r} is not accepted; expected a positive integer (samples per materialised shard)")
     target = _check_output(output, overwrite)
     chosen = get_backend(backend, [p for p in (providers or []) if p != "auto"] or None)
     chosen.preflight()
@@ -165,7 +177,7 @@ def convert(
     try:
         result = _convert(
             model, calib, holdout, work, target, overwrite, plan_settings, verify_settings, chosen,
-            batch_size, dict(backend_options or {}), profile, profile_batches, allow_overlap, started,
+            batch_size, dict(backend_options or {}), profile, profile_batches, allow_overlap, started, shard_samples,
         )
     except (UserError, KeyboardInterrupt):
         if temporary:
@@ -208,7 +220,7 @@ def _check_output(output: PathLike | None, overwrite: bool) -> Path | None:
     return target
 
 
-def _convert(model, calib, holdout, work: Path, target, overwrite, plan_settings, verify_settings, backend, batch_size, options, profile, profile_batches, allow_overlap, started) -> Result:
+def _convert(model, calib, holdout, work: Path, target, overwrite, plan_settings, verify_settings, backend, batch_size, options, profile, profile_batches, allow_overlap, started, shard_samples=None) -> Result:
     from fp16guard.io.model import input_specs, save_model
     from fp16guard.io.shards import discover_shards
     from fp16guard.preflight import check_data, check_settings, load_checked_graph
@@ -217,6 +229,13 @@ def _convert(model, calib, holdout, work: Path, target, overwrite, plan_settings
     graph = load_checked_graph(model_path)
     check_settings(graph, plan_settings, verify_settings)
     specs = input_specs(graph)
+    # Loader scripts, feed dicts and image folders become content-addressed .npz shards here;
+    # paths pass through unchanged (fp16guard.io.loaders).
+    from fp16guard.io.loaders import SHARD_SAMPLES, resolve_sources
+
+    if calib is None:
+        raise DataError("no calibration data given; expected .npz files, folders, globs, Polygraphy JSON, a data loader or an ImageFolder")
+    calib, holdout = resolve_sources([("calibration", calib), ("holdout", holdout)], specs, work / "data", shard_samples or SHARD_SAMPLES)
     calib_refs = discover_shards(_paths(calib), "calibration")
     if holdout is None:
         # Headers first, so a shard that does not fit is reported as such, not as a failed

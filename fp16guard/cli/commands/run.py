@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="calibrate, plan, build and verify a model; publish the run to the store",
-        usage="%(prog)s MODEL --calib PATH... --holdout PATH... --name NAME --model-version V [options]",
+        usage="%(prog)s MODEL --calib PATH... --holdout PATH... --name NAME --model-version V [options]  (or --data-loader-script/--holdout-loader-script, --calib-images/--holdout-images)",
         description=(
             "Measure every activation of MODEL on the calibration data, find the smallest FP32 set by cost that passes the gate there "
             "(all-FP16 first), build the mixed-precision model and verify it against FP32 on the holdout data, as a Prefect flow; the run is "
@@ -38,10 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("model", nargs="?", help="FP32 ONNX model (before or after the options)")
-    p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON")
-    p.add_argument("--holdout", nargs="+", required=True, metavar="PATH", help="holdout data for verification (same formats)")
+    p.add_argument("--calib", nargs="+", default=None, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON (or --data-loader-script / --calib-images)")
+    p.add_argument("--holdout", nargs="+", default=None, metavar="PATH", help="holdout data for verification (same formats, or --holdout-loader-script / --holdout-images)")
     p.add_argument("--name", required=True, help="model name in the store")
     add_model_version(p, required=True)
+    from fp16guard.cli.commands.convert import add_data_source_arguments
+
+    add_data_source_arguments(p)
     add_plan_arguments(p)
     p.add_argument("--providers", nargs="+", default=[], metavar="EP", help="onnxruntime providers for statistics and verification, e.g. CUDAExecutionProvider (falls back to CPU with a message); default auto: CUDA when a GPU and onnxruntime-gpu are present, else CPU")
     p.add_argument("--profile-batches", nargs="+", type=int, default=None, metavar="N", help="batch sizes to time FP32, the artifact and all-FP16 at (default: the calibration shard's and 32 when the batch is dynamic; GPU only)")
@@ -105,12 +108,14 @@ def parameters_from_args(args: argparse.Namespace):
     from fp16guard.cli.common import model_version, take_model_argument
     from fp16guard.settings import RunParameters, parse_parameters
 
+    model = take_model_argument(args)
+    calib, holdout = data_sources(args, model)
     return parse_parameters(
         RunParameters,
         {
-            "model": take_model_argument(args),
-            "calib": args.calib,
-            "holdout": args.holdout,
+            "model": model,
+            "calib": calib,
+            "holdout": holdout,
             "name": args.name,
             "version": model_version(args),
             "store": args.store,
@@ -143,6 +148,38 @@ def parameters_from_args(args: argparse.Namespace):
             },
         },
     )
+
+
+def data_sources(args: argparse.Namespace, model: str) -> tuple[list[str], list[str]]:
+    """Calibration and holdout locations for :class:`RunParameters`: ``--calib``/``--holdout``
+    paths as given, plus loader scripts and image folders materialised as content-addressed
+    ``.npz`` shards under :func:`fp16guard.io.loaders.default_data_root` (``STORE/.data`` for a
+    local store), so the flow caches and records them like any shard folder. Nothing is written
+    there unless every source reads cleanly.
+
+    Raises:
+        DataError, ConfigError, ModelError: a missing set, a bad source (one line), or a model
+            that does not load (sources are checked against its inputs).
+    """
+    from fp16guard.cli.commands.convert import data_from_args
+    from fp16guard.errors import DataError
+
+    calib, holdout = data_from_args(args, "calibration"), data_from_args(args, "holdout")
+    if not calib:
+        raise DataError("no calibration data given; expected --calib PATH..., --data-loader-script FILE.py[:FUNC] or --calib-images DIR")
+    if not holdout:
+        raise DataError("no holdout data given; expected --holdout PATH..., --holdout-loader-script FILE.py[:FUNC] or --holdout-images DIR")
+    from fp16guard.io.loaders import is_source
+
+    if not any(is_source(d) for d in [*calib, *holdout]):
+        return calib, holdout
+    from fp16guard.io.loaders import SHARD_SAMPLES, default_data_root, resolve_sources
+    from fp16guard.io.model import input_specs
+    from fp16guard.preflight import load_checked_graph
+
+    specs = input_specs(load_checked_graph(model))
+    calib, holdout = resolve_sources([("calibration", calib), ("holdout", holdout)], specs, default_data_root(args.store), args.shard_samples or SHARD_SAMPLES)
+    return calib, holdout
 
 
 def main(args: argparse.Namespace) -> int:
