@@ -292,3 +292,4 @@ def test_a_state_batched_on_an_undeclared_axis_is_not_sliced(tmp_path):
     plan = make_plan(model, measured_stats(model, {"x": np.load(refs[0].path)["x"], "state": np.load(refs[0].path)["state"]}), PlanSettings())
     repaired = repair_plan(model, plan, refs, PlanSettings(), VerifySettings())
     assert repaired.repair.outcome in ("unchanged", "all_fp16") and repaired.repair.stability["slices"] == 2
+    assert "the statistical margin rests on 2 calibration slice(s)" in repaired.repair.message

@@ -69,6 +69,9 @@ RETURNABLE = frozenset({REPAIR_REASON, "initializer_underflow", "activation_unde
 #: past 2048): a passing all-FP16 build overrules them, the shrink phase does not. Any reason
 #: in neither set (structural, user-forced, weights FP16 cannot store) is never overruled.
 GUARDS = frozenset({"input_above_threshold", "output_above_threshold", "no_statistics", "masked_nonfinite", "integer_conversion"})
+#: Fewer calibration slices than this and the record warns that the margin is a guess (real
+#: detectors calibrated on 4 pages passed their search and failed holdout).
+MIN_SLICES_TRUSTED = 8
 #: Cost-aware islands: FP16 runs squeezed between FP32 nodes, moved for speed. Dropped with the
 #: guards when the all-FP16 build passes; otherwise kept (they also keep the FP16 rounding of
 #: those runs out) and recomputed around the final set.
@@ -304,6 +307,9 @@ def repair_plan(
         # The numeric gate could not be met, but the all-FP16 build agrees by task: say which
         # gate would pass, so the user can choose it knowingly.
         message += "; the all-FP16 build on calibration data: " + "; ".join(g["sentence"] for g in first.suggested_gates)
+    if final.spread.slices < MIN_SLICES_TRUSTED and outcome not in ("skipped",):
+        # Few samples: the margin is a guess, and many checks on the same few samples fit them.
+        message += f"; the statistical margin rests on {final.spread.slices} calibration slice(s): give at least {MIN_SLICES_TRUSTED} samples for a margin unseen data can rely on"
     stability = {**final.spread.to_dict(), "score": None if final.score == float("inf") else round(final.score, 6), "bound": None if final.bound == float("inf") else round(final.bound, 6)}
     counts = dict(plan.counts)
     if counts:
