@@ -394,15 +394,18 @@ def materialise(data: Any, specs: Sequence, root: str | os.PathLike, role: str =
     return resolve_sources([(role, data)], specs, root, shard_samples)[0] or []
 
 
-def default_data_root(store: str | None = None) -> Path:
+def default_data_root(store_root: str) -> Path:
     """Where ``fp16guard run`` keeps materialised shards: ``<store>/.data`` for a local store
     (hidden from the store's model listing), else ``$XDG_CACHE_HOME/fp16guard/data`` (default
-    ``~/.cache``) for an object store. Lineage records these paths, so they are kept."""
-    from fp16guard.store.runs import resolve_root
+    ``~/.cache``) for an object store. Lineage records these paths, so they are kept.
 
-    root = resolve_root(store)
-    if "://" not in root or root.startswith("file://"):
-        return Path(root.removeprefix("file://")) / ".data"
+    Args:
+        store_root: the store's root, resolved (``fp16guard.store.runs.resolve_root``).
+    """
+    from fp16guard.io.urls import is_remote, local_path
+
+    if not is_remote(store_root):
+        return Path(local_path(store_root)) / ".data"
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "fp16guard" / "data"
 

@@ -174,11 +174,12 @@ def data_sources(args: argparse.Namespace, model: str) -> tuple[list[str], list[
     if not any(is_source(d) for d in [*calib, *holdout]):
         return calib, holdout
     from fp16guard.io.loaders import SHARD_SAMPLES, default_data_root, resolve_sources
+    from fp16guard.store.runs import resolve_root
     from fp16guard.io.model import input_specs
     from fp16guard.preflight import load_checked_graph
 
     specs = input_specs(load_checked_graph(model))
-    calib, holdout = resolve_sources([("calibration", calib), ("holdout", holdout)], specs, default_data_root(args.store), args.shard_samples or SHARD_SAMPLES)
+    calib, holdout = resolve_sources([("calibration", calib), ("holdout", holdout)], specs, default_data_root(resolve_root(args.store)), args.shard_samples or SHARD_SAMPLES)
     return calib, holdout
 
 
