@@ -162,6 +162,8 @@ def calibrate(params: RunParameters) -> dict:
             verification = {"passed": False, "reason": exc.reason, "outputs": {}, "engine_check": getattr(exc, "violations", [])}
             profile = None
         else:
+            if getattr(backend, "requested", None):  # e.g. CUDA asked for, not usable here: CPU ran
+                built = {**built, "requested_providers": backend.requested}
             artifact_path = f"{staged['dir']}/{built['artifact']}"
             verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"]))
             verification = verify(
@@ -170,7 +172,12 @@ def calibrate(params: RunParameters) -> dict:
                 params.verify, verify_code(backend.name), params.batch_size, providers, backend.name,
             )
             profile = None
-            if params.profile_batches != []:
+            fallback = verification.get("cpu_fallback_nodes") or []
+            if backend.real_fp16 and (fallback or verification.get("emulated")):
+                # FP16 nodes ran on the CPU provider: timings of this session are not FP16's.
+                profile = {"measured": False, "fp16_kernels": False, "providers": providers, "cpu_fallback_nodes": fallback,
+                           "note": f"not measured: {len(fallback) or 'some'} FP16 node(s) ran on the CPU provider, so the timings would not be FP16's"}
+            elif params.profile_batches != []:
                 profile_cached = profile_task.with_options(**cached(store.url, "profile", exclude=["model_path", "artifact_path", "sample"]))
                 profile = profile_cached(
                     backend.name, providers, device_name(providers), params.model, model["sha256"], artifact_path,

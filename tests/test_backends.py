@@ -60,9 +60,31 @@ def test_auto_is_cpu_without_a_gpu():
 
 
 def test_explicit_providers_decide_the_implementation():
-    assert isinstance(make_backend([CUDA]), OnnxRuntimeGPU)  # runners fall back, with a message, if CUDA is absent
     assert choose_providers([CUDA]) == [CUDA, CPU]
     assert isinstance(make_backend([CPU]), OnnxRuntimeCPU)
+    if cuda_usable():
+        assert isinstance(make_backend([CUDA]), OnnxRuntimeGPU)
+
+
+@pytest.mark.skipif(cuda_usable(), reason="this machine has a usable CUDA provider")
+def test_unusable_cuda_request_is_the_cpu_backend_said_once(capsys):
+    # Issue 19 item 5: CUDA asked for on a CPU-only host runs onnxruntime-cpu (emulation); the
+    # record names what ran and what was asked; the fallback is said once per process.
+    from fp16guard.runners import onnxrt
+
+    onnxrt._WARNED.clear()
+    backend = make_backend([CUDA])
+    again = make_backend([CUDA])
+    assert isinstance(backend, OnnxRuntimeCPU) and isinstance(again, OnnxRuntimeCPU)
+    assert backend.implementation == "onnxruntime-cpu" and not backend.real_fp16
+    assert backend.providers == [CPU] and backend.requested == [CUDA, CPU]
+    with OnnxRuntimeRunner(examples.build_model("mlp"), providers=[CUDA]) as runner:
+        assert runner.providers[0] == CPU
+    with OnnxRuntimeRunner(examples.build_model("mlp"), providers=[CUDA]):
+        pass
+    err = capsys.readouterr().err
+    assert err.count("CUDAExecutionProvider was requested but is not usable here") == 1, err
+    assert err.count("not available in this onnxruntime") <= 1, err
 
 
 def test_released_artifact_reads_old_and_new_records():

@@ -262,3 +262,29 @@ def test_usage_errors_are_one_line(argv, capsys):
     assert info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "error:" in lines[0] and "--help" in lines[0], lines
+
+
+@pytest.mark.slow
+def test_cuda_requested_on_a_cpu_host_claims_no_fp16_speed(prefect_api_url, demo_files, tmp_path, capsys):
+    """Issue 19 item 5: ``--providers CUDAExecutionProvider`` without a usable CUDA provider runs
+    onnxruntime-cpu with emulation; the manifest says so, no CPU timing is shown as FP16 speed,
+    and the fallback warning is printed once."""
+    from fp16guard.runners import onnxrt
+
+    if onnxrt.cuda_usable():
+        pytest.skip("this machine has a usable CUDA provider")
+    onnxrt._WARNED.clear()
+    code = main([*_run_args(demo_files, tmp_path / "store"), "--providers", "CUDAExecutionProvider", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    manifest = json.loads((Path(summary["run_dir"]) / "manifest.json").read_text())
+    assert manifest["backend"]["implementation"] == "onnxruntime-cpu"
+    assert manifest["backend"]["providers"] == ["CPUExecutionProvider"]
+    assert manifest["backend"]["requested_providers"][0] == "CUDAExecutionProvider"
+    assert manifest["speed"]["judged"] is False
+    assert not (manifest.get("profile") or {}).get("fp16_kernels")
+    assert "faster than FP32" not in captured.out and "CUDA device" not in captured.out
+    warnings = [line for line in captured.err.splitlines() if line.startswith("fp16guard: warning:")]
+    assert len(warnings) == 1, warnings
+    assert "CUDAExecutionProvider" in warnings[0] and "onnxruntime-cpu" in warnings[0]

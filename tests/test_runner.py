@@ -35,8 +35,13 @@ def test_infer_from_proto_and_path_agree(tmp_path):
 
 
 def test_missing_provider_falls_back_to_cpu_with_one_line(capsys):
+    from fp16guard.runners import onnxrt
+
+    onnxrt._WARNED.clear()  # the warning is printed once per process
     with OnnxRuntimeRunner(_model(), providers=["CUDAExecutionProvider"]) as runner:
         assert runner.providers == ["CPUExecutionProvider"]
+    with OnnxRuntimeRunner(_model(), providers=["CUDAExecutionProvider"]):
+        pass
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDAExecutionProvider" in err[0] and "falling back" in err[0]
 

@@ -38,8 +38,10 @@ class _OnnxRuntimeBase:
     implementation = "onnxruntime"
     real_fp16 = False
 
-    def __init__(self, providers: Sequence[str]):
+    def __init__(self, providers: Sequence[str], requested: Sequence[str] | None = None):
         self.providers = list(providers)
+        #: the providers asked for, when they differ from those that run (CUDA not usable here)
+        self.requested = list(requested) if requested and list(requested) != self.providers else None
 
     def preflight(self) -> None:
         """Nothing to check beyond what the runners check: onnxruntime is a dependency."""
@@ -52,13 +54,16 @@ class _OnnxRuntimeBase:
         """
         from fp16guard.io.model import model_digest
 
-        return {
+        record = {
             "name": self.name,
             "implementation": self.implementation,
             "artifact": self.artifact,
             "artifact_sha256": model_digest(request.mixed_path),
             "providers": self.providers,
         }
+        if self.requested:
+            record["requested_providers"] = self.requested
+        return record
 
     def profile(self, model_path, artifact_path, sample_feeds: Mapping[str, np.ndarray], batches: Sequence[int], **options: Any) -> dict:
         """Latency of FP32, the artifact and all-FP16 (:func:`fp16guard.backends.profile.profile_artifact`)."""
@@ -93,11 +98,26 @@ class OnnxRuntimeGPU(_OnnxRuntimeBase):
 
 
 def make_backend(providers: Sequence[str] | None = None) -> _OnnxRuntimeBase:
-    """The onnxruntime backend for ``providers`` (None/empty/``["auto"]``: CUDA when usable)."""
-    from fp16guard.runners.onnxrt import CUDA, choose_providers
+    """The onnxruntime backend for ``providers`` (None/empty/``["auto"]``: CUDA when usable).
+
+    CUDA asked for explicitly but not usable on this machine (a CPU-only onnxruntime, no GPU, no
+    cuDNN) gives the CPU backend, with one warning: what really runs is ``onnxruntime-cpu`` with
+    FP16 storage emulation, and its record says so (``requested_providers``); CPU timings are
+    never taken for FP16 speed.
+    """
+    from fp16guard.runners.onnxrt import CPU, CUDA, choose_providers, cuda_usable, warn_once
 
     chosen = choose_providers(providers)
-    return OnnxRuntimeGPU(chosen) if chosen[0] == CUDA else OnnxRuntimeCPU(chosen)
+    if chosen[0] != CUDA:
+        return OnnxRuntimeCPU(chosen)
+    if cuda_usable():
+        return OnnxRuntimeGPU(chosen)
+    kept = [p for p in chosen if p != CUDA] or [CPU]
+    warn_once(
+        f"{CUDA} was requested but is not usable here (onnxruntime-gpu and an NVIDIA GPU are needed); "
+        f"running onnxruntime-cpu on {', '.join(kept)}: FP16 is checked through storage emulation and no FP16 speed is measured"
+    )
+    return OnnxRuntimeCPU(kept, requested=chosen)
 
 
 def fp16_cpu_fallback(model, placement: Mapping[str, Mapping[str, str]]) -> list[dict]:

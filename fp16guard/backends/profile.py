@@ -152,7 +152,7 @@ def profile_artifact(
     """
     from fp16guard.backends.device import device_name
     from fp16guard.io.model import input_specs, load_graph
-    from fp16guard.runners.onnxrt import CUDA
+    from fp16guard.runners.onnxrt import CPU, CUDA
 
     providers = list(providers)
     on_gpu = bool(providers) and providers[0] == CUDA
@@ -187,6 +187,10 @@ def profile_artifact(
             times[label] = measure_latency(model, feeds, providers, warmup, iterations, external_data_dir=external if label == "all_fp16" else None, tf32=tf32)
         real_batch = next((int(np.shape(v)[0]) for k, v in feeds.items() if k in dynamic), batch)
         rows.append(_row(real_batch, times["fp32"]["median_ms"], times["artifact"]["median_ms"], times["all_fp16"]["median_ms"]))
+        if on_gpu and any((t.get("providers") or [None])[0] != CUDA for t in times.values()):
+            # CUDA was asked for but a session ran on the CPU: these are not FP16 kernels' timings.
+            on_gpu = False
+            record.update(fp16_kernels=False, tf32=None, device=device_name([CPU]), providers=[CPU])
     record.update(measured=True, warmup=warmup, iterations=iterations, batches=rows)
     if not on_gpu:
         record["note"] = "CPU latency (onnxruntime CPU provider): FP16 nodes run as FP32 behind casts, so this is not FP16's speed"

@@ -63,6 +63,8 @@ def speed_verdict(profile: Mapping | None) -> dict:
     """
     if not profile:
         return {"judged": False, "text": "speed not judged: the run was not profiled"}
+    if profile.get("cpu_fallback_nodes"):
+        return {"judged": False, "text": f"speed not judged: {len(profile['cpu_fallback_nodes'])} FP16 node(s) ran on the CPU provider, so the timings are not FP16's"}
     if not profile.get("measured"):
         return {"judged": False, "text": "speed not judged: no GPU profile, and FP16's speed is measured on a GPU worker only"}
     if not profile.get("fp16_kernels"):

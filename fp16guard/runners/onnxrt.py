@@ -41,6 +41,7 @@ __all__ = [
     "cuda_usable",
     "resolve_providers",
     "usable_providers",
+    "warn_once",
 ]
 
 #: ``optimization`` argument -> name of the onnxruntime GraphOptimizationLevel member.
@@ -71,12 +72,23 @@ def resolve_providers(requested: Sequence[str] | None, available: Sequence[str])
     kept = usable_providers(requested, available)
     missing = [p for p in (requested or []) if p not in available]
     if missing:
-        print(
-            f"fp16guard: warning: execution provider(s) {', '.join(missing)} not available in this onnxruntime "
-            f"(it has {', '.join(available)}); falling back to {', '.join(kept)}",
-            file=sys.stderr,
+        warn_once(
+            f"execution provider(s) {', '.join(missing)} not available in this onnxruntime "
+            f"(it has {', '.join(available)}); falling back to {', '.join(kept)}"
         )
     return kept
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print ``fp16guard: warning: <message>`` on stderr the first time this process sees the
+    message (a run opens many sessions; a fallback is said once, not once per session)."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    print(f"fp16guard: warning: {message}", file=sys.stderr)
 
 
 def usable_providers(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
