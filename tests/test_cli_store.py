@@ -96,3 +96,23 @@ def test_model_version_spellings(two_runs, capsys):
     assert "given twice" in capsys.readouterr().err
     assert main(["show", "net", "--store", two_runs]) == 2
     assert "--model-version" in capsys.readouterr().err
+
+
+def test_history_and_release_speak_one_vocabulary(two_runs, capsys, monkeypatch):
+    # Issue 19 item 6: verified / rejected everywhere, no API internals, no "None" for a missing version.
+    assert main(["history", "net", "--store", two_runs]) == 0
+    out = capsys.readouterr().out
+    assert "verified" in out and "rejected" in out
+    assert not any(word in out.lower().split() for word in ("passed", "failed"))
+    reason = Store(two_runs).release("net", "7", "b").reason
+    assert "--promote" in reason and "promote=True" not in reason
+    monkeypatch.setattr("fp16guard.store.audit.history", lambda *a, **k: [])
+    assert main(["history", "net", "--store", two_runs]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("net: no runs in ") and "None" not in out
+
+
+def test_history_reads_old_status_words():
+    from fp16guard.store.audit import _STATUS_WORDS
+
+    assert _STATUS_WORDS["passed"] == "verified" and _STATUS_WORDS["failed"] == "rejected"

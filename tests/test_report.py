@@ -176,3 +176,43 @@ def test_template_ships_with_the_package():
     assert files("fp16guard.report").joinpath("templates/report.html.j2").is_file()
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"templates/*.j2"' in text and '"jinja2' in text
+
+
+def _many_fp32_nodes() -> dict:
+    same = "final_ln is 1.07 off FP32 when this node is FP16"
+    nodes = [{"name": f"layer{i}/attention/very_long_scope_name_without_spaces_{i}/MatMul", "op_type": "MatMul" if i % 3 else "Add",
+              "outputs": [f"t{i}"], "inputs": [], "reason": "repair", "details": [same, f"own detail {i}"]} for i in range(72)]
+    nodes.append({"name": "ln", "op_type": "LayerNormalization", "outputs": ["o"], "inputs": [], "reason": "output_above_threshold", "details": ["max |x| 9e4"]})
+    return {"threshold": 1e4, "fp32_nodes": nodes}
+
+
+def test_fp32_nodes_are_grouped_by_reason_with_counts():
+    # Issue 19 item 6: one group per reason with its count, expandable; a sentence shared by the
+    # whole group is said once, not once per node.
+    html = render_report(None, _many_fp32_nodes(), {}, {})
+    groups = re.findall(r'<details class="fp32-group"><summary><b>([^<]+)</b>: (\d+) nodes? \(([^)]*)\)</summary>', html)
+    assert groups == [("repair", "72", "MatMul 48, Add 24"), ("output_above_threshold", "1", "LayerNormalization 1")]
+    assert html.count("final_ln is 1.07 off FP32") == 1
+    assert html.count("own detail ") == 72 and "max |x| 9e4" in html
+    assert "<h2>FP32 nodes (73)</h2>" in html
+
+
+def test_tables_fit_1280_px_in_headless_chromium(tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (Debian: apt-get install -y chromium)")
+    long = "output_" + "x" * 150
+    figures = {"max_abs_error": 1.5, "max_rel_error": 0.31, "cosine": 0.97, "nonfinite": 0, "passed": False,
+               **{f"extra_metric_with_a_long_name_{k}": 0.123456789 for k in range(8)}}
+    verification = {"passed": False, "reason": "x", "outputs": {long: figures, "y": figures}}
+    manifest = {"name": "m", "version": "1", "run_id": "r", "inputs": {"model": {"location": "/" + "d" * 300 + "/model.onnx", "sha256": "ab" * 32}}}
+    page = tmp_path / "report.html"
+    # A probe script (the report itself has none) writes the page's width into the DOM.
+    probe = "<script>document.body.setAttribute('data-width', document.documentElement.scrollWidth)</script></body>"
+    page.write_text(render_report(None, _many_fp32_nodes(), verification, manifest).replace("</body>", probe))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+           "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1000", "--dump-dom", page.as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    width = re.search(r'data-width="(\d+)"', proc.stdout)
+    assert width, proc.stderr[-2000:]
+    assert int(width.group(1)) <= 1280, width.group(1)

@@ -46,7 +46,7 @@ def test_outcome_lines_say_plan_figures_release_and_where():
 
 def test_outcome_of_a_nan_candidate_has_no_finite_figure():
     line = outcome_lines("m", "1", {**RESULT, "released": False, "release_reason": "verification failed"}, PLAN, _verification(nonfinite=40))[1]
-    assert "FAILED" in line and "unbounded" in line and "0.0" not in line.split("worst relative error")[1]
+    assert "against FP32: rejected: " in line and "FAILED" not in line and "unbounded" in line and "0.0" not in line.split("worst relative error")[1]
 
 
 def test_summary_tables_survive_pipes_in_text():

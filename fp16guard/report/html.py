@@ -107,6 +107,7 @@ def render_report(stats_table: Any, plan: dict, verification: dict, manifest: di
         "colors": {"fp32_out": COLOR_FP32_OUT, "fp32_in": COLOR_FP32_IN, "fp16": COLOR_FP16},
         "found": _how_found(plan),
         "fp32_nodes": [_fp32_row(n) for n in fp32_nodes],
+        "fp32_groups": _fp32_groups(fp32_nodes),
         "top_rows": _top_rows(rows, fp32_out, fp32_in),
         "verification_columns": columns,
         "verification_rows": verification_rows,
@@ -256,6 +257,30 @@ def _fp32_row(n: dict) -> dict:
         "details": [str(d) for d in n.get("details") or []],
         "outputs": ", ".join(map(str, n.get("outputs") or [])),
     }
+
+
+def _fp32_groups(fp32_nodes: list[dict]) -> list[dict]:
+    """The FP32 nodes grouped by reason, largest group first: ``{"reason", "count", "ops"
+    ("MatMul 40, Add 32"), "common" (details every node of the group shares, said once), "nodes"
+    (rows of :func:`_fp32_row` with only their own details)}``."""
+    groups: dict[str, list[dict]] = {}
+    for n in fp32_nodes:
+        row = _fp32_row(n)
+        groups.setdefault(row["reasons"], []).append(row)
+    out = []
+    for reason, rows in groups.items():
+        common = [d for d in rows[0]["details"] if all(d in r["details"] for r in rows[1:])] if len(rows) > 1 else []
+        ops: dict[str, int] = {}
+        for r in rows:
+            ops[r["op_type"]] = ops.get(r["op_type"], 0) + 1
+        out.append({
+            "reason": reason or "(no reason recorded)",
+            "count": len(rows),
+            "ops": ", ".join(f"{op} {c}" for op, c in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])) if op),
+            "common": common,
+            "nodes": [{**r, "details": [d for d in r["details"] if d not in common]} for r in rows],
+        })
+    return sorted(out, key=lambda g: -g["count"])
 
 
 def _top_rows(rows: list[dict], fp32_out: set, fp32_in: set) -> list[dict]:

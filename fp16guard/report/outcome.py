@@ -50,7 +50,7 @@ def outcome_lines(name: str, version: str, result: dict, plan: dict, verificatio
     figures = f"worst relative error {worst_text}" + (f" (output '{worst_output}')" if worst_output else "")
     if cosines:
         figures += f", min cosine {min(cosines):.6g}"
-    verdict = "verified" if record.passed else f"FAILED: {record.reason}"
+    verdict = "verified" if record.passed else f"rejected: {record.reason}"
     lines.append(f"verification of {name}/{version} against FP32: {verdict}; {figures}" + (f"; checked with {record.execution}" if record.execution else ""))
 
     released = result.get("released")

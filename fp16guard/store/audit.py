@@ -30,7 +30,8 @@ from fp16guard.store.runs import DamagedRecord, Store, open_store
 
 __all__ = ["verify_run", "history", "worst_rel_error"]
 
-_STATUS_WORDS = {"verified": "verified", "rejected": "rejected"}
+#: status words -> the one vocabulary (verified / rejected); older records said passed / failed
+_STATUS_WORDS = {"verified": "verified", "rejected": "rejected", "passed": "verified", "failed": "rejected"}
 
 
 def verify_run(store: "Store | str | None", name: str, version: str, run_id: str | None = None, check_inputs: bool = False) -> list[str]:

@@ -144,7 +144,7 @@ class ReleaseDecision:
         current_run_id: the version's current release after the call.
         previous_run_id: the release this one replaced (None when it was the first).
         reason: one line for people ("first verified run of m/1", "m/1 is already released
-            (run X); pass promote=True to replace it", ...).
+            (run X); run again with --promote to replace it", ...).
         record: the release record written (None when nothing was written).
     """
 
@@ -336,7 +336,7 @@ class Store:
                 if cur_id == run_id:
                     return ReleaseDecision(True, run_id, run_id, current.get("previous_run_id"), f"run {run_id} is already the release of {name}/{version}")
                 if current and not promote:
-                    return ReleaseDecision(False, run_id, cur_id, None, f"{name}/{version} is already released (run {cur_id}); pass promote=True (--promote) to replace it")
+                    return ReleaseDecision(False, run_id, cur_id, None, f"{name}/{version} is already released (run {cur_id}); run again with --promote to replace it")
                 # The next number follows every record file, damaged ones included (their
                 # numbers are taken).
                 record = {

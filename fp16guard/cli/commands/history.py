@@ -54,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
     for line in dict.fromkeys(damaged):
         print(f"fp16guard: warning: {line}", file=sys.stderr)
     if not rows:
-        print(f"{args.name}/{args.model_version}: no runs in {store.url}")
+        what = f"{args.name}/{args.model_version}" if args.model_version else args.name
+        print(f"{what}: no runs in {store.url}")
         return 0
     from fp16guard.plan.cost import fmt_share
 
