@@ -137,17 +137,15 @@ def check_settings(graph: onnx.ModelProto, plan, verify) -> None:
 
 def model_op_types(graph: onnx.ModelProto) -> set[str]:
     """Every op type in the model, subgraphs (If/Loop/Scan bodies) included."""
+    from fp16guard.graph.info import subgraphs
+
     found: set[str] = set()
 
     def visit(g: onnx.GraphProto) -> None:
         for node in g.node:
             found.add(node.op_type)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    visit(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        visit(sub)
+            for sub in subgraphs(node):
+                visit(sub)
 
     visit(graph.graph)
     return found

@@ -131,7 +131,7 @@ def _fixed(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> onnx.Mode
 
 def _inferred_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, list[int] | None], dict[str, int]]:
     """Shapes and element types of every value, subgraphs included, by ONNX inference."""
-    from fp16guard.graph.info import inferred_skeleton
+    from fp16guard.graph.info import inferred_skeleton, subgraphs
 
     inferred = inferred_skeleton(_fixed(model, feeds))
     shapes: dict[str, list[int] | None] = {}
@@ -146,31 +146,18 @@ def _inferred_shapes(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) ->
                 types[vi.name] = tt.elem_type
             if tt.HasField("shape"):
                 shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        walk_inits(g, values=True)  # its initializers, then its subgraphs through walk
+
+    # initializers of the real model too (the skeleton may have turned large ones into inputs)
+    def walk_inits(g: onnx.GraphProto, values: bool = False) -> None:
         for init in g.initializer:
             shapes[init.name] = list(init.dims)
             types[init.name] = init.data_type
         for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        walk(sub)
+            for sub in subgraphs(n):
+                (walk if values else walk_inits)(sub)
 
     walk(inferred.graph)
-    # initializers of the real model (the skeleton may have turned large ones into inputs)
-    def walk_inits(g: onnx.GraphProto) -> None:
-        for init in g.initializer:
-            shapes[init.name] = list(init.dims)
-            types[init.name] = init.data_type
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    walk_inits(a.g)
-                elif a.type == onnx.AttributeProto.GRAPHS:
-                    for sub in a.graphs:
-                        walk_inits(sub)
-
     walk_inits(model.graph)
     return shapes, types
 
