@@ -410,10 +410,22 @@ def _plan_and_model(model_path: Path, stats, calib: Sequence, settings, verify_s
     data, planned = plan_model(model, stats, settings, weights_dir=model_path.parent)
     plan = Plan.from_dict(data)
     full = load_model(model_path) if settings.repair and settings.strategy == "pin" else planned
-    plan = repair_plan(full, plan, list(calib), settings, verify_settings, batch_size)
+    plan = repair_plan(full, plan, list(calib), settings, verify_settings, batch_size, on_step=_show_step)
     del model, planned, full
     atomic.write_json(work / "plan.json", plan.to_dict())
     return plan, model_for_plan(load_model(model_path), plan.to_dict())
+
+
+def _show_step(step) -> None:
+    """Each check of the search as one line on stderr when it is a terminal (a long search says
+    which phase and check it is in); nothing in logs and pipes, like the progress bars."""
+    import sys
+
+    from fp16guard.report.plan_summary import step_line
+
+    if getattr(sys.stderr, "isatty", lambda: False)():
+        sys.stderr.write(step_line(step) + "\n")
+        sys.stderr.flush()
 
 
 def _fp16_share(model, fp32: set[str], sample, specs):
