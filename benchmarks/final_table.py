@@ -19,9 +19,9 @@ if str(REPO) not in sys.path:
 from benchmarks.real_models.lib_run import row_cells  # noqa: E402
 
 
-def _gpu_cells(m: dict | None) -> tuple[str, str, str]:
+def _gpu_cells(m: dict | None, missing: str = "not timed") -> tuple[str, str, str]:
     if not m:
-        return "not timed", "not timed", ""
+        return missing, missing, ""
     if m.get("error"):
         return f"error: {m['error'][:80]}", "", ""
     cells, notes = {}, []
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cpu", nargs="+")
     p.add_argument("--gpu", action="append", default=[])
     p.add_argument("--out")
+    p.add_argument("--gpu-missing", default="not timed", help="cell text for models without a GPU figure")
+    p.add_argument("--note", action="append", default=[], help="a line added under the header")
     args = p.parse_args(argv)
     cpu_records = [json.loads(Path(c).read_text()) for c in args.cpu]
     gpu = {}
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"- CPU run: {rec['when']}, {rec['machine']}; commit {rec['commit']}; `{rec['command']}`")
     for h in gpu_heads:
         lines.append(f"- GPU timing: {h}")
+    for n in args.note:
+        lines.append(f"- {n}")
     lines += ["", "gain kept = (t_fp32 − t_artifact) / (t_fp32 − t_all-FP16), medians with IOBinding, FP32 at onnxruntime's default TF32;",
               "given only where all-FP16 is ≥10% faster than FP32. Holdout error: worst max|cand − fp32| / max|fp32| over the outputs",
               "(non-finite shown as such). Seconds: stats + plan/search + build + verify on the CPU machine above.", "",
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             if "error" in c:
                 lines.append(f"| {c['model']} | harness/tool error: {c['error'][:150].replace('|', '/')} | | | | | | | | |")
                 continue
-            b1, b16, note = _gpu_cells(gpu.get(r["name"]))
+            b1, b16, note = _gpu_cells(gpu.get(r["name"]), args.gpu_missing)
             if note:
                 notes.append(f"- {r['name']}: {note}")
             gate = "numeric 0.02 / cos 0.999" if c["gate"].startswith("numeric: max rel. error ≤ 0.02, cosine ≥ 0.999") else c["gate"]
