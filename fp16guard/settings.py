@@ -88,7 +88,7 @@ class PlanSettings(BaseModel):
         description="Search for the smallest FP32 set by cost on calibration data with the verification gate, before holdout: the all-FP16 build first (it is the plan when it passes), then the rules' plan, pinning the nodes that add the most FP16 error until it passes, then giving nodes back to FP16, costliest first, while it still passes.",
     )
     repair_max_iterations: int = Field(8, ge=0, le=100, description="Repair: most rebuild-and-check iterations after the first check (the FP32 set grows geometrically, so 8 covers ~256x the first step).")
-    repair_max_seconds: float = Field(600.0, gt=0, le=86400, description="Repair: no new iteration starts after this many seconds.")
+    repair_max_seconds: float = Field(1200.0, gt=0, le=86400, description="Repair: no new check of the search starts after this many seconds (a safety limit: the check budgets, repair_max_iterations and shrink_max_checks, end the search first on most models, so its result does not depend on the machine's load).")
     repair_samples: int = Field(32, ge=1, le=100_000, description="Repair: calibration samples used for the checks and the per-node error attribution (the first ones).")
     repair_margin: float | None = Field(
         None,

@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trt-mode", choices=["auto", "strong", "weak"], default="auto", help="TensorRT typing mode (--backend tensorrt; default auto: by installed version)")
     p.add_argument("--trt-workspace", type=int, default=4096, metavar="MIB", help="TensorRT builder workspace limit in MiB (default 4096)")
     p.add_argument("--repair-max-iterations", type=int, default=8, metavar="N", help="repair: most rebuild-and-check iterations (0-100, default 8)")
-    p.add_argument("--repair-max-seconds", type=float, default=600.0, metavar="S", help="repair: no new iteration starts after S seconds (default 600)")
+    p.add_argument("--repair-max-seconds", type=float, default=1200.0, metavar="S", help="repair: no new check of the search starts after S seconds (default 1200)")
     p.add_argument("--promote", action="store_true", help="release this run even if the version already has a release")
     p.add_argument("--allow-overlap", action="store_true", help="accept a holdout that shares files or contents with the calibration data (refused by default); the verdict then says 'not independent'")
     p.add_argument("--min-fp16-share", type=float, default=0.0, metavar="F", help="release gate: do not release a verified run whose FP16 share of the estimated FLOPs is below F (0..1, e.g. 0.5; default 0: off)")
@@ -132,7 +132,7 @@ def parameters_from_args(args: argparse.Namespace):
                 "force_fp16_nodes": args.force_fp16_nodes,
                 "repair": not getattr(args, "no_repair", False),
                 "repair_max_iterations": getattr(args, "repair_max_iterations", 8),
-                "repair_max_seconds": getattr(args, "repair_max_seconds", 600.0),
+                "repair_max_seconds": getattr(args, "repair_max_seconds", 1200.0),
                 "strategy": getattr(args, "strategy", "auto"),
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
