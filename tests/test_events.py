@@ -136,3 +136,22 @@ def test_cli_register_without_server_exits_3(model_and_data, capsys, monkeypatch
         code = main(["register", "m.onnx", "--name", "mlp", "--model-version", "1", "--calib", "calib", "--holdout", "hold"])
     assert code == 3
     assert "cannot send the event" in capsys.readouterr().err
+
+
+def test_cli_register_without_a_url_uses_the_running_local_server(model_and_data, capsys, monkeypatch, tmp_path):
+    # No PREFECT_API_URL and no local server in this Prefect home: one line naming both (exit 2).
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    argv = ["register", "m.onnx", "--name", "mlp", "--model-version", "1", "--calib", "calib", "--holdout", "hold"]
+    with temporary_settings(restore_defaults={PREFECT_API_URL}, updates={PREFECT_HOME: str(tmp_path / "home")}):
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "no local fp16guard server is running" in err and len(err.strip().splitlines()) == 1
+    # A local server recorded as running is used: its (unreachable here) URL is where the event goes.
+    from fp16guard.cli import server
+
+    monkeypatch.setattr(server.LocalServer, "running", lambda self, patience_s=0.0: {"api_url": "http://127.0.0.1:1/api", "pid": 0})
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(argv)
+    assert code == 3 and "http://127.0.0.1:1/api" in capsys.readouterr().err

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "register",
         help="emit a model-registration event (starts a calibration run on a GPU worker)",
-        description="Emit a fp16guard.model.registered event to the Prefect server at $PREFECT_API_URL; print its id.",
+        description="Emit a fp16guard.model.registered event to the Prefect server at $PREFECT_API_URL (else the running local fp16guard server); print its id.",
     )
     p.add_argument("model", nargs="?", help="FP32 ONNX model path (before or after the options; made absolute; must be readable by the workers, e.g. on a shared file system)")
     p.add_argument("--name", required=True, help="model name in the store")
@@ -73,7 +73,7 @@ def emit(spec) -> str:
         spec: a :class:`fp16guard.events.EventSpec`.
 
     Raises:
-        ConfigError: ``PREFECT_API_URL`` is not set.
+        ConfigError: ``PREFECT_API_URL`` is not set and no local server is running.
         EnvironmentFailure: the server cannot be reached (exit status 3).
     """
     import asyncio
@@ -86,7 +86,14 @@ def emit(spec) -> str:
 
     api_url = PREFECT_API_URL.value()
     if not api_url:
-        raise ConfigError("PREFECT_API_URL is not set; expected the URL of the Prefect server that runs the fp16guard deployments, e.g. http://127.0.0.1:4200/api")
+        # The shared local server (fp16guard server / the first run) when one is running: its
+        # port is stable per Prefect home, so the event reaches the deployments served there.
+        from fp16guard.cli.server import local_server
+
+        state = local_server().running(patience_s=5.0)
+        api_url = state["api_url"] if state else None
+    if not api_url:
+        raise ConfigError("PREFECT_API_URL is not set and no local fp16guard server is running; expected the URL of the Prefect server that runs the fp16guard deployments, e.g. http://127.0.0.1:4200/api, or `fp16guard server start`")
     event = Event(event=spec.event, resource=spec.resource, related=spec.related, payload=spec.payload)
 
     async def _send() -> None:
