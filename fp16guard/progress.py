@@ -125,6 +125,8 @@ class Progress:
         filled = int(round(frac * self.width))
         elapsed = time.monotonic() - self._start
         note = note if len(note) <= 40 else "…" + note[-39:]
-        line = f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {elapsed:5.1f}s {note}"
+        # ETA from the mean time per finished step so far (none before the first step).
+        eta = f" ETA {elapsed / self.done * (self.total - self.done):4.0f}s" if 0 < self.done < self.total else ""
+        line = f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {elapsed:5.1f}s{eta} {note}"
         self.stream.write(line.ljust(100)[:120])
         self.stream.flush()

@@ -124,3 +124,14 @@ def test_progress_draws_only_on_a_terminal():
         bar.advance("b.npz")
     text = shown.getvalue()
     assert "2/2" in text and "b.npz" in text and text.endswith("\n")
+
+
+def test_progress_shows_an_eta_once_a_step_is_done():
+    import io
+
+    from fp16guard.progress import Progress
+
+    shown = io.StringIO()
+    with Progress(4, "holdout shards", stream=shown, force=True) as bar:
+        bar.advance("a")
+    assert "1/4" in shown.getvalue() and "ETA" in shown.getvalue()

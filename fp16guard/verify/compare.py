@@ -297,7 +297,7 @@ def verify(
         run_model = cand_model
 
     with _runner(ref_source, providers) as ref_run, _runner(run_model, providers) as cand_run:
-        report = compare_runners(ref_model, ref_run, cand_model, cand_run, holdout, settings, batch_size)
+        report = compare_runners(ref_model, ref_run, cand_model, cand_run, holdout, settings, batch_size, progress_label="holdout shards")
         used_providers = cand_run.providers
     report.update(execution=execution, emulated=do_emulate, providers=used_providers)
     return report
@@ -312,6 +312,7 @@ def compare_runners(
     settings: "VerifySettings | Gate",
     batch_size: int | None = None,
     per_slice: list[dict[str, dict]] | None = None,
+    progress_label: str | None = None,
 ) -> dict:
     """The comparison loop of :func:`verify`, for any two active runners.
 
@@ -325,6 +326,8 @@ def compare_runners(
         per_slice: when a list is given, the figures of every output of each inference slice
             alone are appended to it (``{output: figures}`` per slice, in order): how the error
             varies across samples (search margins, :mod:`fp16guard.plan.search.margin`).
+        progress_label: draw a progress bar with ETA over the shards on a terminal under this
+            label (:class:`fp16guard.progress.Progress`); None: no bar.
 
     Returns:
         The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``;
@@ -345,25 +348,32 @@ def compare_runners(
     for n in ref_names:
         if n not in cand_names:
             errors[n] = "missing from the candidate's outputs"
-    for ref in holdout:
-        raw = load_shard(ref)
-        ref_feeds = prepare_feeds(ref, raw, ref_specs)
-        cand_feeds = prepare_feeds(ref, raw, cand_specs)
-        del raw
-        n = batch_count(ref_feeds)
-        size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
-        for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
-            with shard_context(ref):
-                r_out = ref_run.infer(ref_slice, wanted)
-                c_out = cand_run.infer(cand_slice, wanted)
-            alone: dict = {} if per_slice is not None else None
-            for name in wanted:
-                _accumulate(stats, errors, ref, name, r_out[name], c_out[name], gate)
-                if alone is not None and name not in errors:
-                    _accumulate(alone, {}, ref, name, r_out[name], c_out[name], gate)
-            if alone is not None:
-                per_slice.append({name: acc.figures() for name, acc in alone.items()})
-        samples += n
+    from contextlib import nullcontext
+
+    from fp16guard.progress import Progress
+
+    with Progress(len(holdout), progress_label) if progress_label else nullcontext() as bar:
+        for ref in holdout:
+            raw = load_shard(ref)
+            ref_feeds = prepare_feeds(ref, raw, ref_specs)
+            cand_feeds = prepare_feeds(ref, raw, cand_specs)
+            del raw
+            n = batch_count(ref_feeds)
+            size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
+            for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
+                with shard_context(ref):
+                    r_out = ref_run.infer(ref_slice, wanted)
+                    c_out = cand_run.infer(cand_slice, wanted)
+                alone: dict = {} if per_slice is not None else None
+                for name in wanted:
+                    _accumulate(stats, errors, ref, name, r_out[name], c_out[name], gate)
+                    if alone is not None and name not in errors:
+                        _accumulate(alone, {}, ref, name, r_out[name], c_out[name], gate)
+                if alone is not None:
+                    per_slice.append({name: acc.figures() for name, acc in alone.items()})
+            samples += n
+            if bar is not None:
+                bar.advance(ref.name)
 
     outputs: dict[str, dict] = {}
     failures: list[tuple[float, str]] = []
