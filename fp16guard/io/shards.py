@@ -32,6 +32,7 @@ from fp16guard.io.model import InputSpec
 
 __all__ = [
     "ShardRef",
+    "header_samples",
     "Feeds",
     "discover_shards",
     "load_shard",
@@ -198,6 +199,12 @@ def peek_shard(ref: ShardRef) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         raise DataError(f"shard {ref.name} is not a readable .npz file ({type(exc).__name__}: {exc}); expected arrays keyed by input name") from None
     return out
 
+
+
+def header_samples(ref: ShardRef) -> int:
+    """A shard's samples as its headers tell, without reading its arrays: the largest leading
+    size (1 for a shard of scalars only)."""
+    return max((shape[0] for _, shape in peek_shard(ref).values() if shape), default=1)
 
 def batch_axes(specs: Sequence[InputSpec]) -> dict[str, int | None]:
     """The batch axis of every input, from the model's declared shapes alone.

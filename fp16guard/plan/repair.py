@@ -48,7 +48,7 @@ from typing import Callable, Sequence
 import onnx
 
 from fp16guard.graph.info import fp16_slots, opset_map, tensor_types
-from fp16guard.io.shards import ShardRef, peek_shard
+from fp16guard.io.shards import ShardRef, header_samples, peek_shard
 from fp16guard.plan.records import Plan, PlanEntry, RepairRecord, RepairStep
 from fp16guard.plan.search.checker import CalibrationChecker, Check
 from fp16guard.plan.search.grow import CARRY, INPUT_SHARE, AttributionGrowth, Pin, fp16_upstream, trace_sources
@@ -84,8 +84,7 @@ def calibration_slice(shards: Sequence[ShardRef], samples: int) -> list[ShardRef
     total = 0
     for ref in shards:
         picked.append(ref)
-        layout = peek_shard(ref)
-        total += max((shape[0] for _, shape in layout.values() if shape), default=1)
+        total += header_samples(ref)
         if total >= samples:
             break
     return picked

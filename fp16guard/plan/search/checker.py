@@ -19,7 +19,7 @@ from typing import Sequence
 
 import onnx
 
-from fp16guard.io.shards import ShardRef, peek_shard
+from fp16guard.io.shards import ShardRef, header_samples, peek_shard
 from fp16guard.plan.search.margin import Spread, inflation
 from fp16guard.verify.metrics import Gate
 
@@ -91,14 +91,6 @@ class _CachedReference:
         return out
 
 
-def _samples(shards: Sequence[ShardRef]) -> int:
-    total = 0
-    for ref in shards:
-        layout = peek_shard(ref)
-        total += max((shape[0] for _, shape in layout.values() if shape), default=1)
-    return total
-
-
 def _sliceable(model: onnx.ModelProto, shards: Sequence[ShardRef]) -> bool:
     """False when slicing a shard finer than it comes could split it wrongly: an input fed whole
     with every slice (no batch axis the model's declared shapes show) has a dimension as large as
@@ -140,7 +132,7 @@ class CalibrationChecker:
         self.shards = list(shards)
         self.gate = gate
         self.fixed_margin = fixed_margin
-        self.samples = _samples(self.shards)
+        self.samples = sum(header_samples(ref) for ref in self.shards)
         per = max(1, math.ceil(self.samples / SLICES))
         if not _sliceable(model, self.shards):
             per = batch_size  # keep the shard's batch whole, as verification would run it
