@@ -342,7 +342,7 @@ def compare_runners(
     errors: dict[str, str] = {}
     samples = 0
     ref_names = list(ref_run.output_names)
-    check_gate_outputs(gate.settings, ref_names)
+    check_gate_outputs(gate, ref_names)
     cand_names = set(cand_run.output_names)
     wanted = [n for n in ref_names if n in cand_names]
     for n in ref_names:

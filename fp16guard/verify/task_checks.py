@@ -25,10 +25,14 @@ The gate of an output is numeric unless the user chose another
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fp16guard.settings import OutputGate, VerifySettings
+
+if TYPE_CHECKING:
+    from fp16guard.verify.metrics import Gate
 
 __all__ = ["TaskChecks", "check_gate_outputs"]
 
@@ -112,9 +116,13 @@ class TaskChecks:
         return out
 
 
-def check_gate_outputs(settings: VerifySettings, output_names: list[str]) -> None:
+def check_gate_outputs(settings: "VerifySettings | Gate", output_names: list[str]) -> None:
     """Raise when ``settings.output_gates`` names an output the model does not have, or a gate
     that cannot be built (a custom metric that does not import): before any work is done.
+
+    Args:
+        settings: :class:`VerifySettings`, or a :class:`fp16guard.verify.metrics.Gate` already
+            built from them (not built again).
 
     Raises:
         ConfigError: names the unknown outputs and lists the model's, or the gate (exit status 2).
@@ -122,9 +130,8 @@ def check_gate_outputs(settings: VerifySettings, output_names: list[str]) -> Non
     from fp16guard.errors import ConfigError
     from fp16guard.verify.metrics import Gate
 
-    Gate.from_settings(settings)
-
-    unknown = sorted(set(settings.output_gates) - set(output_names))
+    gates = Gate.from_settings(settings).settings.output_gates
+    unknown = sorted(set(gates) - set(output_names))
     if unknown:
         raise ConfigError(
             f"a gate names output(s) {', '.join(map(repr, unknown))}, which the model does not have; expected one of {', '.join(map(repr, output_names))}"
