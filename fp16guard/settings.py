@@ -15,10 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from fp16guard import FP16_MAX
-from fp16guard.backends.registry import backend_names
-
-#: The registered backends (fp16guard.backends.registry): the only place their names come from.
-BackendName = Literal[backend_names()]  # type: ignore[valid-type]
+from fp16guard.backend_names import backend_names
 
 #: Names and versions become folder names in the store: letters, digits, '.', '_', '-' only.
 SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -215,6 +212,11 @@ class ExecutionSettings(BaseModel):
         return value
 
 
+def _backend_choices(schema: dict[str, Any]) -> None:
+    # Called by pydantic each time a JSON schema is made: the names known then.
+    schema["enum"] = list(backend_names())
+
+
 class RunParameters(BaseModel):
     """Parameters of one fp16guard run (the flow's form in the Prefect UI)."""
 
@@ -233,7 +235,14 @@ class RunParameters(BaseModel):
     name: str = Field(..., pattern=SAFE_SEGMENT.pattern, description="Model name in the store: 1-128 letters, digits, '.', '_', '-', starting with a letter or digit.")
     version: str = Field(..., pattern=SAFE_SEGMENT.pattern, description="Model version in the store: 1-128 letters, digits, '.', '_', '-', starting with a letter or digit.")
     store: str | None = Field(None, description="Store root (folder or fsspec URL). Default: $FP16GUARD_STORE, else ./fp16guard-store.")
-    backend: BackendName = Field("onnxruntime", description="What to build: a mixed-precision ONNX model on onnxruntime, or a TensorRT engine.")
+    # Checked when parsed against fp16guard.backend_names (the settings sit below the backends,
+    # docs/ARCHITECTURE.md); the choices go into the schema when it is made, so the Prefect form
+    # offers them and the server refuses another name, registered backends included.
+    backend: str = Field(
+        "onnxruntime",
+        description="What to build: a mixed-precision ONNX model on onnxruntime, or a TensorRT engine.",
+        json_schema_extra=_backend_choices,
+    )
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description="Samples per inference call; larger shards run in slices. Default: whole shard.")
     providers: list[Literal["CUDAExecutionProvider", "CPUExecutionProvider"]] = Field(
         default_factory=list,
@@ -269,6 +278,15 @@ class RunParameters(BaseModel):
     def _batches(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and any(b < 1 or b > 65536 for b in value):
             raise ValueError(f"batch sizes must be between 1 and 65536, got {value}")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        # One line through parse_parameters: "backend 'nope' is not accepted: expected one of ...".
+        names = backend_names()
+        if value not in names:
+            raise ValueError(f"expected one of {', '.join(names)}")
         return value
 
     # "before": our one-line message, not pydantic's "should match pattern".

@@ -1,6 +1,7 @@
-"""The layers hold: the library never imports Prefect, and its modules form no import cycle.
+"""The layers hold: every import goes down the layer drawing of docs/ARCHITECTURE.md, the library
+never imports Prefect, and its modules form no import cycle.
 
-Both are read from the source (AST), so the test is fast and sees every module, including those
+All are read from the source (AST), so the test is fast and sees every module, including those
 whose optional dependencies (TensorRT) are absent here; a subprocess then imports every module
 that can be imported and checks that Prefect never got loaded.
 """
@@ -8,6 +9,7 @@ that can be imported and checks that Prefect never got loaded.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +70,102 @@ def _imports(module: str, path: Path, *, module_level: bool) -> list[tuple[str, 
 
     visit(tree.body)
     return found
+
+
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
+
+
+def _layers(text: str) -> dict[str, int]:
+    """unit -> layer number, from the fenced ``layers`` block of docs/ARCHITECTURE.md (one line
+    per layer, highest first: ``"3  stats, verify"``). A unit named twice is an error."""
+    match = re.search(r"^```layers\n(.*?)^```", text, re.S | re.M)
+    assert match, "docs/ARCHITECTURE.md has no ```layers block"
+    layers: dict[str, int] = {}
+    for line in match.group(1).splitlines():
+        if not line.strip():
+            continue
+        number, _, units = line.strip().partition(" ")
+        for unit in (u.strip() for u in units.split(",")):
+            assert unit not in layers, f"{unit} stands in two layers"
+            layers[unit] = int(number)
+    return layers
+
+
+def _unit(module: str) -> str:
+    """The unit of a library module: its sub-package or top-level module (``fp16guard.io.model``
+    -> ``io``, ``fp16guard.settings`` -> ``settings``), ``fp16guard`` for the package root."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _resolve(name: str, modules) -> str | None:
+    """The library module an imported name loads (``fp16guard.io.model.load_model`` ->
+    ``fp16guard.io.model``), None outside the library."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _layer_violations(layers: dict[str, int], imports: dict[str, list[tuple[str, int]]]) -> list[str]:
+    """Every import from module A to module B of another unit whose layer is not strictly lower.
+
+    Args:
+        layers: unit -> layer number (:func:`_layers`).
+        imports: module -> (imported library module, line) pairs.
+    """
+    bad = []
+    for module, found in sorted(imports.items()):
+        src = _unit(module)
+        for target, line in found:
+            dst = _unit(target)
+            if dst == src or dst not in layers or src not in layers:
+                continue  # unplaced units are reported by test_every_unit_stands_in_one_layer
+            if layers[dst] >= layers[src]:
+                how = "sideways" if layers[dst] == layers[src] else "upward"
+                bad.append(f"{module}:{line} imports {target} ({how}: {src} is layer {layers[src]}, {dst} is layer {layers[dst]})")
+    return bad
+
+
+def _library_imports() -> dict[str, list[tuple[str, int]]]:
+    # Every import anywhere in a module: module level, in functions, under TYPE_CHECKING.
+    modules = _modules()
+    out: dict[str, list[tuple[str, int]]] = {}
+    for module, path in modules.items():
+        found = {(_resolve(name, modules), line) for name, line in _imports(module, path, module_level=False)}
+        out[module] = sorted((m, line) for m, line in found if m)
+    return out
+
+
+def test_layer_checker_finds_upward_and_sideways_imports():
+    # The checker itself: a planted upward, sideways and downward import each.
+    layers = _layers("```layers\n2  api\n1  io, graph\n0  errors\n```\n")
+    assert layers == {"api": 2, "io": 1, "graph": 1, "errors": 0}
+    imports = {
+        "fp16guard.io.model": [("fp16guard.api.pipeline", 3), ("fp16guard.errors", 4), ("fp16guard.io.atomic", 5)],
+        "fp16guard.graph.info": [("fp16guard.io.model", 7)],
+        "fp16guard.api.pipeline": [("fp16guard.graph.info", 9)],
+    }
+    bad = _layer_violations(layers, imports)
+    assert bad == [
+        "fp16guard.graph.info:7 imports fp16guard.io.model (sideways: graph is layer 1, io is layer 1)",
+        "fp16guard.io.model:3 imports fp16guard.api.pipeline (upward: io is layer 1, api is layer 2)",
+    ]
+
+
+def test_every_unit_stands_in_one_layer():
+    layers = _layers(ARCHITECTURE.read_text())
+    units = {_unit(m) for m in _modules()}
+    assert sorted(units - set(layers)) == [], "library units missing from the ```layers block of docs/ARCHITECTURE.md"
+    assert sorted(set(layers) - units) == [], "the ```layers block names units the library does not have"
+
+
+def test_imports_follow_the_layers_of_the_architecture():
+    """docs/ARCHITECTURE.md draws the layers; every import of every library module, lazy ones
+    included, goes to its own unit or to a lower layer."""
+    imports = _library_imports()
+    assert sum(len(v) for v in imports.values()) > 300, "the imports must have been read"
+    bad = _layer_violations(_layers(ARCHITECTURE.read_text()), imports)
+    assert not bad, "imports against the layers of docs/ARCHITECTURE.md:\n" + "\n".join(bad)
 
 
 def test_library_never_imports_prefect_at_module_level():

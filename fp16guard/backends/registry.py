@@ -1,9 +1,10 @@
-"""The one place that knows backend names: name -> factory of a :class:`.base.Backend`.
+"""The one place that makes a backend from its name: name -> factory of a :class:`.base.Backend`.
 
 Adding a backend is one new module with a ``make_backend(providers)`` factory plus one line in
-:data:`_BUILTIN`. Names are known without importing the implementations (the settings' choices
-and the CLI's ``--backend`` are read from here at import time; runtimes load only when a backend
-is made).
+:data:`fp16guard.backend_names.BUILTIN` (the table of names, kept in the lowest layer so the
+settings can check a name without importing this package). Names are known without importing
+the implementations (the CLI's ``--backend`` choices are read from here; runtimes load only when
+a backend is made).
 """
 
 from __future__ import annotations
@@ -11,35 +12,24 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Sequence
 
+from fp16guard.backend_names import BUILTIN, DEFAULT_BACKEND, REGISTERED, backend_names
 from fp16guard.backends.base import Backend
 
 __all__ = ["DEFAULT_BACKEND", "backend_module", "backend_names", "describe", "get_backend", "register", "released_artifact"]
 
-#: name -> ("module:factory", one-line description). The factory takes the requested providers.
-_BUILTIN: dict[str, tuple[str, str]] = {
-    "onnxruntime": (
-        "fp16guard.backends.onnxruntime:make_backend",
-        "a mixed-precision ONNX model on onnxruntime (CUDA provider with real FP16 kernels when a GPU and onnxruntime-gpu are present, else CPU with FP16 storage emulation)",
-    ),
-    "tensorrt": ("fp16guard.backends.tensorrt.backend:make_backend", "a TensorRT engine with the plan's nodes in FP32"),
-}
-_REGISTERED: dict[str, tuple[Callable[[Sequence[str] | None], Backend], str]] = {}
-
-DEFAULT_BACKEND = "onnxruntime"
+# The table lives in the lowest layer (fp16guard.backend_names) so the settings can check a name
+# without importing the backends; these are the same dict objects, not copies.
+_BUILTIN = BUILTIN
+_REGISTERED = REGISTERED
 
 
 def register(name: str, factory: Callable[[Sequence[str] | None], Backend], description: str = "") -> None:
     """Register a backend made by ``factory(providers)`` under ``name`` (replaces a previous one).
 
-    Run-parameter validation reads the names at import time: register before importing
-    :mod:`fp16guard.settings` for the new name to be accepted there.
+    Side effect: the name is accepted by ``RunParameters.backend`` from then on (the settings
+    read :func:`fp16guard.backend_names.backend_names` when they parse).
     """
     _REGISTERED[name] = (factory, description)
-
-
-def backend_names() -> tuple[str, ...]:
-    """Registered names, built-ins first."""
-    return tuple(dict.fromkeys([*_BUILTIN, *_REGISTERED]))
 
 
 def describe(name: str) -> str:

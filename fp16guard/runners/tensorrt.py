@@ -13,9 +13,9 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fp16guard.backends.tensorrt.env import require_tensorrt
 from fp16guard.errors import DataError, ModelError
 from fp16guard.runners.base import RunnerBase
+from fp16guard.runners.tensorrt_env import require_tensorrt
 
 __all__ = ["TensorRTRunner", "infer_shard", "run_holdout"]
 

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from fp16guard.errors import ConfigError, UserError, VerificationFailed
+# Defined with the probe, below the runner that raises it too (docs/ARCHITECTURE.md layers).
+from fp16guard.runners.tensorrt_env import UNAVAILABLE_HINT, TensorRTUnavailable
 
-#: The one line a user sees when this backend cannot run on the machine.
-UNAVAILABLE_HINT = (
-    "--backend tensorrt needs the tensorrt package and an NVIDIA GPU; install fp16guard[tensorrt] on a GPU worker"
-)
-
-
-class TensorRTUnavailable(UserError):
-    """``tensorrt`` cannot be imported, or no NVIDIA GPU is visible (exit status 2)."""
-
-    def __init__(self, detail: str = ""):
-        super().__init__(UNAVAILABLE_HINT + (f" ({detail})" if detail else ""))
-        self.detail = detail
+__all__ = ["UNAVAILABLE_HINT", "EnginePrecisionError", "EngineBuildError", "TensorRTUnavailable", "TypingModeError"]
 
 
 class TypingModeError(ConfigError):
