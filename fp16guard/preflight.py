@@ -4,7 +4,9 @@
 forward pass) run the same checks, in this order:
 
 1. the chosen backend is usable (its ``preflight``);
-2. the model is a file (a folder gets its own message) and its graph loads;
+2. the model is a file (a folder gets its own message), its graph loads, and onnxruntime can run
+   every op in it (custom domains, unknown op types: read from onnxruntime's kernel registry,
+   :mod:`fp16guard.runners.ort_ops`; the statistics pass runs every model on onnxruntime);
 3. ``--gate`` names outputs the model has; ``--force-fp32-ops`` (and ``force_fp16_ops`` where a
    settings version has it) names op types the model has (the message lists the model's op types);
 4. every calibration and holdout shard's arrays (read from the ``.npy`` headers only) match the
@@ -30,7 +32,7 @@ import onnx
 
 from fp16guard.errors import ConfigError, DataError, ModelError
 from fp16guard.io.model import InputSpec, input_specs, load_graph
-from fp16guard.io.shards import ShardRef, check_layout, discover_shards, load_shard, peek_shard, prepare_feeds, shard_digest
+from fp16guard.io.shards import ShardRef, check_layout, discover_shards, load_shard, peek_shard, prepare_feeds, shard_digests, shard_location
 
 __all__ = [
     "NOT_INDEPENDENT",
@@ -39,6 +41,7 @@ __all__ = [
     "check_force_ops",
     "check_independent",
     "check_model_path",
+    "check_ops",
     "load_checked_graph",
     "model_op_types",
     "preflight",
@@ -110,12 +113,35 @@ def check_model_path(model: str | os.PathLike) -> Path:
 
 
 def load_checked_graph(model: str | os.PathLike) -> onnx.ModelProto:
-    """:func:`check_model_path`, then the graph (weights stay in the file).
+    """:func:`check_model_path`, then the graph (weights stay in the file), then :func:`check_ops`.
 
     Raises:
-        ModelError: see :func:`check_model_path` and :func:`fp16guard.io.model.load_graph`.
+        ModelError: see :func:`check_model_path`, :func:`fp16guard.io.model.load_graph` and
+            :func:`check_ops`.
     """
-    return load_graph(check_model_path(model))
+    path = check_model_path(model)
+    graph = load_graph(path)
+    check_ops(graph, path)
+    return graph
+
+
+def check_ops(graph: onnx.ModelProto, where: str | os.PathLike = "the model") -> None:
+    """Refuse a model with ops onnxruntime cannot run (custom domains, unknown op types).
+
+    Needs no data and no session (onnxruntime's kernel registry); found here, the refusal comes
+    before the flow starts and before anything is written, not at the first session.
+
+    Raises:
+        ModelError: one line naming each op type, its domain and a node.
+    """
+    from fp16guard.runners.ort_ops import describe_unsupported, unsupported_ops
+
+    missing = unsupported_ops(graph)
+    if missing:
+        raise ModelError(
+            f"model {where}: {describe_unsupported(missing)}; expected ops of the default ONNX domain, ai.onnx.ml or com.microsoft, "
+            "or a model-local function that defines them (the statistics pass runs the model on onnxruntime)"
+        )
 
 
 def check_settings(graph: onnx.ModelProto, plan, verify) -> None:
@@ -228,17 +254,18 @@ def check_independent(calib: Sequence[ShardRef], holdout: Sequence[ShardRef], al
     """
     if not holdout:
         return Overlap()
-    by_place = {(str(Path(r.path).resolve()), r.index): r.name for r in calib}
+    # A place is a resolved path or an object's URL (plus the feed index): shards by URL too.
+    by_place = {shard_location(r): r.name for r in calib}
     by_digest: dict[str, str] = {}
-    for ref in calib:
-        by_digest.setdefault(shard_digest(ref), ref.name)
+    for ref, digest in zip(calib, shard_digests(calib)):
+        by_digest.setdefault(digest, ref.name)
     pairs = []
-    for ref in holdout:
-        place = (str(Path(ref.path).resolve()), ref.index)
+    for ref, digest in zip(holdout, shard_digests(holdout)):
+        place = shard_location(ref)
         if place in by_place:
             pairs.append((ref.name, by_place[place], "same file"))
             continue
-        same = by_digest.get(shard_digest(ref))
+        same = by_digest.get(digest)
         if same is not None:
             pairs.append((ref.name, same, "same content"))
     overlap = Overlap(tuple(pairs))
