@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from fp16guard.io.shards import ShardRef, discover_shards, shard_digest
+from dataclasses import replace
+
+from fp16guard.io.shards import ShardRef, discover_shards, shard_digests
+from fp16guard.io.shards import shard_location as _location
 from fp16guard.io.model import input_specs, load_graph, model_digest
 
 
@@ -32,23 +35,29 @@ def fingerprint_model(model_path: str) -> dict:
 
 @task(name="discover-shards")
 def discover(paths: list[str], role: str) -> list[dict]:
-    """Expand calibration or holdout locations into shards with content digests.
+    """Expand calibration or holdout locations (folders, files, globs, fsspec URLs) into shards
+    with content digests.
+
+    Each digest is the sha256 of the shard's bytes (:func:`fp16guard.io.shards.shard_digest`;
+    an object at a URL is read and hashed here, several at a time), and each ``ShardRef`` carries
+    it (``sha256``), so the task that later reads the shard, on any worker, refuses data that
+    changed since: a result is never cached under the digest of other bytes.
 
     Returns:
         One ``{"shard": ShardRef, "sha256": str}`` per shard, in order.
 
     Raises:
         DataError: a location is missing or the set is empty.
+        EnvironmentFailure: an object store or the network failed.
     """
-    return [{"shard": ref, "sha256": shard_digest(ref)} for ref in discover_shards(paths, role)]
+    refs = discover_shards(paths, role)
+    return [{"shard": replace(ref, sha256=digest), "sha256": digest} for ref, digest in zip(refs, shard_digests(refs))]
 
 
 def shard_location(ref: ShardRef) -> str:
-    """Where a shard lives, for lineage: the file, plus ``#<index>`` for a JSON feed dict."""
-    from pathlib import Path
-
-    loc = str(Path(ref.path).resolve())
-    return loc if ref.index is None else f"{loc}#{ref.index}"
+    """Where a shard lives, for lineage: the absolute file path or the object's URL, plus
+    ``#<index>`` for a JSON feed dict (:func:`fp16guard.io.shards.shard_location`)."""
+    return _location(ref)
 
 
 def holdout_overlap(calib: list[dict], holdout: list[dict]):

@@ -5,6 +5,11 @@ or one feed dict of a Polygraphy JSON inputs file (the list-of-feed-dicts format
 ``polygraphy run --load-inputs``). Shards are loaded one at a time, so memory does not grow with
 the number of shards.
 
+**Shards by URL.** A location may be an fsspec URL (``s3://bucket/prefix``, ``memory://...``):
+it is expanded by the same rules as a local one (:mod:`fp16guard.io.remote`), the
+:class:`ShardRef` keeps the object's URL (never its bytes), and whoever loads it opens it. Its
+digest is the sha256 of the object's bytes, as for a local file (not an ETag).
+
 **Batch axes.** A shard may hold several samples, and a run may slice it (``--batch-size``, a
 static batch in the model). Slicing happens only along an axis the model's input shapes declare
 as the *same symbolic dimension* (:func:`batch_axes`): for ``x [N, T, 80]``, ``state [2, N, 128]``
@@ -18,17 +23,20 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import io
 import os
+import posixpath
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from fp16guard.errors import DataError, NonFiniteError
-from fp16guard.io.hashing import sha256_file
+from fp16guard.errors import DataError, EnvironmentFailure, NonFiniteError, UserError
+from fp16guard.io.hashing import sha256_bytes, sha256_file
 from fp16guard.io.model import InputSpec
+from fp16guard.io.urls import is_remote
 
 __all__ = [
     "ShardRef",
@@ -36,7 +44,11 @@ __all__ = [
     "Feeds",
     "discover_shards",
     "load_shard",
+    "read_shard",
     "shard_digest",
+    "shard_digests",
+    "shard_location",
+    "shard_bytes",
     "arrays_digest",
     "peek_shard",
     "batch_axes",
@@ -55,37 +67,51 @@ class ShardRef:
     """Where one shard lives.
 
     Attributes:
-        name: display name, unique within a data set: the file path as given, plus ``[i]`` for
-            the i-th feed dict of a JSON file.
-        path: the file holding it.
+        name: display name, unique within a data set: the file path as given (an object's URL),
+            plus ``[i]`` for the i-th feed dict of a JSON file.
+        path: the file holding it: a local path, or an fsspec URL (``s3://bucket/key``).
         index: position in a Polygraphy JSON list; None for ``.npz`` files.
+        sha256: the shard's digest (:func:`shard_digest`) when the run has computed it (the
+            flow's discovery does): :func:`read_shard` refuses a shard whose bytes no longer
+            match it, so a result is never cached under the digest of other data. None: unknown.
+            Not part of equality (a shard is where it lives).
     """
 
     name: str
     path: str
     index: int | None = None
+    sha256: str | None = field(default=None, compare=False)
 
 
 def discover_shards(paths: Sequence[str | os.PathLike], role: str = "calibration") -> list[ShardRef]:
     """Expand user-given locations into an ordered list of shards.
 
     Each location may be a directory (its ``*.npz`` files, sorted), a glob pattern, a single
-    ``.npz`` file, or a Polygraphy JSON inputs file (one shard per feed dict). Duplicates
-    (the same file reached twice) are kept once, in first-seen order.
+    ``.npz`` file, or a Polygraphy JSON inputs file (one shard per feed dict); or the same as an
+    fsspec URL (a prefix, a glob, an object: :func:`fp16guard.io.remote.expand`), whose shards
+    keep their object URLs. Duplicates (the same file reached twice) are kept once, in
+    first-seen order.
 
     Args:
         paths: the locations, as given on the command line.
         role: "calibration" or "holdout", used in error messages.
 
     Raises:
-        DataError: a location does not exist or matches nothing, a file has an unsupported
-            suffix, or the whole set is empty.
+        DataError: a location does not exist or matches nothing (a URL: its bucket is missing,
+            no object is under its prefix), a file has an unsupported suffix, or the whole set
+            is empty.
+        EnvironmentFailure: an object store or the network failed while listing a URL.
     """
     if not paths:
         raise DataError(f"no {role} data given; expected one or more .npz files, folders, globs or Polygraphy JSON files")
-    files: list[Path] = []
+    files: list[Path | str] = []  # local paths, or object URLs (str)
     for raw in paths:
         text = str(raw)
+        if is_remote(text):
+            from fp16guard.io import remote
+
+            files.extend(remote.expand(text, role))
+            continue
         p = Path(text)
         if p.is_dir():
             found = sorted(p.glob("*.npz")) + sorted(p.glob("*.json"))
@@ -104,29 +130,33 @@ def discover_shards(paths: Sequence[str | os.PathLike], role: str = "calibration
     shards: list[ShardRef] = []
     seen: set[str] = set()
     for f in files:
-        key = str(f.resolve())
+        key = f if isinstance(f, str) else str(f.resolve())
         if key in seen:
             continue
         seen.add(key)
-        suffix = f.suffix.lower()
-        if suffix == ".npz":
+        suffix = posixpath.splitext(f)[1] if isinstance(f, str) else f.suffix
+        if suffix.lower() == ".npz":
             shards.append(ShardRef(str(f), str(f)))
-        elif suffix == ".json":
+        elif suffix.lower() == ".json":
             count = len(_load_json_feeds(f))
             shards.extend(ShardRef(f"{f}[{i}]", str(f), i) for i in range(count))
         else:
-            raise DataError(f"{role} file {f} has suffix '{f.suffix}'; expected .npz or a Polygraphy JSON inputs file (.json)")
+            raise DataError(f"{role} file {f} has suffix '{suffix}'; expected .npz or a Polygraphy JSON inputs file (.json)")
     if not shards:
         raise DataError(f"the {role} set is empty; expected at least one shard with at least one sample")
     return shards
 
 
-def _load_json_feeds(path: Path) -> list[dict]:
+def _load_json_feeds(path: Path | str) -> list[dict]:
     # Polygraphy's reader decodes its base64 .npy encoding; imported lazily (slow import).
-    try:
-        from polygraphy.json import load_json
+    if is_remote(str(path)):
+        from fp16guard.io import remote
 
-        feeds = load_json(str(path))
+        text = remote.read_bytes(str(path), f"Polygraphy JSON inputs file {path}")
+    try:
+        from polygraphy.json import from_json, load_json
+
+        feeds = from_json(text.decode("utf-8")) if is_remote(str(path)) else load_json(str(path))
     except Exception as exc:
         raise DataError(f"{path} is not a Polygraphy JSON inputs file ({type(exc).__name__}: {exc}); expected the output of 'polygraphy run --save-inputs'") from None
     if isinstance(feeds, dict):
@@ -137,16 +167,17 @@ def _load_json_feeds(path: Path) -> list[dict]:
 
 
 def load_shard(ref: ShardRef) -> dict[str, np.ndarray]:
-    """Load one shard's arrays into memory.
+    """Load one shard's arrays into memory (a URL's object is read whole, in one GET).
 
     Raises:
-        DataError: the file cannot be read as the format its suffix says.
+        DataError: the file cannot be read as the format its suffix says; a remote shard no
+            longer matches ``ref.sha256`` (see :func:`read_shard`).
+        EnvironmentFailure: an object store or the network failed.
     """
+    if is_remote(ref.path):
+        return read_shard(ref)[0]
     if ref.index is not None:
-        feeds = _load_json_feeds(Path(ref.path))
-        if ref.index >= len(feeds):
-            raise DataError(f"shard {ref.name}: {ref.path} holds only {len(feeds)} feed dicts")
-        return {k: np.asarray(v) for k, v in feeds[ref.index].items()}
+        return _json_feed(ref, _load_json_feeds(Path(ref.path)))
     try:
         with np.load(ref.path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
@@ -154,13 +185,102 @@ def load_shard(ref: ShardRef) -> dict[str, np.ndarray]:
         raise DataError(f"shard {ref.name} is not a readable .npz file ({type(exc).__name__}: {exc}); expected arrays keyed by input name") from None
 
 
+def _json_feed(ref: ShardRef, feeds: list[dict]) -> dict[str, np.ndarray]:
+    if ref.index >= len(feeds):
+        raise DataError(f"shard {ref.name}: {ref.path} holds only {len(feeds)} feed dicts")
+    return {k: np.asarray(v) for k, v in feeds[ref.index].items()}
+
+
+def _npz_arrays(ref: ShardRef, blob: bytes) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:
+        raise DataError(f"shard {ref.name} is not a readable .npz file ({type(exc).__name__}: {exc}); expected arrays keyed by input name") from None
+
+
+def read_shard(ref: ShardRef) -> tuple[dict[str, np.ndarray], str]:
+    """A shard's arrays and the digest of exactly the data they were read from.
+
+    The digest is hashed from the bytes as they are read (a URL's object is fetched once, then
+    hashed and parsed from memory; a local ``.npz`` is hashed from the file), so a table measured
+    on these arrays is recorded with the digest of its own data, never a digest taken earlier.
+    When ``ref.sha256`` is set (the run hashed the shard at discovery) the two must agree.
+
+    Returns:
+        ``(arrays, digest)``: as :func:`load_shard` and :func:`shard_digest` give them.
+
+    Raises:
+        DataError: see :func:`load_shard`; or the shard changed since the run hashed it.
+        EnvironmentFailure: an object store or the network failed.
+    """
+    if is_remote(ref.path):
+        from fp16guard.io import remote
+
+        if ref.index is not None:
+            arrays = _json_feed(ref, _load_json_feeds(ref.path))
+            digest = arrays_digest(arrays)
+        else:
+            blob = remote.read_bytes(ref.path, f"shard {ref.name}")
+            digest = sha256_bytes(blob)  # the bytes parsed below, not an ETag
+            arrays = _npz_arrays(ref, blob)
+    else:
+        arrays = load_shard(ref)
+        digest = arrays_digest(arrays) if ref.index is not None else sha256_file(ref.path)
+    if ref.sha256 is not None and digest != ref.sha256:
+        raise DataError(
+            f"shard {ref.name} changed while the run was using it (sha256 {ref.sha256[:12]}... when the run began, {digest[:12]}... now); "
+            f"expected calibration and holdout data that stay unchanged during a run: run again"
+        )
+    return arrays, digest
+
+
 def shard_digest(ref: ShardRef) -> str:
-    """Content digest of a shard: the file's sha256 for ``.npz``; for a JSON feed dict, the
-    sha256 of its arrays (names, dtypes, shapes, bytes), so adding feeds to a JSON file does not
-    change the digest of the others."""
-    if ref.index is None:
-        return sha256_file(ref.path)
-    return arrays_digest(load_shard(ref))
+    """Content digest of a shard: the sha256 of the file's (or object's) bytes for ``.npz``; for
+    a JSON feed dict, the sha256 of its arrays (names, dtypes, shapes, bytes), so adding feeds to
+    a JSON file does not change the digest of the others. An object at a URL is streamed through
+    sha256 (1 MiB reads): its bytes are hashed, never its ETag, which is no content digest for
+    multipart uploads."""
+    if ref.index is not None:
+        return arrays_digest(load_shard(ref))
+    if is_remote(ref.path):
+        from fp16guard.io import remote
+
+        return remote.sha256(ref.path, f"shard {ref.name}")
+    return sha256_file(ref.path)
+
+
+def shard_digests(refs: Sequence[ShardRef]) -> list[str]:
+    """:func:`shard_digest` of each shard, in order; ``.npz`` objects at URLs several at a time
+    (:data:`fp16guard.io.remote.DIGEST_THREADS`), since an object store's latency, not its
+    bandwidth, bounds hashing many small shards one by one."""
+    remote_npz = [i for i, r in enumerate(refs) if r.index is None and is_remote(r.path)]
+    out: list[str | None] = [None] * len(refs)
+    if remote_npz:
+        from fp16guard.io import remote
+
+        for i, digest in zip(remote_npz, remote.sha256_many([refs[i].path for i in remote_npz])):
+            out[i] = digest
+    return [d if d is not None else shard_digest(r) for d, r in zip(out, refs)]
+
+
+def shard_location(ref: ShardRef) -> str:
+    """Where a shard lives, for lineage and for telling shards apart: the absolute file path or
+    the object's URL, plus ``#<index>`` for a JSON feed dict."""
+    loc = ref.path if is_remote(ref.path) else str(Path(ref.path).resolve())
+    return loc if ref.index is None else f"{loc}#{ref.index}"
+
+
+def shard_bytes(ref: ShardRef) -> int:
+    """Bytes of the file (or object: one HEAD request) holding ``ref``; 0 when unknown."""
+    try:
+        if is_remote(ref.path):
+            from fp16guard.io import remote
+
+            return remote.size(ref.path)
+        return os.path.getsize(ref.path)
+    except (OSError, DataError):
+        return 0
 
 
 def arrays_digest(feeds: dict[str, np.ndarray]) -> str:
@@ -186,19 +306,35 @@ def peek_shard(ref: ShardRef) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
 
     out = {}
     try:
-        with zipfile.ZipFile(ref.path) as zf:
+        with _open_npz(ref) as fh, zipfile.ZipFile(fh) as zf:
             for member in zf.namelist():
                 if not member.endswith(".npy"):
                     continue
-                with zf.open(member) as fh:
-                    major, _ = np.lib.format.read_magic(fh)
+                with zf.open(member) as member_fh:
+                    major, _ = np.lib.format.read_magic(member_fh)
                     read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(fh)
+                    shape, _, dtype = read_header(member_fh)
                 out[member[: -len(".npy")]] = (np.dtype(dtype), tuple(shape))
+    except (UserError, EnvironmentFailure):
+        raise
     except Exception as exc:
         raise DataError(f"shard {ref.name} is not a readable .npz file ({type(exc).__name__}: {exc}); expected arrays keyed by input name") from None
     return out
 
+
+@contextmanager
+def _open_npz(ref: ShardRef):
+    """The shard's file, opened for random access: a local file, or an object read in small
+    ranges (:func:`fp16guard.io.remote.open_binary`), so its headers cost no full download."""
+    if is_remote(ref.path):
+        from fp16guard.io import remote
+
+        with remote.open_binary(ref.path, f"shard {ref.name}") as fh:
+            with remote.url_errors(f"shard {ref.name}"):
+                yield fh
+    else:
+        with open(ref.path, "rb") as fh:
+            yield fh
 
 
 def header_samples(ref: ShardRef) -> int:

@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["has_scheme", "is_remote", "local_path", "protocol", "as_uri"]
+__all__ = ["has_scheme", "is_remote", "local_path", "protocol", "as_uri", "fsspec_options", "S3_ENDPOINT_ENV"]
+
+#: Environment variable naming an S3-compatible endpoint (MinIO, moto, Ceph) for every ``s3://``
+#: location: the store, the cache and calibration / holdout shards alike.
+S3_ENDPOINT_ENV = "FP16GUARD_S3_ENDPOINT_URL"
 
 # An RFC 3986 scheme followed by "://": "s3://", "file://", "s3a://", "gcs://".
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -49,3 +53,28 @@ def as_uri(location: str | os.PathLike) -> str:
     """``location`` as a URI: URLs unchanged, local paths as ``file://<absolute path>``."""
     text = str(location)
     return text if has_scheme(text) else f"file://{os.path.abspath(text)}"
+
+
+def fsspec_options(location: str | os.PathLike, options: dict | None = None) -> dict:
+    """The fsspec options to open ``location`` with, decided here for every reader of URLs.
+
+    For ``s3://`` (and ``s3a://``): the endpoint from ``$FP16GUARD_S3_ENDPOINT_URL`` unless
+    ``options`` name one (botocore also honours the standard ``AWS_ENDPOINT_URL`` itself), and no
+    listings cache (other writers change buckets under a long-lived process). Credentials are
+    never passed here: they come from the usual AWS variables / files or the fsspec config
+    (``~/.config/fsspec``), as for any fsspec user.
+
+    Args:
+        location: the URL (a plain path gets ``options`` back unchanged).
+        options: options given explicitly; they win over the environment.
+
+    Returns:
+        A new dict (``options`` is not modified).
+    """
+    out = dict(options or {})
+    if protocol(location) in ("s3", "s3a"):
+        endpoint = os.environ.get(S3_ENDPOINT_ENV)
+        if endpoint and "endpoint_url" not in out and "endpoint_url" not in out.get("client_kwargs", {}):
+            out["endpoint_url"] = endpoint
+        out.setdefault("use_listings_cache", False)
+    return out

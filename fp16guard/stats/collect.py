@@ -227,7 +227,9 @@ class StatsSession:
         """
         if not self._open:
             raise RuntimeError("StatsSession is not open; use it as a context manager")
-        feeds = data.prepare_feeds(ref, data.load_shard(ref), self.specs)
+        # The digest of the very bytes measured (a URL's object is fetched once and hashed as read).
+        arrays, digest = data.read_shard(ref)
+        feeds = data.prepare_feeds(ref, arrays, self.specs)
         samples = data.batch_count(feeds)
         size = data.slice_size(self.specs, samples, self.batch_size)
         n = len(self._varying)
@@ -281,7 +283,6 @@ class StatsSession:
                 const_cols[key] = np.where(const["nonfinite"] > 0, np.nan, const[key])
             for key, arr in const_cols.items():
                 cols[key][self._const] = arr
-        digest = data.shard_digest(ref)
         total = len(self.tensors)
 
         def nullable(arr: np.ndarray, integer: bool) -> pa.Array:

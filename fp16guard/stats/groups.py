@@ -14,7 +14,6 @@ with N workers has at least N groups to share out.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,10 +50,7 @@ def shard_size(ref, specs=None) -> ShardSize:
     except UserError:
         return ShardSize(1, 0)
     if ref.index is None:
-        try:
-            size = os.path.getsize(ref.path)
-        except OSError:
-            size = 0
+        size = data.shard_bytes(ref)  # a file's size, or an object's (one HEAD request)
     else:  # one feed dict of a JSON file: its arrays, not the whole file
         size = sum(int(math.prod(shape)) * dtype.itemsize for dtype, shape in layout.values())
     if specs is not None:

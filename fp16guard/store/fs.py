@@ -46,7 +46,7 @@ from typing import Iterator
 from fp16guard.errors import EnvironmentFailure, StoreError
 from fp16guard.io import atomic
 from fp16guard.io.hashing import sha256_file
-from fp16guard.io.urls import is_remote, local_path, protocol
+from fp16guard.io.urls import fsspec_options, is_remote, local_path, protocol
 
 __all__ = [
     "LocalFS", "RemoteFS", "StoreIOError", "UnsafeLink", "open_fs", "is_local", "run_files", "io_errors", "describe_os_error",
@@ -385,12 +385,8 @@ class RemoteFS:
         import fsspec
 
         scheme = protocol(root)
-        options = dict(storage_options or {})
-        if scheme in ("s3", "s3a"):
-            endpoint = os.environ.get("FP16GUARD_S3_ENDPOINT_URL")
-            if endpoint and "endpoint_url" not in options and "endpoint_url" not in options.get("client_kwargs", {}):
-                options["endpoint_url"] = endpoint
-            options.setdefault("use_listings_cache", False)  # other writers change the store under us
+        # The endpoint and listing rules shared with shards by URL (other writers change the store).
+        options = fsspec_options(root, storage_options)
         try:
             self.fs, path = fsspec.core.url_to_fs(root, **options)
         except (ImportError, ValueError) as exc:
