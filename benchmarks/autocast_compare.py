@@ -21,19 +21,19 @@ fp16guard's side comes from a ``real_models.lib_run`` result (``--fp16guard``).
 
 Usage::
 
-    .venv/bin/python -m benchmarks.autocast_compare --fp16guard benchmarks/results/real_models_lib-...json \\
+    .venv/bin/python -m benchmarks autocast_compare --fp16guard benchmarks/results/real_models_lib-...json \\
         --models magika basic-pitch yolov8n-nudenet --label final
+
+Writes ``benchmarks/results/autocast_compare-DATE-MACHINE[-LABEL].{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,11 @@ if str(REPO) not in sys.path:
 from benchmarks.real_models import flops as _flops  # noqa: E402
 from benchmarks.real_models.fetch import cache_dir  # noqa: E402
 from benchmarks.real_models.lib_run import spec_by_name, worst_error  # noqa: E402
-from benchmarks.real_models.run import machine, prepare, worktree_label  # noqa: E402
+from benchmarks.real_models.run import prepare  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+from benchmarks.harness.code import worktree_label  # noqa: E402
+
+SUMMARY = "fp16guard against NVIDIA ModelOpt AutoCast on the real models: FP32 nodes and holdout error"
 
 FLOAT, FLOAT16 = 1, 10
 
@@ -106,13 +110,13 @@ def precision_counts(original, built) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks autocast_compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--fp16guard", required=True, help="a real_models.lib_run result JSON (fp16guard's side)")
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--venv", default="/work/autocast-venv")
-    p.add_argument("--label", default="")
+    p.add_argument("--label", default=None)
     p.add_argument("--reuse", action="store_true", help="reuse AutoCast's output from an earlier run on the same calibration file")
-    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--results", default=None, help="folder for the result files (default benchmarks/results)")
     args = p.parse_args(argv)
     from fp16guard.io.model import load_model
     from fp16guard.io.shards import discover_shards
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = cache_dir()
     ours = {r["name"]: r for r in json.loads(Path(args.fp16guard).read_text())["results"] if not r.get("error")}
-    started = datetime.now(timezone.utc)
+    ctx = bench_results.context("autocast_compare", argv, fp16guard_code=worktree_label())
     py = Path(args.venv) / "bin" / "python"
     version = subprocess.run([str(py), "-c", "import modelopt; print(modelopt.__version__)"], capture_output=True, text=True)
     rows = []
@@ -169,16 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["fp16guard_counts"] = {"error": f"{type(exc).__name__}: {exc}"}
         rows.append(row)
         print(json.dumps({k: row.get(k) for k in ("name", "autocast_native_fp32", "autocast_counts", "autocast_holdout", "fp16guard", "fp16guard_counts")}, default=str)[:900], flush=True)
-    commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
-    record = {"when": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(worktree_label()), "commit": commit,
-              "modelopt": version.stdout.strip() or version.stderr.strip()[-300:], "fp16guard_result": args.fp16guard,
-              "command": ".venv/bin/python -m benchmarks.autocast_compare " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-              "rows": rows}
-    stem = f"autocast_compare-{started:%Y-%m-%d}" + (f"-{args.label}" if args.label else "")
-    out = Path(args.results)
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
-    lines = [f"# fp16guard vs ModelOpt AutoCast {record['modelopt']} — {record['when']}", "",
-             f"- Machine: {record['machine']}", f"- fp16guard side: `{args.fp16guard}` (commit {commit})", f"- Command: `{record['command']}`",
+    record = {"modelopt": version.stdout.strip() or version.stderr.strip()[-300:], "fp16guard_result": args.fp16guard, "rows": rows}
+    lines = [f"- fp16guard side: `{args.fp16guard}`",
              "- Same calibration data (AutoCast: the shards merged into one .npz), same holdout, same gate (default `VerifySettings()`: max rel. error 0.02, "
              "cosine 0.999), both verified by fp16guard's verifier (CPU, FP16 storage emulation).",
              "- FP32 nodes: *native* = AutoCast's high-precision list / fp16guard's plan; *same count* = nodes of the original that produce a float tensor "
@@ -202,10 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         elif r["autocast"].get("ok"):
             verdict = "n/a (AutoCast's output fails the gate)"
         lines.append(f"| {r['name']} | {acell.replace('|', '/')} | {hcell} | {fcell} | {fh} | {verdict} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    js, md = bench_results.write(ctx, record, "\n".join(lines), label=args.label, results_dir=args.results,
+                                 title=f"fp16guard vs ModelOpt AutoCast {record['modelopt']}")
     print("\n".join(lines))
+    print(f"wrote {md} and {js.name}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,9 @@ and the peak RSS of the stats process for 2 and for 8 shards of the stored model
 not grow with shards). Targets (issue 8): at most 1.2x the time and 1.1x the peak memory.
 
 Usage:
-    .venv/bin/python benchmarks/bench_stats.py [--repeats 3] [--shards 2] [--kinds stored constant] [--workdir DIR]
+    .venv/bin/python -m benchmarks bench_stats [--repeats 3] [--shards 2] [--kinds stored constant] [--workdir DIR] [--label L]
+
+The printed lines and the medians go to ``benchmarks/results/bench_stats-DATE-MACHINE[-L].{json,md}``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "fp16guard stats against a plain onnxruntime pass (whole processes, VGG-19): wall time and peak RSS"
 
 PLAIN = r"""
 import sys, numpy as np, onnxruntime as ort
@@ -179,7 +187,7 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks bench_stats", description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shards", type=int, default=2, help="shards in the side-by-side comparison")
     ap.add_argument("--samples-per-shard", type=int, default=2)
@@ -187,8 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="keep the models and shards here (reused if present)")
     ap.add_argument("--detail", action="store_true", help="also split session creation from inference (one child process)")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the 2-vs-8-shards memory check")
+    ap.add_argument("--label", default=None, help="suffix of the result files' names")
+    ap.add_argument("--results", default=None, help="folder for the result files (default benchmarks/results)")
     args = ap.parse_args(argv)
+    log = bench_results.Log(bench_results.context("bench_stats", argv))
+    with log.capture():
+        summary = _run(args)
+    record = {"medians": {kind: {k: {"wall_s": w, "peak_rss_mib": m} for k, (w, m) in med.items()} for kind, med in summary.items()}}
+    log.save(None, None, record, label=args.label, results_dir=args.results)
+    return 0
 
+
+def _run(args) -> dict:
+    """The measurement; prints as it goes. Returns kind -> {plain|stats: (median wall s, median peak RSS MiB)}."""
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     models = {}
@@ -243,9 +262,5 @@ def main(argv: list[str] | None = None) -> int:
         few = measure(stats_cmd(model, shards_all[:2]))[1]
         many = measure(stats_cmd(model, shards_all[:8]))[1]
         print(f"  stats peak RSS (stored), 2 shards: {few:.0f} MiB; 8 shards: {many:.0f} MiB ({many / few:.2f}x)")
-    print(f"machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M')}; work folder {work}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"work folder {work}")
+    return summary

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+SUMMARY = "One table: a real_models_lib result joined with gpu_gain results (FP32 nodes, error, GPU gain kept)"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -42,6 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+SUMMARY = "The statistics pass over many one-sample shards: plain onnxruntime, fp16guard stats, the flow"
 sys.path.insert(0, str(ROOT))
 
 
@@ -120,14 +122,14 @@ def flow_variant(stats_only, model: str, folder: Path, store: Path, out: Path, e
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", nargs="+", type=int, default=[300])
     ap.add_argument("--dask-workers", nargs="+", type=int, default=[1, 2, 4])
     ap.add_argument("--sweep", nargs="*", type=int, default=[16, 64], help="extra group sizes (samples) for the threads runner, at the first shard count")
     ap.add_argument("--machine", default=f"cpu{os.cpu_count()}")
     ap.add_argument("--workdir", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from fp16guard.cli.commands.run import quiet_prefect_console
 

@@ -37,10 +37,8 @@ count. ``--json`` writes the same figures with the environment.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +48,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the graph passes of this repository
+
+from benchmarks.harness import gpu, timing  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "Scale folding against the range rule on an overflowing VGG-19: FP32 nodes, error, latency"
 
 #: (out_channels, convs) per block of VGG-19; each block ends with a 2x2 max-pool.
 VGG19_BLOCKS = [(64, 2), (128, 2), (256, 4), (512, 4), (512, 4)]
@@ -111,25 +114,10 @@ def build_vgg19_overflow(resolution: int = 224, width_div: int = 1, gain: float 
 # ------------------------------------------------------------------------------------------
 
 
-def _providers(device: str, nhwc: bool, tf32: bool):
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    options = {"device_id": 0, "use_tf32": int(tf32)}
-    if nhwc:
-        options["prefer_nhwc"] = 1
-    return [("CUDAExecutionProvider", options)]
-
-
 def _session(model: onnx.ModelProto, providers):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if providers[0] != "CPUExecutionProvider":
-        # Every node must run on the GPU: an FP16 node placed on the CPU would compute in FP32
-        # and hide overflow (and distort the timing).
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    # Every node must run on the GPU: an FP16 node placed on the CPU would compute in FP32 and
+    # hide overflow (and distort the timing).
+    return gpu.session(model, providers, cpu_fallback=False)
 
 
 def measure_max_abs(model: onnx.ModelProto, x: np.ndarray, providers, chunk: int = 2, mean_abs: dict | None = None) -> dict[str, float]:
@@ -208,29 +196,8 @@ def check(ref_session, session, x: np.ndarray, chunk: int) -> tuple[float, int]:
     return err / peak if peak else 0.0, bad
 
 
-def time_model(session, x: np.ndarray, device: str, warmup: int, repeats: int, input_name: str = "x") -> float:
-    """Median ms per run with IOBinding (input and output stay on the device)."""
-    import onnxruntime as ort
-
-    kind = "cuda" if device != "cpu" else "cpu"
-    binding = session.io_binding()
-    value = ort.OrtValue.ortvalue_from_numpy(x, kind, 0)
-    binding.bind_ortvalue_input(input_name, value)
-    binding.bind_output(session.get_outputs()[0].name, kind, 0)
-    for _ in range(warmup):
-        session.run_with_iobinding(binding)
-    times = []
-    for _ in range(repeats):
-        binding.synchronize_inputs()
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks fold_latency", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--width-div", type=int, default=1, help="divide every width by this (1: VGG-19's own widths)")
@@ -243,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--no-nhwc", action="store_true", help="do not set prefer_nhwc=1 on the CUDA provider")
     parser.add_argument("--no-tf32", action="store_true", help="turn TF32 off for the timed FP32 runs too")
-    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--json", default=None, help="write the figures here (default: benchmarks/results/fold_latency-DATE-MACHINE.{json,md})")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -260,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     calib = rng.standard_normal((args.calib, *shape), dtype=np.float32)
     holdout = rng.standard_normal((args.holdout, *shape), dtype=np.float32)
     bench = rng.standard_normal((args.batch, *shape), dtype=np.float32)
-    stats_providers = _providers(args.device, nhwc=False, tf32=False)
+    stats_providers = gpu.providers(args.device, nhwc=False, tf32=False)
     mean_abs: dict[str, float] = {}
     max_abs = measure_max_abs(model, calib, stats_providers, mean_abs=mean_abs)
     folded, folded_max, exponents = fold(model, max_abs, args.threshold, mean_abs)
@@ -273,13 +240,14 @@ def main(argv: list[str] | None = None) -> int:
         "fold": (to_mixed_precision(folded, folded_pinned), folded_pinned),
     }
     ops = {n.name: n.op_type for m in (model, folded) for n in m.graph.node}
-    providers = _providers(args.device, nhwc=not args.no_nhwc, tf32=not args.no_tf32)
-    check_providers = _providers(args.device, nhwc=not args.no_nhwc, tf32=False)
+    providers = gpu.providers(args.device, nhwc=not args.no_nhwc, tf32=not args.no_tf32)
+    check_providers = gpu.providers(args.device, nhwc=not args.no_nhwc, tf32=False)
+    log = bench_results.Log(bench_results.context("fold_latency", argv, device=gpu.device_description(providers)))
     ref = _session(model, check_providers)
     rows = {}
     for name, (candidate, fp32_nodes) in variants.items():
         err, bad = check(ref, _session(candidate, check_providers), holdout, chunk=min(8, args.holdout)) if name != "fp32" else (0.0, 0)
-        ms = time_model(_session(candidate, providers), bench, args.device, args.warmup, args.repeats)
+        ms = timing.measure(gpu.BoundSession(_session(candidate, providers)).bind({"x": bench}).run, args.warmup, args.repeats).median_ms
         nodes = sorted(fp32_nodes) if fp32_nodes is not None else None
         rows[name] = {
             "ms": ms,
@@ -290,21 +258,16 @@ def main(argv: list[str] | None = None) -> int:
             "nonfinite": bad,
         }
     gain = rows["fp32"]["ms"] - rows["fp16"]["ms"]
-    print(f"VGG-19-shaped CNN {args.resolution}x{args.resolution} /{args.width_div}, batch {args.batch}, {args.device}, peak max|x| {max(max_abs.values()):.3g}, threshold {args.threshold:g}")
-    print(f"fold exponents: {dict(sorted(exponents.items(), key=lambda kv: list(max_abs).index(kv[0]) if kv[0] in max_abs else 0))}")
-    print(f"{'model':<6} {'fp32 nodes':>10} {'compute':>8} {'median ms':>10} {'x fp32':>7} {'of fp16 gain':>12} {'max rel err':>12} {'nan/inf':>8}")
+    log.say(f"VGG-19-shaped CNN {args.resolution}x{args.resolution} /{args.width_div}, batch {args.batch}, {args.device}, peak max|x| {max(max_abs.values()):.3g}, threshold {args.threshold:g}")
+    log.say(f"fold exponents: {dict(sorted(exponents.items(), key=lambda kv: list(max_abs).index(kv[0]) if kv[0] in max_abs else 0))}")
+    log.say(f"{'model':<6} {'fp32 nodes':>10} {'compute':>8} {'median ms':>10} {'x fp32':>7} {'of fp16 gain':>12} {'max rel err':>12} {'nan/inf':>8}")
     for name, r in rows.items():
         r["speedup"] = rows["fp32"]["ms"] / r["ms"]
         r["share_of_fp16_gain"] = (rows["fp32"]["ms"] - r["ms"]) / gain if gain > 0 else None
         share = f"{100 * r['share_of_fp16_gain']:.0f}%" if r["share_of_fp16_gain"] is not None else "n/a"
         nodes = "-" if r["fp32_nodes"] is None else str(r["fp32_nodes"])
         comp = "-" if r["fp32_compute_nodes"] is None else str(r["fp32_compute_nodes"])
-        print(f"{name:<6} {nodes:>10} {comp:>8} {r['ms']:>10.3f} {r['speedup']:>7.2f} {share:>12} {'inf' if r['max_rel_error'] is None else format(r['max_rel_error'], '.3g'):>12} {r['nonfinite']:>8}")
-    if args.json:
-        env = {"python": platform.python_version(), "onnxruntime": ort.__version__, "providers": str(providers), "machine": platform.node(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        Path(args.json).write_text(json.dumps({"args": vars(args), "env": env, "rows": rows, "exponents": exponents, "seconds": time.time() - started}, indent=2))
+        log.say(f"{name:<6} {nodes:>10} {comp:>8} {r['ms']:>10.3f} {r['speedup']:>7.2f} {share:>12} {'inf' if r['max_rel_error'] is None else format(r['max_rel_error'], '.3g'):>12} {r['nonfinite']:>8}")
+    env = {"python": platform.python_version(), "onnxruntime": ort.__version__, "providers": str(providers)}
+    log.save(None, args.json, {"args": vars(args), "env": env, "rows": rows, "exponents": exponents, "seconds": time.time() - started})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

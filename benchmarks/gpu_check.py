@@ -19,7 +19,7 @@ Columns: verdict of the verify gate, NaN/inf count in the candidate outputs, max
 
 Run on the GPU machine (torch + CUDA, onnx, CPU onnxruntime)::
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py --out results.txt
+    PYTHONPATH=. python3 -m benchmarks gpu_check --out results.txt
 
 ``--device cpu`` runs the same on CPU half kernels (not a GPU ground truth; for trying the script).
 Side effects: writes shards into a temporary folder; writes ``--out`` (text) and ``--json``.
@@ -29,18 +29,21 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gpu_common import Log, agrees, configure_torch, fmt, summarize
+from benchmarks.harness import results as bench_results
+from benchmarks.harness.compare import agrees, fmt, summarize
+from benchmarks.harness.gpu import configure_torch
+
+SUMMARY = "FP16 storage emulation (ORT CPU) against real FP16 kernels (PyTorch CUDA) on the built-in examples"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="torch device for the real-FP16 runs (default cuda)")
     parser.add_argument("--out", default=None, help="write the table here as well as to stdout")
     parser.add_argument("--json", default=None, help="write all figures as JSON here")
@@ -58,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
     from fp16guard.settings import PlanSettings, VerifySettings
     from fp16guard.stats.collect import reduce_stats, shard_stats
-    from torch_fp16 import TorchRunner
+    from benchmarks.harness.torch_fp16 import TorchRunner
     from fp16guard.verify.compare import compare_runners, verify
 
     configured = configure_torch(args.device)
     if configured is None:
         return 2
     torch, device_name = configured
-    log = Log()
+    log = bench_results.Log(bench_results.context("gpu_check", argv))
     say = log.say
 
     import onnxruntime
@@ -122,6 +125,3 @@ def main(argv: list[str] | None = None) -> int:
     log.save(args.out, args.json, results)
     return 0 if disagreements == 0 else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

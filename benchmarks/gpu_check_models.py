@@ -22,7 +22,7 @@ names the op and why.
 
 Run on the GPU machine (torch + CUDA, onnx, CPU onnxruntime)::
 
-    PYTHONPATH=. python3 benchmarks/gpu_check_models.py .zoo/t5block.onnx .zoo/vitish.onnx \\
+    PYTHONPATH=. python3 -m benchmarks gpu_check_models .zoo/t5block.onnx .zoo/vitish.onnx \\
         --out benchmarks/results/gpu_check_models.txt
 
 Shards: ``--calib DIR`` / ``--holdout DIR`` once per model, in the models' order; by default
@@ -36,13 +36,17 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from gpu_common import COL, Log, agrees, configure_torch, fmt, summarize
+from benchmarks.harness import results as bench_results
+from benchmarks.harness.compare import COL, agrees, fmt, summarize
+from benchmarks.harness.gpu import configure_torch
+
+SUMMARY = "FP16 storage emulation (ORT CPU) against real FP16 kernels (PyTorch CUDA) on ONNX files you give"
+
 
 def _shard_dirs(models: list[str], given: list[str] | None, suffix: str) -> list[Path]:
     if given:
@@ -53,7 +57,7 @@ def _shard_dirs(models: list[str], given: list[str] | None, suffix: str) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_check_models", description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="ONNX model paths (FP32)")
     parser.add_argument("--calib", action="append", help="calibration shard folder, once per model (default <stem>-calib beside the model)")
     parser.add_argument("--holdout", action="append", help="holdout shard folder, once per model (default <stem>-holdout beside the model)")
@@ -73,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     from fp16guard.runners.onnxrt import OnnxRuntimeRunner
     from fp16guard.settings import PlanSettings, VerifySettings
     from fp16guard.stats.collect import reduce_stats, shard_stats
-    from torch_fp16 import TorchRunner, UnsupportedOpError
+    from benchmarks.harness.torch_fp16 import TorchRunner, UnsupportedOpError
     from fp16guard.verify.compare import compare_runners, verify
 
     configured = configure_torch(args.device)
     if configured is None:
         return 2
     torch, device_name = configured
-    log = Log()
+    log = bench_results.Log(bench_results.context("gpu_check_models", argv))
     say = log.say
     settings, plan_settings = VerifySettings(), PlanSettings()
     say(f"# fp16guard GPU check on unseen models: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
@@ -146,6 +150,3 @@ def main(argv: list[str] | None = None) -> int:
     log.save(args.out, args.json, results)
     return 0 if disagreements == 0 else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

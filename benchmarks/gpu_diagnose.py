@@ -7,17 +7,26 @@
    "disable": NaN/inf count and relative error against FP32, and the optimised graph's op types
    (a fused SimplifiedLayerNormalization computes in FP32 inside one kernel).
 
-Run on the GPU machine: ``PYTHONPATH=. python3 benchmarks/gpu_diagnose.py``.
+Run on the GPU machine: ``PYTHONPATH=. python3 -m benchmarks gpu_diagnose [--out FILE]`` (the printed
+facts go to ``--out`` or to ``benchmarks/results/gpu_diagnose-DATE-MACHINE.{json,md}``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "Facts of onnxruntime-gpu fp16guard relies on: FP16 node placement, CPU fallback, fused RMSNorm"
 
 
 def placement_facts() -> None:
@@ -90,6 +99,15 @@ def rmsnorm_facts() -> None:
     print(f"[rmsnorm all-FP16] optimised graph (level all) ops: {ops}", flush=True)
 
 
-if __name__ == "__main__":
-    rmsnorm_facts()
-    placement_facts()
+
+def main(argv: list[str] | None = None) -> int:
+    """Print both sets of facts and keep them in a results file."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_diagnose", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="write the printed facts here (default: the results folder)")
+    args = parser.parse_args(argv)
+    log = bench_results.Log(bench_results.context("gpu_diagnose", argv))
+    with log.capture():
+        rmsnorm_facts()
+        placement_facts()
+    log.save(args.out, None, {"facts": log.lines})
+    return 0

@@ -47,6 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+SUMMARY = "GPU gain kept: FP32, all-FP16 and artifact of each real model timed on onnxruntime-gpu"
+
 BATCHES = (1, 16)
 FASTER = 1.1  # all-FP16 must be at least 10 % faster for a gain to keep
 

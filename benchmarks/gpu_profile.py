@@ -9,7 +9,7 @@ median latency with IOBinding after warm-up of FP32, the artifact and the all-FP
 
 Run on the GPU machine with onnxruntime-gpu, from the repository root::
 
-    PYTHONPATH=. python3 benchmarks/gpu_profile.py --out results.txt --json results.json
+    PYTHONPATH=. python3 -m benchmarks gpu_profile --out results.txt --json results.json
 
 ``--device cpu`` runs the same on the CPU provider with few timed runs (a CPU latency is not
 FP16's; for trying the script). Side effects: temporary folder for models and shards; writes
@@ -19,16 +19,19 @@ FP16's; for trying the script). Side effects: temporary folder for models and sh
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "Artifact against FP32 and all-FP16 latency on a GPU (examples, overflowing VGG-19): gain kept"
 
 # The same VGG-19-shaped overflowing CNN as the folding benchmark (one builder for both).
 from benchmarks.fold_latency import build_vgg19_overflow  # noqa: E402
@@ -109,7 +112,7 @@ def table(records: list[dict], key: str = "profile") -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--models", nargs="*", default=None, help="example names and/or vgg19_overflow (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
@@ -133,18 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     providers = [CUDA, CPU] if args.device == "cuda" else [CPU]
     names = args.models or sorted(examples.EXAMPLES) + ["vgg19_overflow"]
     header = [
-        f"fp16guard GPU profile — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "fp16guard GPU profile",
         f"device: {device_name(providers)}; onnxruntime {ort.__version__} ({', '.join(providers)}; IOBinding; median of 50 runs after 10 warm-up)",
         "statistics and verification with TF32 off; timings with onnxruntime's default TF32 on (what a deployment runs) unless marked",
-        f"host: {platform.node()} {platform.machine()} python {platform.python_version()}",
         "speed-up = FP32 / artifact; FP16 s-up = FP32 / all-FP16 (every node FP16: the unreachable reference);",
         "gain kept = (FP32 - artifact) / (FP32 - all-FP16), '—' where all-FP16 is not 5% faster than FP32, 'none' where the artifact is not faster",
         "",
     ]
+    log = bench_results.Log(bench_results.context("gpu_profile", argv))
     for line in header:
-        print(line, flush=True)
+        log.say(line)
     records = []
-    with tempfile.TemporaryDirectory(prefix="fp16guard-gpu-profile-") as tmp:
+    with log.capture(), tempfile.TemporaryDirectory(prefix="fp16guard-gpu-profile-") as tmp:
         for name in names:
             record = run_model(name, Path(tmp), providers, args.batches, args)
             records.append(record)
@@ -153,14 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["TF32 on (onnxruntime default):"] + table(records)
     if args.tf32_off:
         lines += ["", "TF32 off (true FP32 GEMMs and convolutions):"] + table(records, "profile_tf32_off")
-    print()
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(header + [f"{r['model']}: {r['execution']}" for r in records] + [""] + lines) + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "records": records}, indent=2, default=str) + "\n")
+    log.say()
+    for line in lines:
+        log.say(line)
+    log.save(args.out, args.json, {"header": header, "records": records})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ FP32 (max |error| / max |FP32|; a flushed operand gives an error near 1):
 
 Run on the GPU machine (from the repository root)::
 
-    PYTHONPATH=$HOME/site:$PWD python3 -m benchmarks.gpu_subnormal --out f.txt
+    PYTHONPATH=$HOME/site:$PWD python3 -m benchmarks gpu_subnormal --out f.txt
 
 ``--providers CPUExecutionProvider`` runs the same cases on the CPU (where FP16 nodes run as FP32
 behind casts; a smoke run).
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_common import Log  # noqa: E402
+from benchmarks.harness import gpu  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "What onnxruntime's CUDA FP16 kernels do with subnormal weights and inputs (flush or keep)"
 
 SUBNORMAL = 4.4e-5  # 2**-14 is 6.1e-5: this is subnormal in FP16, exact to 4e-4 there
 
@@ -73,20 +75,14 @@ def cases(rng: np.random.Generator) -> dict:
 
 
 def run(model: onnx.ModelProto, feeds: dict, providers: list, nhwc: bool) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    provs = providers
-    if providers[0] == "CUDAExecutionProvider":
-        provs = [("CUDAExecutionProvider", {"prefer_nhwc": int(nhwc), "use_tf32": 0}), "CPUExecutionProvider"]
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=provs)
+    # TF32 off: the FP32 reference side must be FP32; NHWC as asked (both layouts are cases).
+    session = gpu.session(model, gpu.providers(providers, nhwc=nhwc, tf32=False))
     dtype = np.float16 if model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16 else np.float32
     return session.run(None, {k: v.astype(dtype) for k, v in feeds.items()})[0].astype(np.float64)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks gpu_subnormal", description=__doc__.splitlines()[0])
     parser.add_argument("--providers", default=None, help="comma-separated (default: CUDA when available, else CPU)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--json", default=None)
@@ -94,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     providers = args.providers.split(",") if args.providers else (["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else ["CPUExecutionProvider"])
-    log = Log()
-    log.say(f"FP16 subnormals on {providers[0]}, onnxruntime {ort.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    log = bench_results.Log(bench_results.context("gpu_subnormal", argv, device=gpu.device_description(providers)))
+    log.say(f"FP16 subnormals on {providers[0]}, onnxruntime {ort.__version__}")
     log.say(f"{'case':<20} {'layout':<6} {'fp16 rel err':>12} {'fp32 max |y|':>12} {'fp16 max |y|':>12}")
     results = []
     for name, (build, feeds) in cases(np.random.default_rng(0)).items():
@@ -110,6 +106,3 @@ def main(argv: list[str] | None = None) -> int:
     log.save(args.out, args.json, results)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -51,12 +51,12 @@ What it does (needs numpy, onnx, onnxruntime — onnxruntime-gpu on a GPU — an
 
 Run on the GPU machine, from the repository root::
 
-    PYTHONPATH=. python3 -m benchmarks.island_cost --out island_cost.txt --json island_cost.json
+    PYTHONPATH=. python3 -m benchmarks island_cost --out island_cost.txt --json island_cost.json
 
 CPU smoke run (< 1 min; a CPU latency is not FP16's: the CPU provider computes most FP16 ops in
 FP32 behind casts)::
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.island_cost --small
+    PYTHONPATH=. .venv/bin/python -m benchmarks island_cost --small
 
 Side effects: a temporary folder (models and profiler files, removed); ``--out`` (the table) and
 ``--json`` (every figure and the environment), written atomically.
@@ -83,9 +83,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this repository's fp16guard
 
-from benchmarks.gpu_common import Log  # noqa: E402
+from benchmarks.harness import gpu, timing  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+from benchmarks.harness.gpu import CPU, CUDA  # noqa: E402
 
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+SUMMARY = "Cost model of cost-aware islands against timings: does it pick the faster precision?"
 #: The memory-bound ops of the chain cases, in order (Sigmoid first: no Conv fusion takes it).
 CHAIN_OPS = ("Sigmoid", "Add", "Mul", "LeakyRelu", "Relu", "Tanh")
 RESIDUAL_KS = (1, 2, 4)
@@ -262,78 +264,12 @@ def _count(case: Case) -> tuple[int, int]:
 # ----------------------------------------------------------------------- onnxruntime
 
 
-def provider_list(names: list[str], nhwc: bool, tf32: bool) -> list:
-    """onnxruntime providers with the CUDA options of the other GPU benchmarks."""
-    out: list = []
-    for name in names:
-        if name == CUDA:
-            options = {"device_id": 0, "use_tf32": int(tf32)}
-            if nhwc:
-                options["prefer_nhwc"] = 1
-            out.append((CUDA, options))
-        else:
-            out.append(name)
-    return out
-
-
-def _session(model_bytes: bytes, providers: list, opt_level: str, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[opt_level]
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model_bytes, so, providers=providers)
-
-
-class Timer:
-    """One session bound to device-resident input and output (IOBinding)."""
-
-    def __init__(self, model_bytes: bytes, x: np.ndarray, providers: list, opt_level: str, profile_prefix: str | None = None):
-        import onnxruntime as ort
-
-        self.session = _session(model_bytes, providers, opt_level, profile_prefix)
-        kind = "cuda" if self.session.get_providers()[0] == CUDA else "cpu"
-        self.binding = self.session.io_binding()
-        self.binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x, kind, 0))
-        self.binding.bind_output(self.session.get_outputs()[0].name, kind, 0)
-
-    def warm(self, runs: int) -> None:
-        for _ in range(runs):
-            self.session.run_with_iobinding(self.binding)
-
-    def time(self, runs: int) -> list[float]:
-        """``runs`` timings in ms (inputs synchronised before, outputs after each run)."""
-        times = []
-        for _ in range(runs):
-            self.binding.synchronize_inputs()
-            start = time.perf_counter()
-            self.session.run_with_iobinding(self.binding)
-            self.binding.synchronize_outputs()
-            times.append((time.perf_counter() - start) * 1000.0)
-        return times
-
-
 def time_variants(models: dict[str, onnx.ModelProto], x: np.ndarray, providers: list, args) -> dict[str, float]:
     """Median ms of each variant; the variants are timed in ``args.rounds`` interleaved rounds
-    so slow drift of the machine falls on both alike."""
-    timers = {name: Timer(m.SerializeToString(), x, providers, args.opt_level) for name, m in models.items()}
-    for t in timers.values():
-        t.warm(args.warmup)
+    (2 untimed runs before each turn) so slow drift of the machine falls on both alike."""
+    runs = {name: gpu.BoundSession(gpu.session(m, providers, args.opt_level)).bind({"x": x}).run for name, m in models.items()}
     per_round = max(1, args.repeats // args.rounds)
-    times: dict[str, list[float]] = {name: [] for name in timers}
-    for _ in range(args.rounds):
-        for name, t in timers.items():
-            t.warm(2)
-            times[name] += t.time(per_round)
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {name: t.median_ms for name, t in timing.interleaved(runs, args.warmup, args.rounds, per_round, rewarm=2).items()}
 
 
 def parse_profile(path: str) -> dict[str, dict]:
@@ -362,9 +298,10 @@ def profile_models(paths: dict[str, str], shape: list[int], providers: list, opt
     out = {}
     for key, path in paths.items():
         prefix = str(Path(folder) / f"prof_{key.replace('/', '__')}")
-        timer = Timer(Path(path).read_bytes(), x, providers, opt_level, profile_prefix=prefix)
-        timer.warm(warmup + runs)
-        out[key] = parse_profile(timer.session.end_profiling())
+        bound = gpu.BoundSession(gpu.session(Path(path).read_bytes(), providers, opt_level, profile_prefix=prefix)).bind({"x": x})
+        for _ in range(warmup + runs):
+            bound.run()
+        out[key] = parse_profile(bound.session.end_profiling())
     return out
 
 
@@ -401,7 +338,7 @@ def profile_all(cases: list[Case], shape: list[int], providers: list, args, fold
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    subprocess.run([sys.executable, "-m", "benchmarks.island_cost", "--profile-worker", str(spec_path)], env=env, check=True, cwd=str(Path(__file__).resolve().parents[1]))
+    subprocess.run([sys.executable, "-m", "benchmarks", "island_cost", "--profile-worker", str(spec_path)], env=env, check=True, cwd=str(Path(__file__).resolve().parents[1]))
     return json.loads(Path(spec["result"]).read_text()), "child process with CUDA_LAUNCH_BLOCKING=1 (node times include kernel execution)"
 
 
@@ -502,7 +439,7 @@ def _f(v, spec: str = ".3f", none: str = "n/a") -> str:
     return none if v is None else format(v, spec)
 
 
-def report(rows: list[dict], ratios: dict, log: Log, tie: float) -> None:
+def report(rows: list[dict], ratios: dict, log: bench_results.Log, tie: float) -> None:
     """Print the tables through ``log``."""
     log.say("Runs between two FP32 Convs: the run FP16 (Casts at its borders) or FP32 (no Casts).")
     log.say("predicted: islands.merge_islands (moves the run to FP32 when CAST_COST*borders >= FP16_SAVING*slots); "
@@ -556,7 +493,7 @@ def _default_providers() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks island_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--providers", default=None, help="comma-separated onnxruntime providers (default: CUDAExecutionProvider,CPUExecutionProvider when CUDA really loads, else CPUExecutionProvider)")
     parser.add_argument("--small", action="store_true", help="batch 2, 8 channels, 16x16, few runs: a CPU smoke run")
     parser.add_argument("--batch", type=int, default=None, help="default 32 (2 with --small)")
@@ -595,12 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not names:
         print(f"providers {unknown or names} are not available in this onnxruntime ({', '.join(ort.get_available_providers())}); expected a comma-separated list of those", file=sys.stderr)
         return 2
-    providers = provider_list(names, nhwc=not args.no_nhwc, tf32=not args.no_tf32)
+    providers = gpu.providers(names, nhwc=not args.no_nhwc, tf32=not args.no_tf32)
     shape = (args.batch, args.channels, args.size, args.size)
     elements = int(np.prod(shape))
     started = time.time()
-    log = Log()
-    log.say(f"fp16guard island cost check — {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, host {platform.node()} {platform.machine()}, python {platform.python_version()}, onnxruntime {ort.__version__}")
+    log = bench_results.Log(bench_results.context("island_cost", argv, device=gpu.device_description(providers)))
+    log.say(f"fp16guard island cost check — onnxruntime {ort.__version__}")
     log.say(f"providers {providers}; graph optimisation {args.opt_level}; tensors {list(shape)} ({elements} elements); "
             f"IOBinding, {args.warmup} warm-up, median of {args.repeats} runs in {args.rounds} interleaved rounds")
 
@@ -635,6 +572,3 @@ def main(argv: list[str] | None = None) -> int:
     log.save(args.out, args.json, {"args": vars(args), "env": env, "shape": list(shape), "rows": rows, "ratios": ratios})
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,8 +23,8 @@ For each model, in one process (the library only, no Prefect):
 
 Run::
 
-    PYTHONPATH=. python -m benchmarks.light_cnns --out light.txt --json light.json
-    PYTHONPATH=$HOME/site:. python3 -m benchmarks.light_cnns --device cuda --batch 32
+    PYTHONPATH=. python -m benchmarks light_cnns --out light.txt --json light.json
+    PYTHONPATH=$HOME/site:. python3 -m benchmarks light_cnns --device cuda --batch 32
 
 Prints one row per model: compute nodes (Conv/Gemm/MatMul), FP32 compute nodes with pin and
 auto, the strategy auto used, gate result and logits error of each build, latencies.
@@ -44,7 +44,10 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.gpu_common import Log  # noqa: E402
+from benchmarks.harness import gpu, timing  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "Plan strategies (pin, auto) on the onnx wheel's light CNNs: FP32 compute nodes, gate, logits error"
 
 #: The light CNNs of the onnx wheel, in the order of the table.
 MODELS = ("vgg19", "resnet50", "inception_v1", "inception_v2", "densenet121", "squeezenet", "bvlc_alexnet", "zfnet512", "shufflenet")
@@ -104,7 +107,7 @@ def logits_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, softmax
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-300))
 
 
-def run_model(name: str, args, work: Path, providers: list[str], log: Log) -> dict:
+def run_model(name: str, args, work: Path, providers: list[str], log: bench_results.Log) -> dict:
     from fp16guard.graph.convert import to_mixed_precision
     from fp16guard.io.model import normalize_model
     from fp16guard.io.shards import discover_shards
@@ -155,12 +158,13 @@ def run_model(name: str, args, work: Path, providers: list[str], log: Log) -> di
             "plan_s": time.perf_counter() - started,
         }
     if args.latency:
-        from benchmarks.fold_latency import _providers, _session, time_model
-
-        timed = _providers(args.device, nhwc=True, tf32=False)
+        timed = gpu.providers(args.device, nhwc=True, tf32=False)
         bench = np.random.default_rng(2).standard_normal((args.batch, *shape)).astype(np.float32)
         variants = {"fp32": model, "fp16": to_mixed_precision(model, set()), "pin": builds["pin"], "auto": builds["auto"]}
-        row["ms"] = {k: time_model(_session(m, timed), bench, args.device, args.warmup, args.repeats, input_name=spec.name) for k, m in variants.items()}
+        row["ms"] = {}
+        for k, m in variants.items():
+            bound = gpu.BoundSession(gpu.session(m, timed, cpu_fallback=False)).bind({spec.name: bench})
+            row["ms"][k] = timing.measure(bound.run, args.warmup, args.repeats).median_ms
     return row
 
 
@@ -174,7 +178,7 @@ def _logits(row: dict, build: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks light_cnns", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--calib", type=int, default=4, help="calibration images (N(0,1), seeded)")
@@ -192,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDAExecutionProvider is not available (install onnxruntime-gpu, or use --device cpu)", file=sys.stderr)
         return 2
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
-    log = Log()
-    log.say(f"light CNNs of onnx {onnx.__version__}, onnxruntime {ort.__version__} on {args.device}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    log = bench_results.Log(bench_results.context("light_cnns", argv, device=gpu.device_description(providers)))
+    log.say(f"light CNNs of onnx {onnx.__version__}, onnxruntime {ort.__version__} on {args.device}")
     header = f"{'model':<13} {'compute':>7} {'peak |x|':>9} | {'pin fp32':>8} {'gate':>4} {'logits err':>10} | {'auto fp32':>9} {'used':>4} {'gate':>4} {'logits err':>10} {'bias 0':>6}"
     if args.latency:
         header += f" | {'fp32 ms':>8} {'fp16 ms':>8} {'pin ms':>8} {'auto ms':>8}"
@@ -214,6 +218,3 @@ def main(argv: list[str] | None = None) -> int:
     log.save(args.out, args.json, rows)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

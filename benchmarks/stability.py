@@ -17,19 +17,17 @@ the record says so.
 
 Usage::
 
-    .venv/bin/python -m benchmarks.stability --model basic-pitch --label baseline [--code HEAD]
+    .venv/bin/python -m benchmarks stability --model basic-pitch --label baseline [--code HEAD]
+
+Writes ``benchmarks/results/stability-DATE-MACHINE-MODEL[-LABEL].{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import shlex
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,11 @@ if str(REPO) not in sys.path:
 from benchmarks.real_models import flops as _flops  # noqa: E402,F401
 from benchmarks.real_models.fetch import cache_dir  # noqa: E402
 from benchmarks.real_models.lib_run import run_model, spec_by_name  # noqa: E402
-from benchmarks.real_models.run import export_code, machine, prepare, worktree_label  # noqa: E402
+from benchmarks.real_models.run import prepare  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
+from benchmarks.harness.code import export_code, worktree_label  # noqa: E402
+
+SUMMARY = "FP32 set across three disjoint calibration draws of one real model: cost share that differs"
 
 
 def _costs(model_path: str, sample: dict) -> tuple[dict[str, float], dict[str, float], str]:
@@ -79,27 +81,24 @@ def compare_sets(sets: list[set[str]], flops: dict[str, float], nbytes: dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks stability", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="basic-pitch")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="data seeds of the calibration sets (holdout: seed 0)")
     p.add_argument("--label", default="")
     p.add_argument("--code", default="worktree", help="'worktree' or a git revision for fp16guard/ and tasks/")
-    p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--results", default=None, help="folder for the result files (default benchmarks/results)")
     args = p.parse_args(argv)
     cache = cache_dir()
     if args.code == "worktree":
         code_label = worktree_label()
-        commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"], capture_output=True, text=True).stdout.strip()
     else:
         code, sha = export_code(args.code, cache)
         sys.path.insert(0, str(code))
         code_label = f"commit {sha} (git archive)"
-        commit = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%h %s", sha], capture_output=True, text=True).stdout.strip()
     from fp16guard.io.shards import discover_shards
 
     spec = spec_by_name(args.model)
-    started = datetime.now(timezone.utc)
-    stem = f"stability-{started:%Y-%m-%d}-{args.model}" + (f"-{args.label}" if args.label else "")
+    ctx = bench_results.context("stability", argv, fp16guard_code=code_label)
     t0 = time.monotonic()
     runs = []
     for seed in args.seeds:
@@ -116,16 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     flops, nbytes, source = _costs(runs[0]["model_path"], sample)
     pairs = compare_sets([set(r["fp32_names"]) for r in runs], flops, nbytes)
     worst = max(x["differ_share_of_union_cost"] for x in pairs)
-    record = {"model": args.model, "when": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(code_label), "commit": commit,
-              "command": ".venv/bin/python -m benchmarks.stability " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-              "cost_source": source, "runs": runs, "pairs": pairs, "worst_differ_share": worst, "target": 0.10, "meets_target": worst <= 0.10,
+    record = {"model": args.model, "cost_source": source, "runs": runs, "pairs": pairs, "worst_differ_share": worst, "target": 0.10, "meets_target": worst <= 0.10,
               "seconds": time.monotonic() - t0}
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
-    lines = [f"# Stability of the FP32 set — {args.model} — {record['when']}", "",
-             f"- Machine: {record['machine']}", f"- Commit: {commit}", f"- Command: `{record['command']}`",
-             f"- Calibration sets: the model's data builder with seeds {args.seeds} (disjoint draws of one distribution); holdout: seed 0.",
+    lines = [f"- Calibration sets: the model's data builder with seeds {args.seeds} (disjoint draws of one distribution); holdout: seed 0.",
              f"- Cost of a node: FLOPs from {source} (one holdout sample's shapes).", "",
              "| calibration seed | FP32 nodes / total | FP32 share of FLOPs | holdout error | verdict | search |", "|---|---|---|---|---|---|"]
     for r in runs:
@@ -139,10 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {x['pair'][0]} vs {x['pair'][1]} | {x['sizes'][0]}, {x['sizes'][1]} | {x['differ_nodes']} of {x['union_nodes']} | "
                      f"{100 * x['differ_share_of_union_cost']:.1f}% (by {x['by']}) | {'—' if dm is None else f'{100 * dm:.2f}%'} |")
     lines += ["", f"Worst pair: {100 * worst:.1f}% of the union's cost — target ≤ 10%: **{'met' if worst <= 0.10 else 'not met'}**."]
-    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    label = args.model + (f"-{args.label}" if args.label else "")
+    js, md = bench_results.write(ctx, record, "\n".join(lines), label=label, results_dir=args.results, title=f"Stability of the FP32 set — {args.model}")
     print("\n".join(lines))
+    print(f"wrote {md} and {js.name}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from fp16guard.settings import VerifySettings
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (not an fp16guard dependency)")
 
-from benchmarks.torch_fp16 import TorchRunner, UnsupportedOpError  # noqa: E402  (moved out of the library, issue 9)
+from benchmarks.harness.torch_fp16 import TorchRunner, UnsupportedOpError  # noqa: E402  (moved out of the library, issue 9)
 
 NAMES = sorted(examples.EXAMPLES)
 
