@@ -96,6 +96,10 @@ class PlanSettings(BaseModel):
     shrink_max_checks: int = Field(
         64, ge=0, le=10_000, description="Repair: most candidates the shrink phase checks while giving FP32 nodes back to FP16, costliest first (0: no shrink phase)."
     )
+    repair_parallel: int = Field(
+        1, ge=1, le=64,
+        description="Repair: candidate checks that run at once, in threads of the process that plans (whatever the task runner): the checks the search may need next run ahead of need, and the search consumes them in its own order, so the plan is the same for any value; unused ones cost CPU (repair.speculative counts them). 1: one after the other, onnxruntime using every core inside each check.",
+    )
 
     @field_validator("force_fp32_nodes", "force_fp16_nodes")
     @classmethod

@@ -26,7 +26,8 @@ def plan_task(
     Args:
         model_path: the FP32 model.
         stats_path: ``stats.parquet``.
-        settings: plan settings (rules and repair budget).
+        settings: plan settings (rules, repair budget, ``repair_parallel``: candidate checks at
+            once, in a thread pool of this task's process, whatever the run's task runner).
         out_dir: the run folder (``plan.json`` is written there, atomically).
         calibration: calibration shards for repair's checks (:func:`fp16guard.plan.repair.repair_plan`);
             None: no repair, and no ``repair`` record in the plan.
@@ -51,10 +52,25 @@ def plan_task(
     if calibration is not None:
         # Repair builds and runs candidates: it needs the weights. A plan that passes is unchanged.
         full = load_model(model_path) if settings.repair and settings.strategy == "pin" else planned
-        plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size, on_step=_log_step)
+        with _check_executor(settings.repair_parallel) as executor:
+            plan = repair_plan(full, plan, calibration, settings, verify_settings or VerifySettings(), batch_size, on_step=_log_step, executor=executor)
     data = plan.to_dict()
     atomic.write_json(Path(out_dir) / "plan.json", data)
     return data
+
+
+def _check_executor(parallel: int):
+    """Where repair's candidate checks run at once: threads of this process (None for one at a
+    time). Threads with the ``dask`` task runner too: a check replays the FP32 reference
+    outputs and the memo that live in this process, and Dask's executor
+    (``distributed.Client.get_executor()``) would ship the model and the reference to every
+    worker; onnxruntime releases the GIL, so threads use the cores."""
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
+
+    if parallel <= 1:
+        return nullcontext(None)
+    return ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fp16guard-check")
 
 
 def _log_step(step) -> None:

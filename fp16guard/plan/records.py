@@ -263,6 +263,11 @@ class RepairRecord:
             :mod:`fp16guard.plan.search.margin`); None when no check ran.
         fp32_flops_share: share of the estimated FLOPs the final set keeps in FP32 (None:
             unknown).
+        parallel: checks that could run at once (``PlanSettings.repair_parallel``; 1: one
+            after the other). The steps, ``checks`` and the FP32 set do not depend on it.
+        speculative: checks run ahead of need that the search never used (the next chunk of a
+            bisection whose first chunk was accepted, ...): the cost of the parallelism, not steps.
+            0 when ``parallel`` is 1. Depends on timing.
     """
 
     outcome: str
@@ -274,12 +279,15 @@ class RepairRecord:
     returned: tuple[str, ...] = ()
     stability: dict | None = None
     fp32_flops_share: float | None = None
+    parallel: int = 1
+    speculative: int = 0
 
     def to_dict(self) -> dict:
         return {
             "outcome": self.outcome, "message": self.message, "samples": self.samples, "seconds": self.seconds,
             "steps": [s.to_dict() for s in self.steps], "checks": self.checks, "returned": list(self.returned),
             "stability": None if self.stability is None else dict(self.stability), "fp32_flops_share": self.fp32_flops_share,
+            "parallel": self.parallel, "speculative": self.speculative,
         }
 
     @classmethod
@@ -296,6 +304,8 @@ class RepairRecord:
             returned=tuple(_strs(data.get("returned"), "returned")),
             stability=dict(data["stability"]) if isinstance(data.get("stability"), Mapping) else None,
             fp32_flops_share=_opt_float(data.get("fp32_flops_share")),
+            parallel=int(data.get("parallel") or 1),
+            speculative=int(data.get("speculative") or 0),
         )
 
 

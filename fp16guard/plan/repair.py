@@ -32,6 +32,14 @@ policies (:class:`~fp16guard.plan.search.grow.AttributionGrowth`,
 5. Cost-aware islands (:func:`fp16guard.plan.strategies.islands.merge_islands`) are recomputed
    for the final set when the plan had them.
 
+**Checks fan out, decisions stay in order** (``repair_parallel`` > 1,
+:mod:`fp16guard.plan.search.speculate`): the all-FP16 build and the rules' plan are checked at
+once, and the shrink phase checks the candidates its policy may ask for next (both halves of a
+bisection, the step after an acceptance) on an executor, while the loop consumes the results in
+its sequential order: the FP32 set, the steps and the plan are those of ``repair_parallel = 1``.
+Checks run ahead and never consumed are counted (``speculative``), not recorded as steps. Growth
+stays one check at a time: each step's pins are traced from the check before it.
+
 Every check is a step of the plan's :class:`~fp16guard.plan.records.RepairRecord` (phase, FP32
 set size and FLOP share, score and margin, nodes added or given back, seconds); the record says
 how stable the final plan is across calibration subsets (``stability``). Budget:
@@ -42,6 +50,8 @@ starts after it), ``shrink_max_checks``. Nodes matched by ``force_fp16_nodes`` a
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -53,6 +63,7 @@ from fp16guard.plan.records import Plan, PlanEntry, RepairRecord, RepairStep
 from fp16guard.plan.search.checker import CalibrationChecker, Check
 from fp16guard.plan.search.grow import CARRY, INPUT_SHARE, AttributionGrowth, Pin, fp16_upstream, trace_sources
 from fp16guard.plan.search.shrink import CostDdmin
+from fp16guard.plan.search.speculate import CheckPool, lookahead
 from fp16guard.settings import PlanSettings, VerifySettings
 from fp16guard.verify.metrics import Gate
 
@@ -106,8 +117,9 @@ def _costs(model: onnx.ModelProto, shards: Sequence[ShardRef]) -> dict[str, floa
 class _Search:
     """The loop's state: the current FP32 set, its entries, the steps taken, the budget."""
 
-    def __init__(self, model: onnx.ModelProto, plan: Plan, checker: CalibrationChecker, settings: PlanSettings, costs: dict[str, float], started: float, on_step: Callable[[RepairStep], None] | None = None) -> None:
-        self.model, self.checker, self.settings, self.costs, self.started, self.on_step = model, checker, settings, costs, started, on_step
+    def __init__(self, model: onnx.ModelProto, plan: Plan, checker: CalibrationChecker, pool: CheckPool, settings: PlanSettings, costs: dict[str, float], started: float, on_step: Callable[[RepairStep], None] | None = None) -> None:
+        # Every result the loop decides on comes through ``pool``, in the loop's order.
+        self.model, self.checker, self.pool, self.settings, self.costs, self.started, self.on_step = model, checker, pool, settings, costs, started, on_step
         self.nodes = {n.name: n for n in model.graph.node}
         self.total_cost = sum(costs.values()) or 1.0
         self.entries = {e.name: e for e in plan.fp32_nodes}
@@ -174,7 +186,7 @@ class _Search:
             for p in pins:
                 self.pin(p)
             current = current | {p.name for p in pins}
-            previous, last = last, self.checker.check(current)
+            previous, last = last, self.pool.check(current)
             iteration += 1
             self.record("grow", last)
             if last.accepted:
@@ -183,16 +195,21 @@ class _Search:
     def shrink(self, fp32: frozenset[str], returnable: Sequence[str]) -> frozenset[str]:
         """Give ``returnable`` nodes of the accepted set ``fp32`` back to FP16 while accepted."""
         policy = CostDdmin(list(returnable), self.costs)
-        tried = 0
+        tried = accepted = 0
         while tried < self.settings.shrink_max_checks and not self.out_of_time():
+            if self.pool.ahead:
+                # Start what the policy may ask for next (what it asks for now first); the
+                # acceptance rate so far weighs the two outcomes of each unknown candidate.
+                self.pool.prefetch(lookahead(policy, fp32, self.pool.parallel, self.pool.outcome, (accepted + 1) / (tried + 2)))
             chunk = policy.next_chunk()
             if chunk is None:
                 break
             trial = fp32 - set(chunk)
-            fresh = not self.checker.known(trial)
-            check = self.checker.check(trial)
+            fresh = not self.pool.known(trial)
+            check = self.pool.check(trial)
             if fresh:
                 tried += 1
+                accepted += check.accepted
                 self.record("shrink", check, removed=chunk)
             policy.feedback(check.accepted)
             if check.accepted:
@@ -208,6 +225,8 @@ def repair_plan(
     verify_settings: VerifySettings | Gate,
     batch_size: int | None = None,
     on_step: Callable[[RepairStep], None] | None = None,
+    executor: Executor | None = None,
+    threads: int = 0,
 ) -> Plan:
     """Search for the smallest FP32 set by cost that passes the gate on calibration data.
 
@@ -216,11 +235,19 @@ def repair_plan(
         plan: the rule-based plan (not modified).
         calibration: calibration shards; the first ``settings.repair_samples`` samples are used.
         settings: ``repair``, ``repair_max_iterations``, ``repair_max_seconds``,
-            ``repair_samples``, ``repair_margin``, ``shrink_max_checks``, ``force_fp16_nodes``.
+            ``repair_samples``, ``repair_margin``, ``shrink_max_checks``, ``force_fp16_nodes``,
+            ``repair_parallel`` (checks in flight at once; the plan is the same for any value).
         verify_settings: the gate (the same one the holdout verification uses).
         batch_size: largest samples per inference call.
         on_step: called with each check's :class:`RepairStep` as soon as it is made (progress
-            for people: a long search says which phase and check it is in).
+            for people: a long search says which phase and check it is in), in the search's
+            order, from the calling thread.
+        executor: runs checks ahead of need when ``settings.repair_parallel`` > 1: an in-process
+            ``concurrent.futures.Executor`` (threads; not shut down here). None: a
+            ``ThreadPoolExecutor`` of ``repair_parallel`` threads, made and shut down here.
+        threads: onnxruntime intra-op threads of every check's session (0: onnxruntime's
+            choice). The same for any ``repair_parallel``: onnxruntime's results depend on it in
+            the last bits, and the plan must not depend on the parallelism.
 
     Returns:
         A new plan with the FP32 set found; ``repair`` records every check (see the module
@@ -244,8 +271,14 @@ def repair_plan(
     eligible_set = set(eligible)
     costs = _costs(model, shards)
 
-    with CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin) as checker:
-        s = _Search(model, plan, checker, settings, costs, started, on_step)
+    parallel = settings.repair_parallel
+    with ExitStack() as stack:
+        checker = stack.enter_context(CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin, threads))
+        if parallel > 1 and executor is None:
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fp16guard-check"))
+        # Entered last, left first: checks still running stop before the checker closes.
+        pool = stack.enter_context(CheckPool(checker, executor, parallel))
+        s = _Search(model, plan, checker, pool, settings, costs, started, on_step)
         rules = frozenset(s.entries)
         reasons = {n: set(e.reasons or (e.reason,)) for n, e in s.entries.items()}
         fixed = frozenset(n for n, r in reasons.items() if not r <= RETURNABLE | GUARDS | {_ISLAND})
@@ -254,7 +287,9 @@ def repair_plan(
 
         # 1. The all-FP16 build (only what cannot or must not be FP16 stays FP32): when it is
         #    accepted, it is the plan.
-        first = checker.check(fixed)
+        if rules != fixed:
+            pool.prefetch([fixed, rules])  # the rules' plan is checked next when all-FP16 fails
+        first = pool.check(fixed)
         s.record("all_fp16", first)
         current, last = fixed, first
         if first.accepted:
@@ -262,7 +297,7 @@ def repair_plan(
         else:
             # 2. The rules' plan.
             if rules != fixed:
-                last = checker.check(rules)
+                last = pool.check(rules)
                 s.record("rules", last)
                 current = rules
             if last.accepted:
@@ -272,7 +307,9 @@ def repair_plan(
                 current, last, outcome, message = s.grow(current, last, eligible, forced16, shards, gate)
 
         # 4. Shrink: give back to FP16 what the data decided, while the candidate stays accepted.
-        returnable = [n for n in current - floor if n in eligible_set]
+        # In graph order: the policy sorts by cost, and ties must not follow set iteration order
+        # (string hashes differ from process to process).
+        returnable = [n for n in eligible if n in current and n not in floor]
         returned: tuple[str, ...] = ()
         if outcome in ("repaired", "unchanged") and returnable and settings.shrink_max_checks > 0:
             # Each trial must be accepted too (the gate with headroom): what goes back to FP16
@@ -281,8 +318,9 @@ def repair_plan(
             returned = tuple(n for n in returnable if n not in current)
             if returned and outcome == "unchanged":
                 outcome = "shrunk"
-        final = checker.check(current)
-        n_checks = checker.checks
+        final = pool.check(current)
+        pool.close()  # stop what still runs ahead before counting it
+        n_checks, speculative = pool.checks, pool.speculative
 
     entries = [e for n, e in s.entries.items() if n in current]
     order = {n.name: i for i, n in enumerate(model.graph.node)}
@@ -315,7 +353,10 @@ def repair_plan(
         moved = len(current) - len(rules)
         counts["fp32"] = counts.get("fp32", 0) + moved
         counts["fp16"] = counts.get("fp16", 0) - moved
-    record = RepairRecord(outcome, message, samples=used, seconds=total, steps=tuple(s.steps), checks=n_checks, returned=returned, stability=stability, fp32_flops_share=share)
+    record = RepairRecord(
+        outcome, message, samples=used, seconds=total, steps=tuple(s.steps), checks=n_checks, returned=returned, stability=stability, fp32_flops_share=share,
+        parallel=parallel, speculative=speculative,
+    )
     result = replace(plan, fp32_nodes=entries, counts=counts, repair=record)
     if "islands" in plan.extra:
         # Islands follow the final set: cheap FP16 runs squeezed between its FP32 nodes.

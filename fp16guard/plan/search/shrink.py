@@ -12,6 +12,11 @@ like. :class:`CostDdmin` returns nodes to FP16 in chunks, delta-debugging style:
    1-minimal: no single node can go back to FP16.
 3. The checker's budget ends it early; what was returned so far stays returned.
 
+The policy only says what to try (:meth:`CostDdmin.next_chunk`) and hears how it went
+(:meth:`CostDdmin.feedback`); :meth:`CostDdmin.clone` lets a caller play outcomes forward
+without touching it, which is how the search knows which candidates it may need next and checks
+them ahead of need (:mod:`fp16guard.plan.search.speculate`).
+
 Equal-cost chunks make the costliest nodes singletons first: a Conv that can go back to FP16 is
 found within a few checks, while cheap element-wise nodes travel in large groups.
 """
@@ -90,6 +95,18 @@ class CostDdmin:
             return
         self.n = min(len(self.remaining), self.n * 2)
         self._restart()
+
+    def clone(self) -> "CostDdmin":
+        """An independent copy in the same state (the weights are shared: never changed)."""
+        other = object.__new__(CostDdmin)
+        other.weight = self.weight
+        other.remaining = list(self.remaining)
+        other.n = self.n
+        other._chunks = list(self._chunks)
+        other._at = self._at
+        other.done = self.done
+        other.refused = list(self.refused)
+        return other
 
     def _restart(self) -> None:
         self.done = not self.remaining
