@@ -1,7 +1,11 @@
 """Verification: run the FP32 model and the built candidate on every holdout sample and compare.
 
 Figures per output (accumulated shard by shard and slice by slice, so memory does not grow with
-the number of shards or samples):
+the number of shards or samples). Each holdout shard is accumulated on its own (a
+:class:`ShardPart`, fresh accumulators) and the parts are merged in shard order, so the sums
+behind ``cosine`` are added in the same order whether one process compared every shard or the
+shards were split over tasks, processes or GPUs and merged after (:func:`merge_comparisons`):
+the verdict and every figure are bit-for-bit the same (issue 18).
 
 - float outputs: ``max_abs_error``, ``max_rel_error`` = max_abs_error / max |fp32| of that
   output over all samples, ``cosine`` similarity of the flattened outputs (all samples),
@@ -27,10 +31,13 @@ report's ``execution`` field says which was done.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -45,7 +52,19 @@ from fp16guard.verify.metrics.base import ERROR_SEVERITY
 from fp16guard.verify.task_checks import TaskChecks, check_gate_outputs
 from fp16guard.settings import VerifySettings
 
-__all__ = ["compare_runners", "emulated_candidate", "gate", "has_fp16", "verify", "verify_mixed"]
+__all__ = [
+    "Comparison",
+    "ShardPart",
+    "collect_comparison",
+    "compare_runners",
+    "emulated_candidate",
+    "gate",
+    "has_fp16",
+    "merge_comparisons",
+    "splittable",
+    "verify",
+    "verify_mixed",
+]
 
 _CPU = "CPUExecutionProvider"
 
@@ -91,6 +110,24 @@ class _FloatStats:
             self.ref_sq += float(np.dot(r, r))
             self.cand_sq += float(np.dot(c, c))
 
+    def merge(self, other: "_FloatStats") -> None:
+        """Add ``other`` (the figures of later samples of the same output) to these, in place.
+
+        Counts and maxima merge exactly; the three sums are added once per merge, so merging
+        per-shard accumulators in shard order gives the same floats whatever the split.
+        """
+        self.checks.merge(other.checks)
+        if self.own is not None and other.own is not None and other.own is not self.own:
+            self.own.merge(other.own)  # a shared accumulator (no merge) saw every slice already
+        self.elements += other.elements
+        self.nonfinite += other.nonfinite
+        self.ref_max_abs = max(self.ref_max_abs, other.ref_max_abs)
+        self.max_abs_error = max(self.max_abs_error, other.max_abs_error)
+        self.cand_max_abs = max(self.cand_max_abs, other.cand_max_abs)
+        self.dot += other.dot
+        self.ref_sq += other.ref_sq
+        self.cand_sq += other.cand_sq
+
     def figures(self) -> dict:
         # A candidate holding NaN/inf has no bounded error: OutputFigures sets max_abs_error,
         # max_rel_error and cosine to None for it (a figure over the finite values alone would
@@ -128,6 +165,11 @@ class _ExactStats:
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         self.elements += ref.size
         self.mismatches += int(np.count_nonzero(np.asarray(ref).ravel() != np.asarray(cand).ravel()))
+
+    def merge(self, other: "_ExactStats") -> None:
+        """Add ``other``'s counts to these, in place (exact)."""
+        self.elements += other.elements
+        self.mismatches += other.mismatches
 
     def figures(self) -> dict:
         return {
@@ -303,82 +345,158 @@ def verify(
     return report
 
 
-def compare_runners(
-    ref_model: onnx.ModelProto,
-    ref_run,
-    cand_model: onnx.ModelProto,
-    cand_run,
-    holdout: Sequence[ShardRef],
-    settings: "VerifySettings | Gate",
-    batch_size: int | None = None,
-    per_slice: list[dict[str, dict]] | None = None,
-    progress_label: str | None = None,
-) -> dict:
-    """The comparison loop of :func:`verify`, for any two active runners.
+# --------------------------------------------------------------------------------------------
+# per-shard parts: what makes a comparison splittable
 
-    A runner is anything with ``.output_names`` and ``.infer(feeds, output_names) -> dict``
-    (the onnxruntime runner, or :class:`torch_fp16.TorchRunner` for real FP16 on a
-    GPU). Feeds are prepared against each model's own input specs.
+
+@dataclass
+class ShardPart:
+    """What consecutive holdout shards contribute to a comparison.
+
+    A part made for one shard holds fresh accumulators; :meth:`merge` adds a later part to it.
+    Folded left in shard order, parts give the same floats however the shards were split
+    (issue 18: verification fans out over workers and still gives a single pass's verdict).
+
+    Attributes:
+        shards: names of the shards, in order.
+        samples: holdout samples compared.
+        stats: accumulator per output (``_FloatStats`` or ``_ExactStats``).
+        errors: per output, the first reason it could not be compared (e.g. a shape mismatch),
+            naming the shard; later shards do not accumulate that output.
+    """
+
+    shards: list[str] = field(default_factory=list)
+    samples: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: "ShardPart") -> "ShardPart":
+        """Add ``other`` (the shards after these) to this part, in place; returns self.
+
+        ``other``'s accumulators are taken over, not copied: do not use it afterwards.
+        """
+        self.shards.extend(other.shards)
+        self.samples += other.samples
+        for name, acc in other.stats.items():
+            if name in self.errors:
+                continue  # as in one pass: an output stops accumulating at its first error
+            mine = self.stats.get(name)
+            if mine is None:
+                self.stats[name] = acc
+            elif type(mine) is not type(acc):
+                self.errors[name] = f"output kind changed from {mine.dtype} to {acc.dtype} (shard {other.shards[0] if other.shards else '?'})"
+            else:
+                mine.merge(acc)
+        for name, message in other.errors.items():
+            self.errors.setdefault(name, message)
+        return self
+
+
+@dataclass
+class Comparison:
+    """One comparison as parts, before it is judged: what a worker hands back so the flow can
+    merge the comparisons of several holdout groups (:func:`merge_comparisons`).
+
+    Attributes:
+        outputs: the reference model's output names, in order.
+        missing: outputs the candidate lacks, with the reason (no shard can change these).
+        parts: one :class:`ShardPart` per holdout shard, in order.
+    """
+
+    outputs: list[str] = field(default_factory=list)
+    missing: dict[str, str] = field(default_factory=dict)
+    parts: list[ShardPart] = field(default_factory=list)
+
+
+_SINK: ContextVar[Comparison | None] = ContextVar("fp16guard_verify_comparison", default=None)
+
+
+@contextmanager
+def collect_comparison() -> Iterator[Comparison]:
+    """Inside the block, :func:`compare_runners` also records its per-shard parts into the
+    yielded :class:`Comparison` (a copy of each, taken before it is merged; a later comparison
+    in the block replaces an earlier one's). For a task that compares some holdout shards
+    through a backend's ``verify`` (which builds the runners and judges) and hands the parts
+    back to be merged with other groups'. The verification itself is unchanged.
+    """
+    sink = Comparison()
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+def splittable(settings: "VerifySettings | Gate") -> bool:
+    """True when a comparison under ``settings`` may be split over processes and merged: every
+    metric's own accumulator (a custom gate's) can :meth:`merge`. Built-in gates always can."""
+    gate = Gate.from_settings(settings)
+    for name in gate.settings.output_gates:
+        acc = gate.metric(name).accumulator()
+        if acc is not None and not callable(getattr(acc, "merge", None)):
+            return False
+    return True
+
+
+def merge_comparisons(comparisons: Sequence[Comparison], settings: "VerifySettings | Gate") -> dict:
+    """The report a single :func:`compare_runners` over all their shards gives, from the
+    comparisons of consecutive groups of holdout shards, in shard order.
 
     Args:
-        settings: the gate (:class:`VerifySettings`, or a :class:`~fp16guard.verify.metrics.Gate`
-            such as a tightened one).
-        per_slice: when a list is given, the figures of every output of each inference slice
-            alone are appended to it (``{output: figures}`` per slice, in order): how the error
-            varies across samples (search margins, :mod:`fp16guard.plan.search.margin`).
-        progress_label: draw a progress bar with ETA over the shards on a terminal under this
-            label (:class:`fp16guard.progress.Progress`); None: no bar.
+        comparisons: one :class:`Comparison` per group, in holdout order.
+        settings: the gate the groups were compared under.
 
     Returns:
-        The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``;
-        ``suggested_gates`` when the numeric gate failed an output that a task view says agrees
-        (:func:`fp16guard.verify.metrics.suggest_gates`).
+        The report of :func:`compare_runners` (figures, verdict, reason), identical to one pass.
+
+    Raises:
+        ValueError: no comparison, or groups that disagree on the model's outputs.
     """
-    if not holdout:
-        raise DataError("the holdout set is empty; expected at least one shard to verify on")
-    gate = Gate.from_settings(settings)
-    ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
-    stats: dict[str, _FloatStats | _ExactStats] = {}
-    errors: dict[str, str] = {}
-    samples = 0
-    ref_names = list(ref_run.output_names)
-    check_gate_outputs(gate, ref_names)
-    cand_names = set(cand_run.output_names)
-    wanted = [n for n in ref_names if n in cand_names]
-    for n in ref_names:
-        if n not in cand_names:
-            errors[n] = "missing from the candidate's outputs"
-    from contextlib import nullcontext
+    if not comparisons:
+        raise ValueError("no comparison to merge; expected one per holdout group")
+    first = comparisons[0]
+    for other in comparisons[1:]:
+        if other.outputs != first.outputs or other.missing != first.missing:
+            raise ValueError(f"holdout groups compared different outputs ({first.outputs} vs {other.outputs}); expected the same models in every group")
+    total = ShardPart()
+    for comparison in comparisons:
+        for part in comparison.parts:
+            total.merge(copy.deepcopy(part))  # the inputs stay as they were
+    return _judged(first.outputs, first.missing, total, Gate.from_settings(settings))
 
-    from fp16guard.progress import Progress
 
-    with Progress(len(holdout), progress_label) if progress_label else nullcontext() as bar:
-        for ref in holdout:
-            raw = load_shard(ref)
-            ref_feeds = prepare_feeds(ref, raw, ref_specs)
-            cand_feeds = prepare_feeds(ref, raw, cand_specs)
-            del raw
-            n = batch_count(ref_feeds)
-            size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
-            for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
-                with shard_context(ref):
-                    r_out = ref_run.infer(ref_slice, wanted)
-                    c_out = cand_run.infer(cand_slice, wanted)
-                alone: dict = {} if per_slice is not None else None
-                for name in wanted:
-                    _accumulate(stats, errors, ref, name, r_out[name], c_out[name], gate)
-                    if alone is not None and name not in errors:
-                        _accumulate(alone, {}, ref, name, r_out[name], c_out[name], gate)
-                if alone is not None:
-                    per_slice.append({name: acc.figures() for name, acc in alone.items()})
-            samples += n
-            if bar is not None:
-                bar.advance(ref.name)
+def _compare_shard(ref: ShardRef, ref_run, cand_run, ref_specs, cand_specs, wanted: list[str], gate: Gate, batch_size: int | None, per_slice, shared: dict) -> ShardPart:
+    """One shard's :class:`ShardPart` (fresh accumulators; ``shared`` holds the accumulators of
+    custom metrics that cannot merge, fed every slice of the comparison in order)."""
+    part = ShardPart(shards=[ref.name])
+    raw = load_shard(ref)
+    ref_feeds = prepare_feeds(ref, raw, ref_specs)
+    cand_feeds = prepare_feeds(ref, raw, cand_specs)
+    del raw
+    n = batch_count(ref_feeds)
+    size = slice_size(list(ref_specs) + list(cand_specs), n, batch_size)
+    for ref_slice, cand_slice in zip(iter_slices(ref_feeds, size), iter_slices(cand_feeds, size)):
+        with shard_context(ref):
+            r_out = ref_run.infer(ref_slice, wanted)
+            c_out = cand_run.infer(cand_slice, wanted)
+        alone: dict | None = {} if per_slice is not None else None
+        for name in wanted:
+            _accumulate(part.stats, part.errors, ref, name, r_out[name], c_out[name], gate, shared)
+            if alone is not None and name not in part.errors:
+                _accumulate(alone, {}, ref, name, r_out[name], c_out[name], gate)
+        if alone is not None:
+            per_slice.append({name: acc.figures() for name, acc in alone.items()})
+    part.samples = n
+    return part
 
+
+def _judged(ref_names: list[str], missing: dict[str, str], total: ShardPart, gate: Gate) -> dict:
+    """The report of a comparison whose parts are merged into ``total``."""
+    errors = {**missing, **total.errors}
     outputs: dict[str, dict] = {}
     failures: list[tuple[float, str]] = []
     for name in ref_names:
-        fig = stats[name].figures() if name in stats else {"kind": "unknown"}
+        fig = total.stats[name].figures() if name in total.stats else {"kind": "unknown"}
         if name in errors:
             fig["error"] = errors[name]
         fails = _judge(name, fig, gate)
@@ -399,8 +517,8 @@ def compare_runners(
         "passed": not failures,
         "reason": reason,
         "outputs": outputs,
-        "samples": samples,
-        "shards": [r.name for r in holdout],
+        "samples": total.samples,
+        "shards": list(total.shards),
         "tolerances": gate.tolerances(),
     }
     if suggestions:
@@ -408,7 +526,69 @@ def compare_runners(
     return VerificationReport.from_dict(report).to_dict()
 
 
-def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray, gate: Gate | None = None) -> None:
+def compare_runners(
+    ref_model: onnx.ModelProto,
+    ref_run,
+    cand_model: onnx.ModelProto,
+    cand_run,
+    holdout: Sequence[ShardRef],
+    settings: "VerifySettings | Gate",
+    batch_size: int | None = None,
+    per_slice: list[dict[str, dict]] | None = None,
+    progress_label: str | None = None,
+) -> dict:
+    """The comparison loop of :func:`verify`, for any two active runners.
+
+    A runner is anything with ``.output_names`` and ``.infer(feeds, output_names) -> dict``
+    (the onnxruntime runner, or :class:`torch_fp16.TorchRunner` for real FP16 on a
+    GPU). Feeds are prepared against each model's own input specs. Each shard is accumulated on
+    its own and merged in order (:class:`ShardPart`); inside :func:`collect_comparison` the
+    parts are also recorded.
+
+    Args:
+        settings: the gate (:class:`VerifySettings`, or a :class:`~fp16guard.verify.metrics.Gate`
+            such as a tightened one).
+        per_slice: when a list is given, the figures of every output of each inference slice
+            alone are appended to it (``{output: figures}`` per slice, in order): how the error
+            varies across samples (search margins, :mod:`fp16guard.plan.search.margin`).
+        progress_label: draw a progress bar with ETA over the shards on a terminal under this
+            label (:class:`fp16guard.progress.Progress`); None: no bar.
+
+    Returns:
+        The report of :func:`verify` without ``execution``, ``emulated`` and ``providers``;
+        ``suggested_gates`` when the numeric gate failed an output that a task view says agrees
+        (:func:`fp16guard.verify.metrics.suggest_gates`).
+    """
+    if not holdout:
+        raise DataError("the holdout set is empty; expected at least one shard to verify on")
+    gate = Gate.from_settings(settings)
+    ref_specs, cand_specs = input_specs(ref_model), input_specs(cand_model)
+    ref_names = list(ref_run.output_names)
+    check_gate_outputs(gate, ref_names)
+    cand_names = set(cand_run.output_names)
+    wanted = [n for n in ref_names if n in cand_names]
+    missing = {n: "missing from the candidate's outputs" for n in ref_names if n not in cand_names}
+    sink = _SINK.get()
+    if sink is not None:
+        sink.outputs, sink.missing, sink.parts = list(ref_names), dict(missing), []
+    from contextlib import nullcontext
+
+    from fp16guard.progress import Progress
+
+    total = ShardPart()
+    shared: dict = {}
+    with Progress(len(holdout), progress_label) if progress_label else nullcontext() as bar:
+        for ref in holdout:
+            part = _compare_shard(ref, ref_run, cand_run, ref_specs, cand_specs, wanted, gate, batch_size, per_slice, shared)
+            if sink is not None:
+                sink.parts.append(copy.deepcopy(part))
+            total.merge(part)
+            if bar is not None:
+                bar.advance(ref.name)
+    return _judged(ref_names, missing, total, gate)
+
+
+def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.ndarray, gate: Gate | None = None, shared: dict | None = None) -> None:
     r, c = np.asarray(r), np.asarray(c)
     if r.dtype.kind == "f" and not np.isfinite(r).all():
         bad = int(r.size - np.count_nonzero(np.isfinite(r)))
@@ -423,9 +603,21 @@ def _accumulate(stats, errors, ref: ShardRef, name: str, r: np.ndarray, c: np.nd
         if r.dtype.kind == "f" or c.dtype.kind == "f":
             exact = False
         user = gate.output_gate(name) if gate is not None else None
-        own = gate.metric(name).accumulator() if gate is not None else None
+        own = _own_accumulator(gate, name, shared) if gate is not None else None
         stats[name] = _ExactStats(str(r.dtype)) if exact else _FloatStats(str(c.dtype), checks=TaskChecks.for_gate(user), own=own)
     stats[name].update(r, c)
+
+
+def _own_accumulator(gate: Gate, name: str, shared: dict | None):
+    """The metric's own accumulator for one shard: fresh when it can merge (or when ``shared``
+    is None: a slice alone); else the comparison's one instance, which sees every slice in order
+    and is merged once (:meth:`_FloatStats.merge` skips it)."""
+    if shared is not None and name in shared:
+        return shared[name]
+    acc = gate.metric(name).accumulator()
+    if shared is not None and acc is not None and not callable(getattr(acc, "merge", None)):
+        shared[name] = acc
+    return acc
 
 
 def verify_mixed(

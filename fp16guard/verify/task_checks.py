@@ -97,6 +97,19 @@ class TaskChecks:
             in_topk = np.count_nonzero(c2 > own[:, None], axis=1) < k
         self.topk_agree += int(np.count_nonzero(in_topk & row_ok))
 
+    def merge(self, other: "TaskChecks") -> None:
+        """Add ``other``'s counts (later samples of the same output) to these, in place; exact,
+        so per-shard checks merged in any grouping give one pass's figures."""
+        self.rows += other.rows
+        self.classes = other.classes if other.classes is not None else self.classes
+        self.top1_agree += other.top1_agree
+        self.topk_agree += other.topk_agree
+        self.elements += other.elements
+        self.same_side += other.same_side
+        self.both_on += other.both_on
+        self.either_on += other.either_on
+        self.has_class_axis = self.has_class_axis and other.has_class_axis
+
     def figures(self) -> dict:
         """``{"threshold", "threshold_agreement", "threshold_iou"}`` plus, for outputs with a
         class axis, ``{"classes", "positions", "k", "top1_agreement", "topk_agreement"}``."""

@@ -5,7 +5,8 @@ figures, :class:`fp16guard.verify.task_checks.TaskChecks` the agreement counts; 
 number of samples) and the figures go to the output's metric, which:
 
 - **accumulates** what the built-in figures do not hold (``accumulator()``: a fresh
-  :class:`Accumulator` per verification, or None — the built-in metrics need nothing more);
+  :class:`Accumulator` per verification, or None — the built-in metrics need nothing more); one
+  with ``merge`` (:class:`MergeableAccumulator`) lets the holdout be split over workers;
 - **judges** the figures: a list of :class:`Failure` (empty: passed);
 - **scores** them: the failure ratio, ``<= 1`` passes, ``inf`` when the candidate holds NaN/inf —
   one number per output that search policies compare across candidates
@@ -25,7 +26,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Accumulator", "Failure", "Metric", "NONFINITE_SEVERITY", "ERROR_SEVERITY", "nonfinite_failure"]
+__all__ = ["Accumulator", "MergeableAccumulator", "Failure", "Metric", "NONFINITE_SEVERITY", "ERROR_SEVERITY", "nonfinite_failure"]
 
 #: Severities order the failures of a report: the most severe gives the verdict's first line.
 ERROR_SEVERITY = 4e9  # the output could not be compared at all
@@ -56,6 +57,23 @@ class Accumulator(Protocol):
 
     def figures(self) -> dict[str, Any]:
         """The accumulated figures (merged into the output's ``checks``)."""
+
+
+@runtime_checkable
+class MergeableAccumulator(Accumulator, Protocol):
+    """An :class:`Accumulator` whose state for later samples can be added to it.
+
+    Verification accumulates each holdout shard on its own and merges the shards in order, so
+    holdout shards can be compared on several workers and still give one pass's figures
+    (:func:`fp16guard.verify.compare.merge_comparisons`). A custom metric's accumulator without
+    ``merge`` still works: it is fed every slice in order in one process, and the holdout is then
+    not split over workers.
+    """
+
+    def merge(self, other: "MergeableAccumulator") -> None:
+        """Add ``other`` (a fresh accumulator of the same metric that saw the samples after
+        this one's) to this one, in place. Sums should be added once, so that merging per-shard
+        accumulators in shard order gives the same floats whatever the grouping."""
 
 
 @runtime_checkable
