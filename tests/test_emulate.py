@@ -115,22 +115,53 @@ def test_every_fp16_tensor_is_rounded():
     assert np.allclose(_run(emulated, x)[0], _run(model, x)[0], atol=1e-2)
 
 
-def test_emulated_subgraph_model_runs():
-    then_g = helper.make_graph([helper.make_node("Relu", ["a"], ["t"], name="then_relu")], "then", [], [_io("t", 4, 8)])
-    else_g = helper.make_graph([helper.make_node("Neg", ["a"], ["e"], name="else_neg")], "else", [], [_io("e", 4, 8)])
+def _f16(values) -> np.ndarray:
+    """Round to FP16 (round to nearest even, as onnxruntime's Cast) and back to FP32."""
+    return np.asarray(values, np.float32).astype(np.float16).astype(np.float32)
+
+
+def test_emulated_if_bodies_round_like_fp16_storage():
+    """Both bodies of an If are emulated, exactly: every FP16 tensor, in the bodies too, holds
+    its FP32 value rounded to FP16.
+
+    Exact, not within a tolerance: the graph has only Mul and Neg, and the product of two
+    FP16 values is exact in FP32 (11-bit significands make at most 22 bits, FP32 holds 24), so
+    FP16 storage makes each value the FP16 rounding of an exact product, which NumPy computes
+    bit for bit. A wrong branch, a body left in FP32 (its inner tensor not rounded) and the FP32
+    model each differ from that reference, as asserted below, so each would fail this test.
+    """
+    k = {"k0": 0.7, "k1": 1 / 3, "k2": 3.0, "k3": 0.1}
+    then_g = helper.make_graph(
+        [helper.make_node("Mul", ["a", "k1"], ["t1"], name="then_mul1"), helper.make_node("Mul", ["t1", "k2"], ["t"], name="then_mul2")],
+        "then", [], [_io("t", 4, 8)],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Mul", ["a", "k3"], ["e1"], name="else_mul"), helper.make_node("Neg", ["e1"], ["e"], name="else_neg")],
+        "else", [], [_io("e", 4, 8)],
+    )
     model = _model(
         [
-            helper.make_node("Sigmoid", ["x"], ["a"], name="sig"),
+            helper.make_node("Mul", ["x", "k0"], ["a"], name="scale"),
             helper.make_node("If", ["cond"], ["b"], name="branch", then_branch=then_g, else_branch=else_g),
-            helper.make_node("Exp", ["b"], ["y"], name="exp"),
+            helper.make_node("Neg", ["b"], ["y"], name="neg"),
         ],
         [_io("x", 4, 8), _io("cond", dtype=TensorProto.BOOL)],
         [_io("y", 4, 8)],
+        [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in k.items()],
     )
     emulated = emulate_fp16_storage(to_mixed_precision(model, set()))
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32) * 100
+    kh = {n: _f16(v) for n, v in k.items()}  # the converted model stores its constants in FP16
+    a = _f16(_f16(x) * kh["k0"])
+    expected = {True: -_f16(_f16(a * kh["k1"]) * kh["k2"]), False: _f16(a * kh["k3"])}
+    fp32_body = -_f16(a * kh["k1"] * kh["k2"])  # the then body without rounding its inner t1
+    assert not np.array_equal(expected[True], fp32_body)
+    assert not np.array_equal(expected[True], -expected[False])
     for cond in (True, False):
-        feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32), "cond": np.array(cond)}
-        assert np.allclose(_run(emulated, feeds)[0], _run(model, feeds)[0], atol=1e-2)
+        feeds = {"x": x, "cond": np.array(cond)}
+        assert not np.array_equal(_run(model, feeds)[0], expected[cond])  # FP32 is distinguishable
+        for level in LEVELS:  # onnxruntime's graph optimisations must not undo the rounding
+            np.testing.assert_array_equal(_run(emulated, feeds, level)[0], expected[cond], err_msg=f"cond={cond} level={level}")
 
 
 # --- the key integration test -------------------------------------------------------------
