@@ -201,13 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     log = bench_results.Log(bench_results.context("bench_stats", argv))
     with log.capture():
         summary = _run(args)
-    record = {"medians": {kind: {k: {"wall_s": w, "peak_rss_mib": m} for k, (w, m) in med.items()} for kind, med in summary.items()}}
+    imports = summary.pop("imports_s")
+    record = {"medians": {kind: {k: {"wall_s": w, "peak_rss_mib": m} for k, (w, m) in med.items()} for kind, med in summary.items()},
+              "import_s": imports}
     log.save(None, None, record, label=args.label, results_dir=args.results)
     return 0
 
 
 def _run(args) -> dict:
-    """The measurement; prints as it goes. Returns kind -> {plain|stats: (median wall s, median peak RSS MiB)}."""
+    """The measurement; prints as it goes. Returns kind -> {plain|stats: (median wall s, median peak
+    RSS MiB)}, and ``imports_s``: median seconds of ``python -c "import X"`` per module set."""
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     models = {}
@@ -248,7 +251,8 @@ def _run(args) -> dict:
         summary[kind] = {k: (statistics.median(w for w, _ in v), statistics.median(m for _, m in v)) for k, v in results.items()}
         if args.detail:
             env = dict(os.environ, PYTHONPATH=str(ROOT))
-            subprocess.run([py, "-c", DETAIL, str(model), *map(str, shards)], check=True, env=env)
+            # Captured and printed here, so that the lines reach the results file too.
+            print(subprocess.run([py, "-c", DETAIL, str(model), *map(str, shards)], check=True, env=env, capture_output=True, text=True).stdout, end="")
     samples = args.shards * args.samples_per_shard
     print(f"\n{args.shards} shards x {args.samples_per_shard} samples ({samples} samples), medians of {args.repeats}:")
     print(f"  {'model':<9} {'plain wall':>10} {'stats wall':>10} {'ratio':>6}   {'plain RSS':>9} {'stats RSS':>9} {'ratio':>6}")
@@ -262,5 +266,11 @@ def _run(args) -> dict:
         few = measure(stats_cmd(model, shards_all[:2]))[1]
         many = measure(stats_cmd(model, shards_all[:8]))[1]
         print(f"  stats peak RSS (stored), 2 shards: {few:.0f} MiB; 8 shards: {many:.0f} MiB ({many / few:.2f}x)")
+    # Fixed start-up of a whole process: what a plain pass imports against what fp16guard adds.
+    imports = {}
+    for what in ("onnxruntime, numpy", "onnx", "ml_dtypes"):
+        imports[what] = statistics.median(measure([py, "-c", f"import {what}"])[0] for _ in range(args.repeats))
+        print(f"  python -c 'import {what}': {imports[what]:.2f} s (median of {args.repeats})")
+    summary["imports_s"] = imports
     print(f"work folder {work}")
     return summary

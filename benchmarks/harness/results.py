@@ -144,7 +144,7 @@ def write(ctx: dict, record: dict, markdown: str, label: str | None = None, resu
     js, md = folder / f"{stem}.json", folder / f"{stem}.md"
     atomic.write_text(js, json.dumps({"context": ctx, **record}, indent=1, default=str) + "\n")
     head = [f"# {title or ctx['benchmark']} — {ctx['date'][:16].replace('T', ' ')} UTC", "", *context_lines(ctx), ""]
-    atomic.write_text(md, "\n".join(head) + markdown.rstrip("\n") + "\n")
+    atomic.write_text(md, "\n".join(head) + "\n" + markdown.rstrip("\n") + "\n")
     return js, md
 
 
