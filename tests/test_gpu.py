@@ -1,24 +1,51 @@
 """The PyTorch ground-truth interpreter, and real FP16 on a GPU against FP16 storage emulation.
 
-torch is not an fp16guard dependency: everything here skips without it. The interpreter tests
-run on torch's CPU; the comparison with real FP16 kernels is marked ``gpu`` and skips without CUDA.
+Three kinds of test, each skipping only for what it really needs (``-rs`` names it):
+
+* **everywhere, CI included** (onnxruntime's CPU provider and the emulator, no torch): the
+  emulator's side of every GPU comparison below (the verdicts real FP16 must match), FP16
+  overflow and FP16 outputs on the CPU provider, and the interpreter's refusal of an op it
+  does not know (checked before torch is imported);
+* **PyTorch on its CPU** (torch is not an fp16guard dependency and CI does not install it: these
+  skip naming it): the interpreter of ``benchmarks/harness/torch_fp16.py`` against onnxruntime;
+* **PyTorch with a CUDA device** (marked ``gpu``): real FP16 kernels against the emulation.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from benchmarks.harness.torch_fp16 import TorchRunner, UnsupportedOpError  # torch is imported lazily there
 from fp16guard import examples
+from fp16guard.graph.emulate import emulate_fp16_storage
 from fp16guard.io.shards import discover_shards
 from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 from fp16guard.settings import VerifySettings
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed (not an fp16guard dependency)")
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
-from benchmarks.harness.torch_fp16 import TorchRunner, UnsupportedOpError  # noqa: E402  (moved out of the library, issue 9)
+#: The interpreter's tests: torch on its CPU.
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed (not an fp16guard dependency; CI does not install it)")
+
+
+def _why_no_torch_cuda() -> str | None:
+    if not HAVE_TORCH:
+        return "PyTorch is not installed (real FP16 kernels run through torch on CUDA)"
+    import torch
+
+    return None if torch.cuda.is_available() else "no CUDA device visible to torch"
+
+
+def needs_torch_cuda(test):
+    """Mark ``test`` ``gpu``; skip it, naming what is missing, without torch or a CUDA device."""
+    reason = _why_no_torch_cuda()
+    return pytest.mark.gpu(pytest.mark.skipif(reason is not None, reason=reason or "")(test))
+
 
 NAMES = sorted(examples.EXAMPLES)
 
@@ -45,6 +72,7 @@ def _torch_cpu(model, feeds):
         return r.infer(feeds)
 
 
+@needs_torch
 @pytest.mark.parametrize("name", NAMES)
 def test_fp32_examples_match_onnxruntime_on_cpu(name):
     model = examples.build_model(name)
@@ -55,6 +83,7 @@ def test_fp32_examples_match_onnxruntime_on_cpu(name):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, atol=1e-4 * np.abs(ref[key]).max())
 
 
+@needs_torch
 def test_cnn_ops_match_onnxruntime():
     rng = np.random.default_rng(0)
     i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
@@ -83,6 +112,7 @@ def test_cnn_ops_match_onnxruntime():
     np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-4, atol=1e-4)
 
 
+@needs_torch
 def test_fp16_node_overflows_in_torch():
     # Cast to FP16, multiply by 1000 in FP16: 100 * 1000 does not fit, 1 * 1000 does.
     k = numpy_helper.from_array(np.array(1000.0, np.float16), "k")
@@ -96,6 +126,7 @@ def test_fp16_node_overflows_in_torch():
     assert got[0, 0] == 1000.0 and np.isinf(got[0, 1])
 
 
+@needs_torch
 def test_declared_fp16_output_stays_fp16():
     model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", ["n", 2], TensorProto.FLOAT16)], [_vi("y", ["n", 2], TensorProto.FLOAT16)])
     got = _torch_cpu(model, {"x": np.array([[-1.0, 70000.0]], np.float32)})["y"]
@@ -108,24 +139,46 @@ def test_unsupported_op_is_named():
         TorchRunner(model, device="cpu")
 
 
-def _gpu_available() -> bool:
-    return bool(torch.cuda.is_available())
+# --------------------------------------------------------------------------------------------
+# the emulator's side of the GPU comparisons, and FP16 on the CPU provider: no torch, no GPU (CI)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="no CUDA device visible to torch")
-@pytest.mark.parametrize("name", NAMES)
-def test_real_fp16_matches_emulation(name, tmp_path):
-    """All-FP16 and planned builds: torch on CUDA and ORT-CPU emulation give the same verdict."""
+def _fp16_mul_model():
+    """Cast to FP16, multiply by 1000 in FP16: 100 * 1000 does not fit FP16, 1 * 1000 does."""
+    k = numpy_helper.from_array(np.array(1000.0, np.float16), "k")
+    return _model(
+        [helper.make_node("Cast", ["x"], ["xh"], name="to16", to=TensorProto.FLOAT16),
+         helper.make_node("Mul", ["xh", "k"], ["yh"], name="mul"),
+         helper.make_node("Cast", ["yh"], ["y"], name="to32", to=TensorProto.FLOAT)],
+        [_vi("x", ["n", 2])], [_vi("y", ["n", 2])], [k],
+    )
+
+
+def test_fp16_node_overflows_in_emulation():
+    # What test_fp16_node_overflows_in_torch sees with real FP16 kernels, the emulator gives on the
+    # CPU provider, exactly: 1000 is an FP16 value, 1e5 is past 65504.
+    x = {"x": np.array([[1.0, 100.0]], np.float32)}
+    got = _ort(emulate_fp16_storage(_fp16_mul_model()), x)["y"]
+    assert got.dtype == np.float32 and got[0, 0] == 1000.0 and np.isposinf(got[0, 1])
+
+
+def test_declared_fp16_output_stays_fp16_on_the_cpu_provider():
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")], [_vi("x", ["n", 2], TensorProto.FLOAT16)], [_vi("y", ["n", 2], TensorProto.FLOAT16)])
+    # onnxruntime's CPU provider runs a model declared FP16 on FP16 tensors: the outputs keep the
+    # declared type, and an FP16 inf (what 70000 becomes) stays inf.
+    got = _ort(model, {"x": np.array([[-1.0, np.inf], [2.5, 65504.0]], np.float16)})["y"]
+    assert got.dtype == np.float16 and got.tolist() == [[0.0, np.inf], [2.5, 65504.0]]
+
+
+def _example_builds(name, tmp_path):
+    """An example model, its holdout shards, and its all-FP16 and planned builds (plan from CPU
+    statistics of its calibration shards)."""
     from fp16guard.graph.convert import to_mixed_precision
     from fp16guard.io.model import load_model
     from fp16guard.plan.planner import make_plan
     from fp16guard.settings import PlanSettings
     from fp16guard.stats.collect import reduce_stats, shard_stats
-    from fp16guard.verify.compare import compare_runners, verify
 
-    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     path = examples.save_model(name, tmp_path / "m.onnx")
     model = load_model(path)
     examples.write_shards(name, tmp_path / "calib", 2, 16, seed=1)
@@ -133,10 +186,41 @@ def test_real_fp16_matches_emulation(name, tmp_path):
     calib = discover_shards([str(tmp_path / "calib")])
     holdout = discover_shards([str(tmp_path / "holdout")])
     plan = make_plan(model, reduce_stats([shard_stats(path, r) for r in calib]), PlanSettings())
+    builds = {build: to_mixed_precision(model, set(nodes)) for build, nodes in (("all_fp16", set()), ("plan", plan.fp32_names))}
+    return model, holdout, builds
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_emulation_verdicts_the_gpu_must_match(name, tmp_path):
+    """The emulator's side of test_real_fp16_matches_emulation, on the CPU provider: every
+    example's all-FP16 build fails and its planned build passes with finite outputs."""
+    from fp16guard.verify.compare import verify
+
+    model, holdout, builds = _example_builds(name, tmp_path)
+    verdicts = {}
+    for build, cand in builds.items():
+        emu = verify(model, cand, holdout, VerifySettings(), emulate=True)
+        assert emu["emulated"] is True and "emulat" in emu["execution"], emu["execution"]
+        verdicts[build] = emu["passed"]
+        if build == "plan":
+            assert sum(o.get("nonfinite", 0) for o in emu["outputs"].values()) == 0
+    assert verdicts == {"all_fp16": False, "plan": True}
+
+
+@needs_torch_cuda
+@pytest.mark.parametrize("name", NAMES)
+def test_real_fp16_matches_emulation(name, tmp_path):
+    """All-FP16 and planned builds: torch on CUDA and ORT-CPU emulation give the same verdict."""
+    import torch
+
+    from fp16guard.verify.compare import compare_runners, verify
+
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, holdout, builds = _example_builds(name, tmp_path)
     settings = VerifySettings()
     verdicts = {}
-    for build, nodes in (("all_fp16", set()), ("plan", plan.fp32_names)):
-        cand = to_mixed_precision(model, nodes)
+    for build, cand in builds.items():
         emu = verify(model, cand, holdout, settings, emulate=True)
         with OnnxRuntimeRunner(model) as ref_run, TorchRunner(cand, device="cuda") as t_run:
             real = compare_runners(model, ref_run, cand, t_run, holdout, settings)
@@ -171,6 +255,7 @@ def _i64(name, v):
     return numpy_helper.from_array(np.array(v, np.int64), name)
 
 
+@needs_torch
 def test_scalar_constants_keep_rank_zero():
     # Shape arithmetic of exports: Gather with a scalar index gives a scalar, Unsqueeze makes it [1].
     nodes = [
@@ -187,6 +272,7 @@ def test_scalar_constants_keep_rank_zero():
     assert got["y"].shape == ref["y"].shape == (3, 8)
 
 
+@needs_torch
 @pytest.mark.parametrize("fmod", [0, 1])
 def test_mod_signs_match_onnxruntime(fmod):
     model = _model([helper.make_node("Mod", ["a", "b"], ["y"], name="mod", fmod=fmod)],
@@ -197,6 +283,7 @@ def test_mod_signs_match_onnxruntime(fmod):
     assert got["y"][1] == (2 if fmod == 0 else -1)
 
 
+@needs_torch
 def test_float_mod_uses_fmod():
     model = _model([helper.make_node("Mod", ["a", "b"], ["y"], name="mod", fmod=1)], [_vi("a", [3]), _vi("b", [3])], [_vi("y", [3])])
     feeds = {"a": np.array([5.5, -5.5, 1.0], np.float32), "b": np.array([2.0, 2.0, -0.75], np.float32)}
@@ -204,6 +291,7 @@ def test_float_mod_uses_fmod():
     np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-6)
 
 
+@needs_torch
 @pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
 @pytest.mark.parametrize("keepdims,last", [(0, 0), (1, 0), (0, 1)])
 def test_argmax_argmin_with_ties(op, keepdims, last):
@@ -215,6 +303,7 @@ def test_argmax_argmin_with_ties(op, keepdims, last):
     np.testing.assert_array_equal(got["y"], ref["y"])
 
 
+@needs_torch
 @pytest.mark.parametrize("equation,shapes", [
     ("bnd,bmd->bnm", [(2, 3, 4), (2, 5, 4)]),
     ("ij,jk", [(3, 4), (4, 2)]),
@@ -231,6 +320,7 @@ def test_einsum_matches_onnxruntime(equation, shapes):
     np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-5, atol=1e-5)
 
 
+@needs_torch
 @pytest.mark.parametrize("largest", [1, 0])
 @pytest.mark.parametrize("axis", [-1, 0])
 def test_topk_values_and_tie_order(largest, axis):
@@ -244,6 +334,7 @@ def test_topk_values_and_tie_order(largest, axis):
     assert got["i"].dtype == np.int64
 
 
+@needs_torch
 @pytest.mark.parametrize("exclusive,reverse", [(0, 0), (1, 0), (0, 1), (1, 1)])
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.INT32])
 def test_cumsum_modes_and_dtype(exclusive, reverse, elem):
@@ -256,6 +347,7 @@ def test_cumsum_modes_and_dtype(exclusive, reverse, elem):
     np.testing.assert_array_equal(got["y"], ref["y"])
 
 
+@needs_torch
 def test_fp16_cumsum_overflows_like_fp16_storage():
     model = _model([helper.make_node("CumSum", ["x", "axis"], ["y"], name="cumsum")],
                    [_vi("x", [1, 4], TensorProto.FLOAT16)], [_vi("y", [1, 4], TensorProto.FLOAT16)],
@@ -280,6 +372,7 @@ _RESIZE_CASES = [
 ]
 
 
+@needs_torch
 @pytest.mark.parametrize("mode,coord,nearest,scales,sizes", _RESIZE_CASES)
 def test_resize_matches_onnxruntime(mode, coord, nearest, scales, sizes):
     attrs = {"mode": mode, "coordinate_transformation_mode": coord}
@@ -297,6 +390,7 @@ def test_resize_matches_onnxruntime(mode, coord, nearest, scales, sizes):
     np.testing.assert_allclose(got["y"], ref["y"], rtol=1e-5, atol=1e-6)
 
 
+@needs_torch
 def test_fp16_resize_linear_stays_fp16():
     scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     model = _model([helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", mode="linear")],
@@ -308,6 +402,7 @@ def test_fp16_resize_linear_stays_fp16():
     np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=1e-3)
 
 
+@needs_torch
 @pytest.mark.parametrize("attrs,match", [
     ({"mode": "cubic"}, "mode='cubic'"),
     ({"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
@@ -340,6 +435,7 @@ def _export_style_model():
     return _model(nodes, [_vi("x", ["n", 3, 4])], [_vr("topv", 2), _vr("topi", 2, TensorProto.INT64), _vr("am", 1, TensorProto.INT64)], inits)
 
 
+@needs_torch
 def test_export_style_model_fp32_matches_and_fp16_overflows_on_cpu():
     from fp16guard.graph.convert import to_mixed_precision
 
@@ -353,20 +449,41 @@ def test_export_style_model_fp32_matches_and_fp16_overflows_on_cpu():
     assert not np.isfinite(half["topv"]).all()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="no CUDA device visible to torch")
+def _export_style_holdout(tmp_path):
+    rng = np.random.default_rng(7)
+    for i in range(2):
+        np.savez(tmp_path / f"s{i}.npz", x=rng.normal(size=(4, 3, 4)).astype(np.float32))
+    return discover_shards([str(tmp_path)], role="holdout")
+
+
+#: (FP32 nodes, verdict): all-FP16 overflows in the Einsum; everything FP32 passes.
+_EXPORT_STYLE_BUILDS = ((set(), False), ({"proj", "logits", "up", "cumsum", "mean", "topk", "argmax"}, True))
+
+
+def test_export_style_ops_emulation_verdicts(tmp_path):
+    """The emulator's side of test_export_style_ops_real_fp16_matches_emulation (CPU provider)."""
+    from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.verify.compare import verify
+
+    model = _export_style_model()
+    holdout = _export_style_holdout(tmp_path)
+    for nodes, expect in _EXPORT_STYLE_BUILDS:
+        emu = verify(model, to_mixed_precision(model, nodes), holdout, VerifySettings(), emulate=True)
+        # The all-FP32 build has no FP16 node, so it runs as it is (nothing to emulate).
+        assert emu["emulated"] is (not expect) and emu["passed"] is expect, (sorted(nodes), emu["reason"])
+        assert (emu["outputs"]["topv"].get("nonfinite", 0) > 0) is not expect
+
+
+@needs_torch_cuda
 def test_export_style_ops_real_fp16_matches_emulation(tmp_path):
     """The new ops in real FP16 on CUDA and through ORT-CPU emulation: same verdicts, plan passes."""
     from fp16guard.graph.convert import to_mixed_precision
     from fp16guard.verify.compare import compare_runners, verify
 
     model = _export_style_model()
-    rng = np.random.default_rng(7)
-    for i in range(2):
-        np.savez(tmp_path / f"s{i}.npz", x=rng.normal(size=(4, 3, 4)).astype(np.float32))
-    holdout = discover_shards([str(tmp_path)], role="holdout")
+    holdout = _export_style_holdout(tmp_path)
     settings = VerifySettings()
-    for nodes, expect in ((set(), False), ({"proj", "logits", "up", "cumsum", "mean", "topk", "argmax"}, True)):
+    for nodes, expect in _EXPORT_STYLE_BUILDS:
         cand = to_mixed_precision(model, nodes)
         emu = verify(model, cand, holdout, settings, emulate=True)
         with OnnxRuntimeRunner(model) as ref_run, TorchRunner(cand, device="cuda") as t_run:
