@@ -276,6 +276,14 @@ def test_run_reads_s3_shards_by_url(prefect_api_url, demo_files, bucket, tmp_pat
         assert [r["location"] for r in records] == [f"s3://{name}/{folder}/{f.name}" for f in files]
         assert [r["sha256"] for r in records] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
+    # verify-store re-hashes the inputs at their URLs: clean now, a finding once an object changes
+    from fp16guard.store.audit import verify_run
+
+    assert verify_run(str(tmp_path / "store"), "demo", "1", summary["run_id"], check_inputs=True) == []
+    fs.pipe_file(f"{name}/holdout/{sorted(Path(demo_files['holdout']).iterdir())[0].name}", b"replaced")
+    problems = verify_run(str(tmp_path / "store"), "demo", "1", summary["run_id"], check_inputs=True)
+    assert len(problems) == 1 and f"input s3://{name}/holdout/" in problems[0] and "does not match the manifest" in problems[0], problems
+
 
 @pytest.mark.slow  # two flow runs on the loaded 2-core machine
 def test_run_on_s3_recomputes_a_changed_shard_alone(prefect_api_url, demo_files, bucket, tmp_path, capsys):

@@ -20,7 +20,6 @@ does not import it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Iterator
 
@@ -141,7 +140,7 @@ def _hash_location(location: str) -> str:
 
     ``<file>#<i>`` is the i-th feed dict of a Polygraphy JSON file (``data.shard_digest``: a digest
     of its arrays); a local ``.onnx`` uses ``model_io.model_digest`` (the file plus its external
-    data); anything else is the sha256 of the file's bytes (fsspec URLs included).
+    data); anything else is the sha256 of the file's (or URL's object's) bytes.
     """
     base, _, index = location.rpartition("#") if "#" in location else (location, "", "")
     if not is_remote(base):
@@ -158,13 +157,12 @@ def _hash_location(location: str) -> str:
             if not os.path.exists(path):
                 raise FileNotFoundError(path)
             return model_digest(path)
-    import fsspec
+    from fp16guard.io.shards import ShardRef, shard_digest
 
-    h = hashlib.sha256()
-    with fsspec.open(location, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    # Files and shards by URL (their JSON feed dicts too) are hashed as the flow hashed them: a
+    # URL with the fsspec options the store uses (its S3 endpoint), its bytes streamed.
+    path = base if is_remote(base) else local_path(base)
+    return shard_digest(ShardRef(name=location, path=path, index=int(index) if index else None))
 
 
 def history(store: "Store | str | None", name: str, version: str | None = None, problems: list[str] | None = None) -> list[dict]:
