@@ -19,9 +19,12 @@ Three things Prefect does not give us, built here:
   names another serializer or whose payload's sha256 differs from the one recorded beside the
   key. A refused record reads as a cache miss (logged), so the result is recomputed and the
   entry rewritten.
-- **Locks that end with their holder.** :class:`LeaseLockManager` adapts
-  :class:`fp16guard.store.locks.LeaseLocks` (holder pid, host and start time; an expiry renewed
-  while the holder lives; a bounded wait that says what it waits for).
+- **Locks that end with their holder, on every host that shares the store.**
+  :class:`LeaseLockManager` adapts the lease locks of :mod:`fp16guard.store.lease` (holder pid,
+  host and start time; an expiry renewed while the holder lives; a bounded wait that says what it
+  waits for): lock files under ``<store>/.cache/locks`` for a local store, lock objects in the
+  store itself for an S3 store (:class:`fp16guard.store.remote_locks.RemoteLeaseLocks`,
+  conditional requests on the ETag), so SERIALIZABLE holds across hosts (:func:`lock_manager_for`).
 - **Keys that see every dependency.** :func:`code_digest` hashes the source of every
   ``fp16guard`` module in the static import closure of the modules named;
   :func:`task_code_digest` starts that walk from a task module's own imports and from the
@@ -49,6 +52,7 @@ from prefect.locking.protocol import LockManager
 from prefect.serializers import Serializer
 
 from fp16guard.io.urls import is_remote, local_path, protocol
+from fp16guard.store.lease import LeaseLockBase
 from fp16guard.store.locks import LeaseLocks
 
 __all__ = [
@@ -59,6 +63,7 @@ __all__ = [
     "task_closure",
     "task_code_digest",
     "lock_dir_for",
+    "lock_manager_for",
     "LeaseLockManager",
     "SafeSerializer",
     "DIGEST_FIELD",
@@ -244,23 +249,33 @@ class _VerifiedRemoteRecords(_VerifiedRecordsMixin, RemoteFileSystem):
 
 # ---------------------------------------------------------------------------------- locks
 class LeaseLockManager(LockManager):
-    """Prefect's ``LockManager`` over :class:`fp16guard.store.locks.LeaseLocks`.
+    """Prefect's ``LockManager`` over lease locks (:class:`fp16guard.store.lease.LeaseLockBase`):
+    lock files in a folder, or lock objects in an S3 store (see :func:`lock_manager_for`).
 
     ``acquire_lock`` with no timeout waits at most ``$FP16GUARD_LOCK_WAIT_S`` (default 1 h) for a
     *live* holder and then raises :class:`fp16guard.store.locks.LockTimeout` (an
-    ``EnvironmentFailure``: exit status 3); a holder that died or stopped renewing is removed at
+    ``EnvironmentFailure``: exit status 3); a holder that died or stopped renewing is replaced at
     once. Waiting messages go to the task run's log.
+
+    Args:
+        locks: a lock object, or a folder for :class:`fp16guard.store.locks.LeaseLocks`.
+        what: a few words naming what the locks protect (shown to waiters).
     """
 
-    def __init__(self, lock_files_directory: Path, what: str = "") -> None:
-        self.locks = LeaseLocks(lock_files_directory, report=_report)
+    def __init__(self, locks: LeaseLockBase | Path, what: str = "") -> None:
+        self.locks = locks if isinstance(locks, LeaseLockBase) else LeaseLocks(locks, report=_report)
         self.what = what
 
+    @property
+    def where(self) -> str:
+        """The folder or store URL of the locks (what makes two managers the same)."""
+        return str(getattr(self.locks, "url", None) or self.locks.folder)
+
     def __eq__(self, other: object) -> bool:  # the policy compares managers when combined
-        return isinstance(other, LeaseLockManager) and other.locks.folder == self.locks.folder
+        return isinstance(other, LeaseLockManager) and other.where == self.where
 
     def __hash__(self) -> int:
-        return hash(self.locks.folder)
+        return hash(self.where)
 
     def acquire_lock(self, key: str, holder: str, acquire_timeout: float | None = None, hold_timeout: float | None = None) -> bool:
         return self.locks.acquire(key, holder, timeout=acquire_timeout, what=self.what)
@@ -300,12 +315,11 @@ def cached(store_url: str, name: str, exclude: list[str]) -> dict:
     Returns:
         ``{"cache_policy", "result_storage", "result_serializer", "persist_result"}``. The policy
         is keyed on the inputs minus ``exclude`` plus the task's source, SERIALIZABLE with a
-        :class:`LeaseLockManager` (two runs that need the same key at once compute it once; lock
-        files are local to a host, see :func:`lock_dir_for`); payloads are written by
+        :class:`LeaseLockManager` (two runs that need the same key at once compute it once, on
+        one host or, for an S3 store, on any hosts: see :func:`lock_manager_for`); payloads are written by
         :class:`SafeSerializer` and records checked by their digest.
     """
-    locks = lock_dir_for(store_url) / name
-    locks.mkdir(parents=True, exist_ok=True)
+    lock_manager = lock_manager_for(store_url, name, what=f"{name} cache entry")
     if not is_remote(store_url):
         root = Path(local_path(store_url)) / ".cache" / name
         (root / "records").mkdir(parents=True, exist_ok=True)
@@ -322,7 +336,7 @@ def cached(store_url: str, name: str, exclude: list[str]) -> dict:
     results = _saved(results, "fp16guard-cache-" + hashlib.sha256(f"{store_url}|{name}".encode()).hexdigest()[:16])
     policy = (Inputs(exclude=list(exclude)) + TASK_SOURCE).configure(
         key_storage=records,
-        lock_manager=LeaseLockManager(locks, what=f"{name} cache entry"),
+        lock_manager=lock_manager,
         isolation_level="SERIALIZABLE",
     )
     return {"cache_policy": policy, "result_storage": results, "result_serializer": SafeSerializer(), "persist_result": True}
@@ -345,12 +359,42 @@ def _saved(block, name: str):
 
 
 def lock_dir_for(store_url: str) -> Path:
-    """Where cache lock files live: ``<store>/.cache/locks`` for a local store; for a remote one,
-    a per-user folder keyed by the URL (locks then serialise runs on one host only; two hosts may
-    both compute a missing shard, and either result is correct)."""
+    """A local folder for the store's host-local state: ``<store>/.cache/locks`` for a local store;
+    for a remote one, a per-user folder keyed by the URL (its parent also holds the TensorRT
+    timing cache). Cache locks of an S3 store do not live here but in the store itself
+    (:func:`lock_manager_for`); those of other remote stores (gs://, memory://) do, and then
+    serialise runs on one host only."""
     if not is_remote(store_url):
         return Path(local_path(store_url)) / ".cache" / "locks"
     return Path.home() / ".cache" / "fp16guard" / hashlib.sha256(store_url.encode()).hexdigest()[:16] / "locks"
+
+
+def lock_manager_for(store_url: str, name: str, what: str = "") -> LeaseLockManager:
+    """The lock manager of cache ``name`` of a store, keyed by cache key as before.
+
+    - S3 store: lock objects ``<store>/.cache/locks/<name>/<key>.lock`` in the store itself,
+      created with ``If-None-Match: *`` and renewed/broken with ``If-Match`` on their ETag
+      (:class:`fp16guard.store.remote_locks.RemoteLeaseLocks`), so two hosts sharing the store
+      never compute one entry both (Prefect's SERIALIZABLE isolation then holds across hosts);
+    - local store: lock files in ``<store>/.cache/locks/<name>``;
+    - other remote stores: lock files in the per-user folder of :func:`lock_dir_for` (per host).
+
+    Hosts are told apart by ``$FP16GUARD_HOST_ID`` (default: the host name).
+
+    Side effect: creates the local lock folder (local and non-S3 stores).
+    """
+    from fp16guard.store.conditional import supports_conditional
+    from fp16guard.store.fs import open_fs
+
+    if is_remote(store_url):
+        fs = open_fs(store_url)  # as the store itself opens it (endpoint from the environment)
+        if supports_conditional(fs):
+            from fp16guard.store.remote_locks import RemoteLeaseLocks
+
+            return LeaseLockManager(RemoteLeaseLocks(fs, f".cache/locks/{name}", report=_report), what=what)
+    folder = lock_dir_for(store_url) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return LeaseLockManager(folder, what=what)
 
 
 def _remote_options(store_url: str) -> dict:

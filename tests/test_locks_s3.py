@@ -227,3 +227,78 @@ def test_missing_bucket_is_one_line_environment_error(s3_server):
 def test_only_s3_stores_get_remote_locks(tmp_path):
     with pytest.raises(ValueError, match="s3://"):
         RemoteLeaseLocks(open_fs(str(tmp_path)), PREFIX)
+
+
+# --------------------------------------------------------------------------- two hosts, one store
+_RUN = """
+import json, os, sys, time
+from pathlib import Path
+from flows.calibrate import calibrate
+from fp16guard.settings import RunParameters
+sync, host, root, model, calib, holdout = sys.argv[1:7]
+(Path(sync) / f"ready-{host}").touch()
+while not (Path(sync) / "go").exists():  # start the flows together: imports take seconds
+    time.sleep(0.01)
+result = calibrate(RunParameters(model=model, calib=[calib], holdout=[holdout], name="race", version="1", store=root))
+print("RESULT " + json.dumps({k: result[k] for k in ("run_id", "passed", "released")}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_hosts_racing_on_one_s3_store_compute_each_shard_once_and_release_once(prefect_api_url, demo_files, s3_root, tmp_path):
+    """Two processes with different host ids (and homes: no local file in common), the same
+    model, shards and version, one S3 store and one Prefect server, started in the same instant.
+
+    Evidence of "computed once" is what the runs stored: each shard's statistics record the flow
+    run that computed them (``computed_by``, written by the statistics task), and a run that read
+    the cache carries the other run's id. Shards of 512 samples take ~0.4 s each here, so the two
+    runs' statistics passes overlap for seconds: without locks across hosts both compute them.
+    """
+    from fp16guard import examples
+    from fp16guard.store.runs import Store
+
+    calib = tmp_path / "calib"
+    examples.write_shards("demo", calib, 8, 512, seed=11)
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    procs = {}
+    for host in ("host-a", "host-b"):
+        home = tmp_path / host
+        home.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api_url, "FP16GUARD_HOST_ID": host, "HOME": str(home), "PREFECT_HOME": str(home / ".prefect")}
+        procs[host] = subprocess.Popen(
+            [sys.executable, "-c", _RUN, str(sync), host, s3_root, demo_files["model"], str(calib), demo_files["holdout"]],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path),
+        )
+    deadline = time.monotonic() + 120
+    while not all((sync / f"ready-{h}").exists() for h in procs):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs.values()), {h: p.communicate()[1][-2000:] for h, p in procs.items() if p.poll() is not None}
+        time.sleep(0.05)
+    (sync / "go").touch()
+    outs = {h: p.communicate(timeout=600) for h, p in procs.items()}
+    assert {h: p.returncode for h, p in procs.items()} == {"host-a": 0, "host-b": 0}, {h: o[1][-3000:] for h, o in outs.items()}
+    results = {h: json.loads(next(l for l in o[0].splitlines() if l.startswith("RESULT "))[7:]) for h, o in outs.items()}
+
+    store = Store(s3_root)
+    run_ids = {h: r["run_id"] for h, r in results.items()}
+    assert sorted(store.runs("race", "1")) == sorted(run_ids.values())  # both runs stored
+    manifests = {h: store.read_json("race", "1", run_ids[h], "manifest.json") for h in run_ids}
+    flow_runs = {h: m["flow_run"]["id"] for h, m in manifests.items()}
+    by_shard = {h: {c["shard"]: c["computed_by"] for c in m["inputs"]["calibration"]} for h, m in manifests.items()}
+    assert len(by_shard["host-a"]) == 8 and set(by_shard["host-a"]) == set(by_shard["host-b"])
+    # Each shard was measured by one run, and the other run read that result from the store.
+    assert by_shard["host-a"] == by_shard["host-b"], by_shard
+    assert set(by_shard["host-a"].values()) <= set(flow_runs.values())
+
+    # Released exactly once: one release record for the version, naming the run that says so.
+    records = store.fs.listdir("race/1/releases")
+    assert len(records) == 1, records
+    release = json.loads(store.fs.read_bytes(f"race/1/releases/{records[0]}"))
+    assert sorted(r["released"] for r in results.values()) == [False, True]
+    assert release["run_id"] == next(r["run_id"] for r in results.values() if r["released"])
+    assert all(r["passed"] for r in results.values())
+    # The runs did overlap: one waited for the other's lock in the store (its own report line),
+    # and no lock is left behind.
+    waits = [line for o in outs.values() for line in o[1].splitlines() if line.startswith("fp16guard: waiting for pid") and "/.cache/locks/stats/" in line]
+    assert any(f"on {h} since" in w for w in waits for h in procs), "the two statistics passes did not overlap: nothing was raced for"
+    assert store.fs.listdir(".cache/locks/stats") == []
