@@ -28,9 +28,7 @@ Side effects: writes shards into a temporary folder; writes ``--out`` (text) and
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     say(f"# fp16guard GPU check: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
-    say(f"# date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {platform.python_version()}, onnx {onnx.__version__}, numpy {np.__version__}")
+    say(f"# onnx {onnx.__version__}, numpy {np.__version__}")
     settings = VerifySettings()
     plan_settings = PlanSettings()
     say(f"# tolerances: max_rel_error={settings.max_rel_error}, min_cosine={settings.min_cosine}; plan threshold={plan_settings.threshold}")

@@ -35,7 +35,6 @@ Exit status: 0 when every build agrees, 1 when one does not, 2 on a usage or set
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     say = log.say
     settings, plan_settings = VerifySettings(), PlanSettings()
     say(f"# fp16guard GPU check on unseen models: real FP16 (torch {torch.__version__} on {args.device}: {device_name}) vs FP16 storage emulation (onnxruntime {onnxruntime.__version__} CPU)")
-    say(f"# date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, python {platform.python_version()}, onnx {onnx.__version__}, numpy {np.__version__}")
+    say(f"# onnx {onnx.__version__}, numpy {np.__version__}")
     say(f"# tolerances: max_rel_error={settings.max_rel_error}, min_cosine={settings.min_cosine}, max_mismatch_fraction={settings.max_mismatch_fraction}; plan: default PlanSettings (threshold={plan_settings.threshold})")
     say()
     header = f"{'model':10s} {'build':12s} {'fp32/nodes':>10s} | {'emulation (ORT CPU)':{COL}s} | {'real FP16 (torch)':{COL}s} | agree"
