@@ -8,7 +8,6 @@ import re
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -261,3 +260,26 @@ def test_lookahead_names_both_halves_and_leaves_the_policy_alone():
     halves = [fp32 - s for s in refused_all]
     assert len(halves) == 2 and halves[0] | halves[1] == set(costs) and not halves[0] & halves[1]
     assert lookahead(policy, fp32, 0, lambda s: None, 0.5) == []
+
+
+def test_plan_task_fans_the_checks_out_and_writes_the_same_plan(tmp_path):
+    # The task body (no Prefect server): tasks/plan.py makes the thread pool from the setting.
+    import json
+
+    from fp16guard.stats.collect import shard_stats, write_stats_files
+    from tasks.plan import plan_task
+
+    model_path = tmp_path / "m.onnx"
+    onnx.save(_cancellation_model(), str(model_path))
+    calib = _shards(tmp_path)
+    write_stats_files([shard_stats(model_path, r) for r in calib], tmp_path / "stats.parquet")
+    plans = {}
+    for parallel in (1, 2):
+        out = tmp_path / f"p{parallel}"
+        out.mkdir()
+        settings = PlanSettings(strategy="pin", repair_parallel=parallel)
+        plans[parallel] = plan_task.fn(str(model_path), str(tmp_path / "stats.parquet"), settings, str(out), calib, VerifySettings(), None)
+        assert json.loads((out / "plan.json").read_text()) == plans[parallel]
+    assert plans[2]["repair"]["parallel"] == 2 and plans[1]["repair"]["parallel"] == 1
+    assert _timeless(Plan.from_dict(plans[2])) == _timeless(Plan.from_dict(plans[1]))
+    assert {e["name"] for e in plans[2]["fp32_nodes"]} == {"shift", "unshift"}
