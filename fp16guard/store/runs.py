@@ -39,6 +39,12 @@ Guarantees:
   local and S3 (gs://, memory://) fall back to check-then-write for the exclusive create, so two
   writers finishing in the same instant could both record a release there (the later record then
   simply supersedes the earlier, and history shows both).
+- **Cache entries are computed once, across hosts.** The cached tasks lock each entry
+  (``tasks.caching.lock_manager_for``): on an S3 store the locks are lease records in the store
+  itself (``.cache/locks/<cache>/<key>.lock``, created with ``If-None-Match: *``, renewed and
+  broken with ``If-Match`` on their ETag: :mod:`fp16guard.store.remote_locks`), so two hosts
+  sharing the store never compute one shard both; on a local store they are lock files in
+  ``.cache/locks``; other fsspec back ends keep per-host lock files.
 
 Store root: explicit value, else ``$FP16GUARD_STORE``, else ``./fp16guard-store``. For S3,
 ``$FP16GUARD_S3_ENDPOINT_URL`` (or the standard ``AWS_ENDPOINT_URL``) selects an S3-compatible
