@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from prefect import task
 
@@ -28,8 +27,11 @@ def stage_run_task(store_url: str, name: str, version: str) -> dict:
 
 def discard_run(staged: dict) -> None:
     """Remove a staged run's folder (bad input or a crash before publishing): the store is left
-    as if the run never started. Not a task: it must run even when the flow is failing."""
-    shutil.rmtree(staged["dir"], ignore_errors=True)
+    as if the run never started (``.staging/`` too when no other run uses it). Not a task: it
+    must run even when the flow is failing."""
+    from fp16guard.store.runs import remove_staging
+
+    remove_staging(staged["dir"])
 
 
 @task(name="write-verification")

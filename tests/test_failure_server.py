@@ -51,15 +51,14 @@ def test_watchdog_interrupts_the_run_when_the_server_stops_answering():
 
 
 @pytest.mark.slow
-def test_cli_run_whose_server_is_killed_exits_3_and_publishes_nothing(demo_files, tmp_path):
+def test_cli_run_whose_server_is_killed_exits_3_in_one_line_and_leaves_no_staging(demo_files, tmp_path):
+    """Killed mid-run (after a shard finished, before anything was published): exit 3, exactly one
+    line on stderr (Prefect's own ERROR lines folded into it), no run, no ``.staging/``."""
     from fp16guard.cli.server import LocalServer
 
     home = tmp_path / "home"
     server = LocalServer(home)
-    try:
-        state = server.ensure(timeout_s=240)
-    except Exception as exc:  # noqa: BLE001 — a machine too busy to start a server
-        pytest.skip(f"no local Prefect server could be started here: {exc}")
+    state = server.ensure(timeout_s=240)  # a server that cannot start fails the test: nothing to skip for
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "FP16GUARD_SERVER_LOST_S": "5"}
     env.pop("PREFECT_API_URL", None)
@@ -68,9 +67,16 @@ def test_cli_run_whose_server_is_killed_exits_3_and_publishes_nothing(demo_files
          "--name", "demo", "--model-version", "1", "--store", str(store)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
     )
+    records = store / ".cache" / "stats" / "records"
+    runs = store / "demo" / "1" / "runs"
     try:
         line = proc.stdout.readline()  # "flow run: <url>" once the flow is running
         assert "flow run" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
+            time.sleep(0.02)
+        # Mid-run: a shard finished, the process still works, nothing is published yet.
+        assert proc.poll() is None and any(records.iterdir()) and not runs.exists(), "the server was not killed mid-run"
         os.kill(state["pid"], signal.SIGKILL)
         killed = time.monotonic()
         _, err = proc.communicate(timeout=120)
@@ -78,14 +84,13 @@ def test_cli_run_whose_server_is_killed_exits_3_and_publishes_nothing(demo_files
     finally:
         if proc.poll() is None:
             proc.kill()
-        server.stop() if hasattr(server, "stop") else None
+        server.stop()
     assert proc.returncode == 3, err
     print(f"server lost -> exit {proc.returncode} after {took:.1f} s")
     assert took < 60
-    lines = [l for l in err.splitlines() if l.startswith("fp16guard:")]
-    assert lines and "stopped answering" in lines[-1]
-    assert "Traceback" not in err
-    runs = store / "demo" / "1" / "runs"
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    assert lines[0].startswith("fp16guard: error: ") and "stopped answering" in lines[0]
+    assert "ERROR" not in err and "Traceback" not in err
     assert not runs.exists() or not any(runs.iterdir()), "nothing is published"
-    staging = store / "demo" / "1" / ".staging"
-    assert not staging.exists() or not any(staging.iterdir()), "no staging folder is left"
+    assert not (store / "demo" / "1" / ".staging").exists(), "no staging folder is left"

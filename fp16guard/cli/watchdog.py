@@ -123,14 +123,20 @@ class ServerWatchdog:
         lost_s: seconds without an answer that count as a lost server (default :func:`lost_after`).
         check_s: seconds between checks. grace_s: seconds of clean-up before the process exits.
         hard_exit: end the process after the grace period (default True; tests pass False).
+        on_exit: called (errors ignored) just before that hard exit, which skips every
+            ``finally`` of the run: e.g. remove the run's staging folder.
+        cause: returns the first error Prefect logged meanwhile (or None); it is added to the
+            one-line message (:class:`fp16guard.cli.prefect_log.PrefectErrorFold`).
     """
 
-    def __init__(self, api_url: str, lost_s: float | None = None, check_s: float = CHECK_S, grace_s: float = GRACE_S, hard_exit: bool = True):
+    def __init__(self, api_url: str, lost_s: float | None = None, check_s: float = CHECK_S, grace_s: float = GRACE_S, hard_exit: bool = True, on_exit=None, cause=None):
         self.api_url = api_url.rstrip("/")
         self.lost_s = lost_after() if lost_s is None else float(lost_s)
         self.check_s = float(check_s)
         self.grace_s = float(grace_s)
         self.hard_exit = hard_exit
+        self.on_exit = on_exit
+        self.cause = cause
         self.lost: str | None = None  # the one-line message, once lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fp16guard-server-watchdog", daemon=True)
@@ -149,10 +155,20 @@ class ServerWatchdog:
             "(finished shards are reused from the cache)"
         )
 
+    def describe(self) -> str:
+        """The one-line message once lost, with the first error Prefect logged (see ``cause``)."""
+        first = None
+        if self.cause is not None:
+            try:
+                first = self.cause()
+            except Exception:  # noqa: BLE001 — the message must be printed whatever happens
+                first = None
+        return f"{self.lost} (Prefect's first error: {first})" if first else str(self.lost)
+
     def check(self, exc: BaseException | None = None) -> None:
         """Raise :class:`ServerLost` (from ``exc``) if the server was lost; else return."""
         if self.lost:
-            raise ServerLost(self.lost) from exc
+            raise ServerLost(self.describe()) from exc
 
     def _healthy(self) -> bool:
         import httpx
@@ -175,5 +191,10 @@ class ServerWatchdog:
             if not self.hard_exit or self._stop.wait(self.grace_s):
                 return
             # Prefect is still retrying calls to the dead server: end the process ourselves.
-            print(f"fp16guard: error: {self.lost}", file=sys.stderr, flush=True)
+            if self.on_exit is not None:
+                try:
+                    self.on_exit()
+                except Exception:  # noqa: BLE001 — the exit below must happen
+                    pass
+            print(f"fp16guard: error: {self.describe()}", file=sys.stderr, flush=True)
             os._exit(ServerLost.exit_code)

@@ -16,7 +16,8 @@ Layout (``<store>`` is a folder, a ``file://`` URL or any fsspec URL such as ``s
                                   "name", "version"}; the highest number is the current release
         release.json              a copy of the newest release record (for people and tools;
                                   the authoritative answer is the highest-numbered record)
-        .staging/, .lock          local stores only: unfinished runs and the release lock
+        .staging/, .lock          local stores only: unfinished runs (removed with the last of
+                                  them) and the release lock
 
 Guarantees:
 
@@ -72,7 +73,7 @@ from fp16guard.store.fs import LocalFS, RemoteFS, StoreIOError, UnsafeLink, io_e
 
 __all__ = [
     "Store", "StagedRun", "RunRef", "ReleaseDecision", "DamagedRecord", "open_store", "resolve_root", "run_files",
-    "new_run_id", "utc_now", "STATUS_FILE", "VERIFIED", "REJECTED", "STORE_ENV", "DEFAULT_STORE",
+    "new_run_id", "remove_staging", "utc_now", "STATUS_FILE", "VERIFIED", "REJECTED", "STORE_ENV", "DEFAULT_STORE",
 ]
 
 STORE_ENV = "FP16GUARD_STORE"
@@ -82,6 +83,7 @@ STATUS_FILE = "status.json"
 TEMP_PREFIX = "fp16guard-run-"
 VERIFIED, REJECTED = "verified", "rejected"
 _RELEASE_RETRIES = 50  # each retry means another writer released in between; 50 is plenty
+_STAGING_RETRIES = 20  # each retry means another run emptied and removed .staging/ in between
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> str:
@@ -184,6 +186,55 @@ class Store:
         calls on :attr:`fs`; names are checked (no '/', no '..')."""
         return f"{self._version_dir(name, version)}/runs/{_segment(run_id, 'run id')}"
 
+    def _staging_rel(self, name: str, version: str) -> str:
+        return f"{self._version_dir(name, version)}/.staging"
+
+    def discard_staged(self, name: str, version: str) -> list[Path]:
+        """Remove the staging folders of ``name``/``version`` that this process owns (its
+        :data:`fp16guard.store.fs.OWNER_FILE` names this pid on this host) or whose owner is
+        gone, then ``.staging/`` itself when it is empty; for object stores, this process's local
+        temporary run folders.
+
+        For a caller that stops a run from outside the flow's own clean-up (an interrupt or a
+        lost server landing between two tasks, where the flow never learnt its staging folder).
+        A folder another live process owns is never touched.
+
+        Returns:
+            The folders removed. Errors are ignored (another process may clean up the same
+            folder; nothing here must turn an interrupt into a traceback).
+        """
+        import socket
+
+        from fp16guard.store.fs import OWNER_FILE, sweep_work_dirs
+
+        if isinstance(self.fs, LocalFS):
+            try:
+                parent = Path(self.fs._p(self._staging_rel(name, version)))
+            except StoreError:
+                return []
+            prefix = "run-"
+        else:
+            parent, prefix = Path(tempfile.gettempdir()), TEMP_PREFIX
+        removed: list[Path] = []
+        me = (os.getpid(), socket.gethostname())
+        try:
+            folders = sorted(parent.glob(f"{prefix}*")) if parent.is_dir() else []
+        except OSError:
+            folders = []
+        for folder in folders:
+            try:
+                owner = json.loads((folder / OWNER_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(owner, dict) and (owner.get("pid"), owner.get("host")) == me:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        if parent.is_dir():
+            removed += sweep_work_dirs(parent, prefix)
+        if isinstance(self.fs, LocalFS):
+            _drop_if_empty(parent)
+        return removed
+
     def run_url(self, name: str, version: str, run_id: str) -> str:
         """Location of a run folder (local path or URL), whether or not it exists."""
         return f"{self.url}/{self.run_path(name, version, run_id)}"
@@ -203,7 +254,15 @@ class Store:
         if self.fs.exists(f"{run_dir}/{STATUS_FILE}") or (self.fs.is_local and self.fs.exists(run_dir)):
             raise StoreError(f"run {name}/{version}/{run_id} already exists in {self.url}; expected a new run id (runs are never overwritten)")
         if isinstance(self.fs, LocalFS):
-            path = self.fs.staging_dir(f"{self._version_dir(name, version)}/.staging")
+            path = None
+            for _ in range(_STAGING_RETRIES):
+                try:
+                    path = self.fs.staging_dir(self._staging_rel(name, version))
+                    break
+                except FileNotFoundError:  # another run removed the empty .staging/ just then
+                    continue
+            if path is None:
+                path = self.fs.staging_dir(self._staging_rel(name, version))  # a last try raises
         else:
             # Object stores: files are uploaded from a local folder. Folders of runs whose
             # process is gone are swept here, so killed runs do not fill the temp folder.
@@ -405,8 +464,9 @@ class StagedRun:
             self.abort()
 
     def abort(self) -> None:
-        """Delete the staging folder; the store is left as if the run never started."""
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Delete the staging folder (and ``.staging/`` when no other run uses it); the store is
+        left as if the run never started."""
+        remove_staging(self.path)
 
     def commit(self, verified: bool, reason: str = "") -> RunRef:
         """Publish the run with its status; after this the run is read-only.
@@ -448,6 +508,7 @@ class StagedRun:
                 store.fs.publish_dir(self.path, run_dir)
             except FileExistsError:
                 raise taken from None
+            _drop_if_empty(self.path.parent)
         else:
             if not store.fs.create_exclusive(f"{run_dir}/.claim", _json_bytes({"claimed_at": utc_now()})):
                 raise taken
@@ -458,6 +519,26 @@ class StagedRun:
             shutil.rmtree(self.path, ignore_errors=True)
         self.committed = RunRef(self.name, self.version, self.run_id, status["status"], store.run_url(self.name, self.version, self.run_id))
         return self.committed
+
+
+def remove_staging(path: str | os.PathLike) -> None:
+    """Delete a staging folder, and its ``.staging/`` parent when no other run uses it (errors
+    ignored: it may be gone already)."""
+    path = Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+    _drop_if_empty(path.parent)
+
+
+def _drop_if_empty(staging: Path) -> None:
+    """Remove a ``.staging/`` folder that no run uses any more (``rmdir`` refuses a folder another
+    run has just staged into, which is the point; :meth:`Store.stage_run` retries when this
+    removes the folder between its ``mkdir`` and its ``mkdtemp``)."""
+    if staging.name != ".staging":
+        return
+    try:
+        staging.rmdir()
+    except OSError:
+        pass
 
 
 def _relpath(filename: str) -> str:

@@ -65,9 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     """Task runner and shard-group options (``RunParameters.execution``; results never depend on them)."""
     g = p.add_argument_group("task runner")
-    g.add_argument("--task-runner", choices=("threads", "dask"), default="threads", help="threads (default): shard groups in this process; dask: on a Dask cluster (pip install 'fp16guard[dask]'), local or at --dask-address")
-    g.add_argument("--dask-address", metavar="ADDR", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster started for the run)")
-    g.add_argument("--workers", type=int, metavar="N", help="threads: shard groups at once (default 1); local Dask cluster: worker processes (default: CPUs, at most 4)")
+    g.add_argument("--task-runner", choices=("threads", "dask", "dask-cuda"), default="threads", help="threads (default): shard groups in this process; dask: on a Dask cluster (pip install 'fp16guard[dask]'), local or at --dask-address; dask-cuda: one Dask worker per visible GPU, each pinned to its device (pip install 'fp16guard[dask-cuda]'). Statistics, holdout verification and the GPU profile fan out on it")
+    g.add_argument("--dask-address", metavar="ADDR", help="scheduler of an existing Dask (or dask-cuda) cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster started for the run)")
+    g.add_argument("--workers", type=int, metavar="N", help="threads: shard groups at once (default 1); local Dask cluster: worker processes (default: CPUs, at most 4); dask-cuda: GPUs used, one worker each (default: all visible)")
     g.add_argument("--group-samples", type=int, metavar="N", help="samples of calibration data per statistics task (default 256; each shard is still cached on its own)")
     g.add_argument("--group-bytes", type=int, metavar="B", help="bytes of shard files per statistics task at most (default 256 MiB)")
 
@@ -140,7 +140,8 @@ def parameters_from_args(args: argparse.Namespace):
             "allow_overlap": args.allow_overlap,
             "release": {"min_fp16_share": getattr(args, "min_fp16_share", 0.0), "min_speedup": getattr(args, "min_speedup", None)},
             "execution": {
-                "task_runner": getattr(args, "task_runner", "threads") if not getattr(args, "dask_address", None) else "dask",
+                # an address means a Dask cluster: dask, unless dask-cuda was named
+                "task_runner": "dask" if getattr(args, "dask_address", None) and getattr(args, "task_runner", "threads") == "threads" else getattr(args, "task_runner", "threads"),
                 "dask_address": getattr(args, "dask_address", None),
                 "workers": getattr(args, "workers", None),
                 "group_samples": getattr(args, "group_samples", None),
@@ -221,8 +222,18 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     from fp16guard.cli.watchdog import ServerWatchdog, chain_sigterm, interruptible
 
     # The watchdog turns a server lost mid-run into exit 3 within about a minute (issue 13);
-    # Ctrl-C also stops workers waiting for cache locks.
-    with temporary_settings({PREFECT_API_URL: api_url} if local else {}), interruptible(), ServerWatchdog(api_url) as watchdog:
+    # Ctrl-C also stops workers waiting for cache locks. An interrupt or a lost server can land
+    # between two tasks, where the flow's own clean-up never learnt its staging folder: this
+    # process's staging folders go here in any case, and before the watchdog's hard exit.
+    def _clean() -> None:
+        discard_staged(params)
+
+    # Prefect's own warnings and errors (a lost server: one per background service) are kept off
+    # the terminal; the first one's cause joins fp16guard's one line.
+    from fp16guard.cli.prefect_log import PrefectErrorFold
+
+    fold = PrefectErrorFold(enabled=not verbose)
+    with temporary_settings({PREFECT_API_URL: api_url} if local else {}), interruptible(), fold, ServerWatchdog(api_url, on_exit=_clean, cause=fold.first_cause) as watchdog:
         try:
             result = calibrate.with_options(on_running=[_announce])(params)
         except VerificationFailed as exc:
@@ -230,6 +241,8 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
         except BaseException as exc:
             watchdog.check(exc)  # ServerLost (exit 3) when the server went away
             raise
+        finally:
+            _clean()
     summary = {k: v for k, v in result.items() if not k.startswith("_")}
     if seen.get("flow_run_url"):
         summary["flow_run_url"] = seen["flow_run_url"]
@@ -240,6 +253,18 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
         # Strict JSON: an unbounded worst error is the string "inf", never Infinity or a number.
         print(dumps(summary))
     return 0 if summary.get("passed") else 1
+
+
+def discard_staged(params) -> None:
+    """Remove the staging folders this process left for ``params``' model version (and an empty
+    ``.staging/``); see :meth:`fp16guard.store.runs.Store.discard_staged`. Never raises: it runs
+    while a run is being stopped, and the stop's own one line must stay the only one."""
+    try:
+        from fp16guard.store.runs import open_store
+
+        open_store(params.store).discard_staged(params.name, params.version)
+    except Exception:  # noqa: BLE001 — a store that fails here failed the run already, and said so
+        pass
 
 
 def print_summary(result: dict) -> None:
