@@ -12,16 +12,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from fp16guard.errors import VerificationFailed
 from fp16guard.settings import RunParameters
 from tasks.build import build_backend_task, build_mixed_onnx_task
-from tasks.caching import cached, code_digest, lock_dir_for, task_code_digest
+from tasks.caching import code_digest, lock_dir_for, task_code_digest
 from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
 from tasks.plan import plan_task
-from tasks.profile import profile_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
-from tasks.runners import describe, stats_runner
+from tasks.runners import FanOut
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_group_stats_task, shard_groups_task
 from tasks.ui import emit_release_asset, publish_ui_task
-from tasks.verify import verify_task
+from flows.fanout import profile_pass, verification_pass
 
 
 def verify_code(backend: str) -> str:
@@ -31,12 +30,13 @@ def verify_code(backend: str) -> str:
     return task_code_digest("tasks.verify", backend)
 
 
-def statistics_pass(params: RunParameters, store_url: str, model_sha256: str, calib: list[dict], providers: list[str]) -> list[dict]:
+def statistics_pass(params: RunParameters, store_url: str, model_sha256: str, calib: list[dict], providers: list[str], fan: FanOut | None = None) -> list[dict]:
     """Statistics of every calibration shard, one result per shard in input order.
 
     Shards go in groups (``params.execution``: samples / bytes per group, at least one group per
     worker) to :func:`tasks.stats.shard_group_stats_task` on the runner chosen at run time
-    (:func:`tasks.runners.stats_runner`: threads or Dask); each shard is cached on its own
+    (``fan``, :class:`tasks.runners.FanOut`: threads, Dask or dask-cuda; None: one opened and
+    closed here); each shard is cached on its own
     content, so neither the runner nor the grouping changes a result. The CLI's progress bar
     counts shards (from the worker threads as they finish; from Dask workers as groups return);
     the UI shows a progress artifact updated as groups return.
@@ -44,14 +44,15 @@ def statistics_pass(params: RunParameters, store_url: str, model_sha256: str, ca
     from fp16guard.progress import Progress
 
     execution = params.execution
-    choice = stats_runner(execution)
+    own = fan is None
+    fan = fan or FanOut(execution)
     code = code_digest(*STATS_MODULES)
     shards = [c["shard"] for c in calib]
     artifact = _progress_artifact(len(shards))
-    with choice.runner as runner:
-        workers = choice.workers or _cluster_workers(runner)
-        groups = shard_groups_task(params.model, shards, execution.group_samples, execution.group_bytes, max(1, workers))
-        get_run_logger().info("statistics: %d shards in %d groups; %s", len(shards), len(groups), describe(choice, execution))
+    try:
+        runner, choice = fan.runner, fan.choice
+        groups = shard_groups_task(params.model, shards, execution.group_samples, execution.group_bytes, max(1, fan.workers))
+        get_run_logger().info("statistics: %d shards in %d groups; %s", len(shards), len(groups), fan.describe())
         with Progress(len(shards), "calibration shards") as progress, progress.channel() as channel:
             futures = [
                 runner.submit(
@@ -78,15 +79,10 @@ def statistics_pass(params: RunParameters, store_url: str, model_sha256: str, ca
                 progress.advance_many(sum(1 for r in part if not r.get("reported")), part[-1]["shard"] if part else "")
                 shard_results.extend({k: v for k, v in r.items() if k not in ("reported", "cached")} for r in part)
                 _update_artifact(artifact, progress.done, len(shards))
+    finally:
+        if own:
+            fan.close()
     return shard_results
-
-
-def _cluster_workers(runner) -> int:
-    """Worker threads of the Dask cluster a runner is connected to (1 when it cannot say)."""
-    try:
-        return max(1, sum(runner.client.nthreads().values()))
-    except Exception:  # noqa: BLE001 — only sizes groups
-        return 1
 
 
 def _progress_artifact(total: int):
@@ -139,8 +135,11 @@ def calibrate(params: RunParameters) -> dict:
     calib = discover(params.calib, "calibration")
     holdout = discover(params.holdout, "holdout")
     staged = stage_run_task(store.url, params.name, params.version)
+    # The runner of the fanned-out passes (statistics, holdout verification, profile), opened on
+    # first use and kept for all three: a Dask or dask-cuda cluster starts once per run.
+    fan = FanOut(params.execution)
     try:
-        shard_results = statistics_pass(params, store.url, model["sha256"], calib, providers)
+        shard_results = statistics_pass(params, store.url, model["sha256"], calib, providers, fan)
         files = reduce_stats_task(shard_results, staged["dir"])
         # Repair checks the plan on calibration data with the run's gate; holdout stays independent.
         plan = plan_task(params.model, files["stats"], params.plan, staged["dir"], [c["shard"] for c in calib], params.verify, params.batch_size)
@@ -165,11 +164,9 @@ def calibrate(params: RunParameters) -> dict:
             if getattr(backend, "requested", None):  # e.g. CUDA asked for, not usable here: CPU ran
                 built = {**built, "requested_providers": backend.requested}
             artifact_path = f"{staged['dir']}/{built['artifact']}"
-            verify = verify_task.with_options(**cached(store.url, "verify", exclude=["model_path", "artifact_path", "holdout", "batch_size"]))
-            verification = verify(
-                params.model, model["sha256"], artifact_path, built["artifact_sha256"],
-                holdout_refs, [h["sha256"] for h in holdout],
-                params.verify, verify_code(backend.name), params.batch_size, providers, backend.name,
+            verification = verification_pass(
+                fan, store.url, params, model["sha256"], artifact_path, built["artifact_sha256"], holdout,
+                verify_code(backend.name), providers, backend.name,
             )
             profile = None
             fallback = verification.get("cpu_fallback_nodes") or []
@@ -178,16 +175,17 @@ def calibrate(params: RunParameters) -> dict:
                 profile = {"measured": False, "fp16_kernels": False, "providers": providers, "cpu_fallback_nodes": fallback,
                            "note": f"not measured: {len(fallback) or 'some'} FP16 node(s) ran on the CPU provider, so the timings would not be FP16's"}
             elif params.profile_batches != []:
-                profile_cached = profile_task.with_options(**cached(store.url, "profile", exclude=["model_path", "artifact_path", "sample"]))
-                profile = profile_cached(
-                    backend.name, providers, device_name(providers), params.model, model["sha256"], artifact_path,
-                    built["artifact_sha256"], calib[0]["shard"], calib[0]["sha256"], params.profile_batches, task_code_digest("tasks.profile", backend.name),
+                profile = profile_pass(
+                    fan, store.url, params, backend.name, providers, device_name(providers), model["sha256"], artifact_path,
+                    built["artifact_sha256"], calib[0], task_code_digest("tasks.profile", backend.name),
                 )
+        fan.close()  # a local cluster stops before the run is published
         write_verification_task(verification, staged["dir"])
         result = publish_run_task(
             store.url, staged, params, context, model, shard_results, calib, holdout, plan, verification, built, profile,
         )
     except BaseException:
+        fan.close()
         discard_run(staged)
         raise
     publish_ui_task(store.url, params.name, params.version, result, plan, verification)

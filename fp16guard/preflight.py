@@ -84,9 +84,12 @@ def preflight(params, allow_overlap: bool | None = None) -> None:
         ModelError, DataError, ConfigError: see the module docstring, in that order.
     """
     from fp16guard.backends.registry import get_backend
+    from fp16guard.cluster import check_runner
 
     # e.g. TensorRTUnavailable names what to install, before any work is done
     get_backend(params.backend, params.providers).preflight()
+    if getattr(params, "execution", None) is not None:
+        check_runner(params.execution)  # e.g. dask-cuda without its package or without a GPU
     graph = load_checked_graph(params.model)
     check_settings(graph, params.plan, params.verify)
     calib = discover_shards(params.calib, "calibration")

@@ -180,24 +180,25 @@ class ReleaseSettings(BaseModel):
 
 
 class ExecutionSettings(BaseModel):
-    """Where the statistics pass runs: the task runner and how shards are grouped into tasks
-    (issue 18). None of it changes a result: stats.parquet, the plan and the verdict are the same
-    for any runner, worker count and grouping."""
+    """Where the statistics pass, the holdout verification and the GPU profile run: the task
+    runner and how shards are grouped into tasks (issue 18). None of it changes a result:
+    stats.parquet, the plan and the verdict are the same for any runner, worker count and
+    grouping."""
 
     model_config = ConfigDict(extra="forbid", field_title_generator=field_title)
 
-    task_runner: Literal["threads", "dask"] = Field(
+    task_runner: Literal["threads", "dask", "dask-cuda"] = Field(
         "threads",
-        description="threads (default): shard groups run in this process, `workers` at a time (default 1: onnxruntime already uses every core). dask: on a Dask cluster through prefect-dask (pip install 'fp16guard[dask]'): a local cluster of `workers` processes, or the one at `dask_address`.",
+        description="threads (default): shard groups run in this process, `workers` at a time (default 1: onnxruntime already uses every core). dask: on a Dask cluster through prefect-dask (pip install 'fp16guard[dask]'): a local cluster of `workers` processes, or the one at `dask_address`. dask-cuda: one Dask worker per visible GPU, each pinned to its device (dask-cuda's LocalCUDACluster; pip install 'fp16guard[dask-cuda]'), or an existing dask-cuda cluster at `dask_address`. The statistics pass, the holdout verification and the GPU profile fan out on it.",
     )
     dask_address: str | None = Field(
         None,
         max_length=512,
-        description="dask only: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (its workers need fp16guard installed and must read the model, the shards and the store). None: a local cluster started for the run.",
+        description="dask / dask-cuda only: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (its workers need fp16guard installed and must read the model, the shards and the store). None: a local cluster started for the run.",
     )
     workers: int | None = Field(
         None, ge=1, le=1024,
-        description="threads: shard groups at once (default 1). dask without an address: worker processes of the local cluster (default: the CPU count, at most 4).",
+        description="threads: shard groups at once (default 1). dask without an address: worker processes of the local cluster (default: the CPU count, at most 4). dask-cuda without an address: GPUs used, one worker each (default: every visible GPU).",
     )
     group_samples: int | None = Field(
         None, ge=1, le=10_000_000,
@@ -265,7 +266,7 @@ class RunParameters(BaseModel):
         description="Accept holdout data that shares files or contents with the calibration data (refused by default: verifying on calibration data says little about unseen inputs). The verdict then says 'not independent'.",
     )
     release: ReleaseSettings = Field(default_factory=ReleaseSettings, description="Release gate: minimum FP16 share of FLOPs and minimum GPU speed-up (both off by default).")
-    execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Task runner (threads or Dask), workers and shard groups of the statistics pass; results do not depend on them.")
+    execution: ExecutionSettings = Field(default_factory=ExecutionSettings, description="Task runner (threads, Dask or one Dask worker per GPU), workers and shard groups of the statistics pass, the holdout verification and the GPU profile; results do not depend on them.")
     profile_batches: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
         None,
         description="Batch sizes at which to time FP32, the artifact and the all-FP16 build on the worker's runtime. None (default): the calibration shard's batch and 32 when the batch is dynamic. Empty list: no profiling. Not timed on the CPU (FP16 nodes there run as FP32).",
