@@ -263,7 +263,13 @@ class LeaseLockManager(LockManager):
     """
 
     def __init__(self, locks: LeaseLockBase | Path, what: str = "") -> None:
+        from tasks.orphans import lock_identity, on_stale_lock
+
         self.locks = locks if isinstance(locks, LeaseLockBase) else LeaseLocks(locks, report=_report)
+        # Each lock names the flow run that took it; a lock broken because its holder died marks
+        # that run Crashed on the server when its process is gone (issue 20).
+        self.locks.identity = lock_identity
+        self.locks.on_stale = on_stale_lock
         self.what = what
 
     @property

@@ -238,8 +238,29 @@ class LeaseLockBase:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared logic
+    #: Set by the orchestration layer (``tasks.caching``): ``identity()`` returns extra fields
+    #: for each new record (the flow run taking the lock); ``on_stale(record, reason)`` is told of
+    #: each stale record this object broke or took over (to mark a dead holder's run crashed).
+    #: Errors in either are logged, never raised.
+    identity: Callable[[], dict] | None = None
+    on_stale: Callable[[dict, str], None] | None = None
+
     def _new_record(self, holder: str, what: str) -> dict:
-        return new_record(holder, what, self.lease_s, self.host)
+        record = new_record(holder, what, self.lease_s, self.host)
+        if self.identity is not None:
+            try:
+                record = {**dict(self.identity() or {}), **record}
+            except Exception as exc:  # noqa: BLE001 — a lock without the extra fields still protects
+                _log.debug("lock identity failed: %s", exc)
+        return record
+
+    def _stale_broken(self, record: dict, reason: str) -> None:
+        """Tell :attr:`on_stale` that ``record`` was broken or taken over."""
+        if self.on_stale is not None:
+            try:
+                self.on_stale(record, reason)
+            except Exception as exc:  # noqa: BLE001 — the lock is free either way
+                _log.debug("on_stale failed: %s", exc)
 
     def read(self, key: str) -> dict | None:
         """The lock record of ``key``, or None when unlocked (``{"damaged": True}`` when unreadable)."""
@@ -298,6 +319,7 @@ class LeaseLockBase:
                 taken, new_token = self._take_stale(key, record, token, claim, reason)
                 if taken:
                     self._hold(key, holder, new_token, claim)
+                    self._stale_broken(record, reason)
                     return True
                 continue
             waited = time.monotonic() - start

@@ -38,11 +38,32 @@ from fp16guard.store.lease import (  # noqa: F401
     LockTimeout,
     _proc_start,
     cancel_waits,
+    host_id,
     parse_record,
     process_alive,
 )
 
-__all__ = ["LeaseLocks", "LockTimeout", "cancel_waits", "process_alive", "DEFAULT_LEASE_S", "DEFAULT_WAIT_S", "WAIT_ENV"]
+__all__ = ["LeaseLocks", "LockTimeout", "cancel_waits", "holder_gone", "process_alive", "process_record", "DEFAULT_LEASE_S", "DEFAULT_WAIT_S", "WAIT_ENV"]
+
+
+def process_record() -> dict:
+    """``{"pid", "host", "proc_start"}`` of this process as lock records name their holder
+    (``host``: :func:`fp16guard.store.lease.host_id`); :func:`holder_gone` judges it later."""
+    import os
+
+    return {"pid": os.getpid(), "host": host_id(), "proc_start": _proc_start(os.getpid())}
+
+
+def holder_gone(record: dict) -> bool:
+    """True when ``record`` (``pid``, ``host``, optional ``proc_start``, as :func:`process_record`
+    gives them) names a process of *this* host that no longer exists, or whose pid now belongs
+    to a later process. Another host's process is never judged gone: only its lease can tell."""
+    pid, start = record.get("pid"), record.get("proc_start")
+    if isinstance(pid, str) and pid.isdigit():
+        pid = int(pid)
+    if record.get("host") != host_id() or not isinstance(pid, int):
+        return False
+    return not process_alive(pid, str(start) if start not in (None, "") else None)
 
 
 
@@ -128,6 +149,7 @@ class LeaseLocks(LeaseLockBase):
                 return None
             self.path(key).unlink(missing_ok=True)
         self.report(f"fp16guard: removed the lock {self.path(key)}: {reason}")
+        self._stale_broken(record, reason)
         return reason
 
     def release(self, key: str, holder: str) -> None:
