@@ -497,7 +497,7 @@ def _reduce_aligned(tables: list[pa.Table]) -> pa.Table | None:
     count = len(names)
     if count == 0 or len(set(names.to_pylist())) != count or any(t.num_rows != count or not t.column("tensor").equals(names) for t in tables[1:]):
         return None
-    whole = pa.concat_tables(tables)
+    whole = pa.concat_tables(tables).combine_chunks()  # one chunk per column: array operations, not one per shard
     shards = len(tables)
 
     def grid(column: str, fill=None) -> np.ndarray:
@@ -564,6 +564,7 @@ def write_stats_files(tables: list[pa.Table], stats_path: str | os.PathLike, sha
     """
     reduced = reduce_stats(tables)
     if shard_stats_path is not None:
-        write_shard_stats(pa.concat_tables(tables), shard_stats_path)
+        # One chunk per column: Parquet's writer takes ~1 ms per chunk (3000 shards: seconds); same bytes.
+        write_shard_stats(pa.concat_tables(tables).combine_chunks(), shard_stats_path)
     write_stats(reduced, stats_path)
     return reduced
