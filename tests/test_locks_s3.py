@@ -302,3 +302,16 @@ def test_two_hosts_racing_on_one_s3_store_compute_each_shard_once_and_release_on
     waits = [line for o in outs.values() for line in o[1].splitlines() if line.startswith("fp16guard: waiting for pid") and "/.cache/locks/stats/" in line]
     assert any(f"on {h} since" in w for w in waits for h in procs), "the two statistics passes did not overlap: nothing was raced for"
     assert store.fs.listdir(".cache/locks/stats") == []
+
+
+def test_a_lock_object_inherited_by_a_forked_child_is_not_renewed_there(s3_root):
+    # What a forked worker sees: a held entry whose record names another pid (its parent).
+    # Renewing it there would keep a dead parent's lock alive for as long as the child lives.
+    locks = _locks(s3_root, "host-a", lease_s=600)
+    assert locks.acquire("f", "parent")
+    before = S3Objects(open_fs(s3_root)).get(f"{PREFIX}/f.lock")
+    with locks._mutex:
+        locks._held["f"][2] = {**locks._held["f"][2], "pid": os.getpid() + 1}
+    locks.renew()
+    assert "f" not in locks._held
+    assert S3Objects(open_fs(s3_root)).get(f"{PREFIX}/f.lock") == before  # untouched

@@ -372,6 +372,12 @@ class LeaseLockBase:
         with self._mutex:
             held = {key: list(value) for key, value in self._held.items()}
         for key, (holder, token, record) in held.items():
+            if record.get("pid") != os.getpid():
+                # A forked child inherited this object: the lease is its parent's to keep alive
+                # (renewing it here would keep a dead parent's lock alive).
+                with self._mutex:
+                    self._held.pop(key, None)
+                continue
             try:
                 still, new_token, new_record_ = self._renew_one(key, holder, token, record)
             except (OSError, EnvironmentFailure) as exc:  # a vanished folder, a network error: try again next period
