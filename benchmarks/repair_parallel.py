@@ -11,6 +11,10 @@ variant, round by round (interleaved, so drift of a shared machine falls on all 
   obvious split, which makes results depend on the parallelism in their last bits (shown by
   the plan comparison).
 
+First, the thread probe: the FP32 model on the first calibration shard with 1 and with ``cores``
+onnxruntime intra-op threads, compared output by output (bit-identical, or the largest absolute
+difference): whether the model's results depend on the thread count at all.
+
 Each run's plan is compared with the first variant's first run, less wall times and the
 parallelism fields (``repair.seconds``, step seconds, the time in the message, ``parallel``,
 ``speculative``): ``identical`` means the FP32 set, every step and every figure are the same.
@@ -95,6 +99,30 @@ def _prepare(name: str, cache: Path, work: Path):
     return planned, Plan.from_dict(data), calib
 
 
+def _thread_probe(model, shard, cores: int) -> list[str]:
+    """The FP32 model at 1 and ``cores`` intra-op threads on one shard: one line per output."""
+    import numpy as np
+
+    from fp16guard.io.model import input_specs
+    from fp16guard.io.shards import load_shard, prepare_feeds
+    from fp16guard.runners.onnxrt import OnnxRuntimeRunner
+
+    feeds = prepare_feeds(shard, load_shard(shard), input_specs(model))
+    outs = {}
+    for threads in (1, cores):
+        with OnnxRuntimeRunner(model, intra_op_threads=threads) as runner:
+            outs[threads] = runner.infer(feeds)
+    lines = []
+    for name, a in outs[1].items():
+        b = outs[cores][name]
+        if np.array_equal(a, b, equal_nan=True):
+            lines.append(f"- `{name}`: bit-identical at 1 and {cores} threads")
+        else:
+            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            lines.append(f"- `{name}`: differs at 1 vs {cores} threads in {int(np.count_nonzero(diff))} of {a.size} values, max |diff| {float(np.nanmax(diff)):.3g}")
+    return lines
+
+
 def _run(model, plan, calib, parallel: int, threads: int) -> tuple[float, dict]:
     from fp16guard.plan.repair import repair_plan
     from fp16guard.settings import PlanSettings, VerifySettings
@@ -111,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", action="store_true", help="also run each N > 1 with cores // N intra-op threads per check")
     parser.add_argument("--rounds", type=int, default=2, help="runs of every variant, interleaved (default 2)")
     parser.add_argument("--cache", default=None, help="real-models cache (default $FP16GUARD_REAL_CACHE or ~/.cache/fp16guard-real)")
+    parser.add_argument("--probe-only", action="store_true", help="only the thread probe, no search")
     parser.add_argument("--label", default=None, help="suffix of the result files' names")
     parser.add_argument("--results", default=None, help="folder for the result files (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -132,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             model, plan, calib = _prepare(name, cache_dir(args.cache), Path(work))
             log.say(f"\n## {name}: {len(calib)} calibration shard(s), {len(plan.fp32_nodes)} rule-pinned FP32 node(s)\n")
+            probe = _thread_probe(model, calib[0], cores)
+            for line in ["Thread probe (FP32 model, first calibration shard):", "", *probe, ""]:
+                log.say(line)
+            if args.probe_only:
+                record["models"].append({"name": name, "calibration_shards": len(calib), "thread_probe": probe})
+                continue
             log.say("| round | variant | parallel | intra-op threads | repair s | outcome | FP32 nodes | checks | speculative | load (1 min) | plan vs first |")
             log.say("|---|---|---|---|---|---|---|---|---|---|---|")
             reference = None
@@ -150,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "speculative": rep.get("speculative"), "steps": len(rep.get("steps", [])), "load_1min": load, "plan_vs_first": diff})
                     log.say(f"| {r + 1} | {vname} | {parallel} | {threads or 'onnxruntime default'} | {seconds:.1f} | {rep.get('outcome')} | "
                             f"{len(data.get('fp32_nodes', []))} | {rep.get('checks')} | {rep.get('speculative')} | {load} | {'; '.join(diff)} |")
-            record["models"].append({"name": name, "calibration_shards": len(calib), "runs": runs})
+            record["models"].append({"name": name, "calibration_shards": len(calib), "thread_probe": probe, "runs": runs})
     js, md = bench_results.write(ctx, record, "\n".join(log.lines[log._head:]), label=args.label, results_dir=args.results,
                                  title="Repair's checks fanned out: wall time and plan identity")
     print(f"\nwrote {md} and {js.name}")
