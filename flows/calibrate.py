@@ -15,7 +15,9 @@ from tasks.build import build_backend_task, build_mixed_onnx_task
 from tasks.caching import code_digest, lock_dir_for, task_code_digest
 from tasks.inputs import calib_records, discover, fingerprint_model
 from tasks.lineage import run_context_task
+from tasks.orphans import record_flow_process
 from tasks.plan import plan_task
+from tasks.preflight import check_independent_task
 from tasks.publish import discard_run, publish_run_task, stage_run_task, write_verification_task
 from tasks.runners import FanOut
 from tasks.stats import STATS_MODULES, reduce_stats_task, shard_group_stats_task, shard_groups_task
@@ -125,6 +127,7 @@ def calibrate(params: RunParameters) -> dict:
     from fp16guard.backends.registry import get_backend
     from fp16guard.store.runs import open_store
 
+    record_flow_process()  # labels this run with its process: a later run marks it Crashed if that dies
     store = open_store(params.store)
     # Resolved once, on this worker: "auto" becomes CUDA or CPU here, and the concrete providers
     # key the caches and are recorded (CPU emulation and real FP16 kernels are different checks).
@@ -134,6 +137,7 @@ def calibrate(params: RunParameters) -> dict:
     model = fingerprint_model(params.model)
     calib = discover(params.calib, "calibration")
     holdout = discover(params.holdout, "holdout")
+    check_independent_task(calib, holdout, params.allow_overlap)  # runs no CLI preflighted (deployments, events)
     staged = stage_run_task(store.url, params.name, params.version)
     # The runner of the fanned-out passes (statistics, holdout verification, profile), opened on
     # first use and kept for all three: a Dask or dask-cuda cluster starts once per run.

@@ -45,6 +45,7 @@ __all__ = [
     "load_checked_graph",
     "model_op_types",
     "preflight",
+    "refuse_overlap",
 ]
 
 #: What a verdict says when the holdout overlaps the calibration data and that was allowed.
@@ -272,10 +273,23 @@ def check_independent(calib: Sequence[ShardRef], holdout: Sequence[ShardRef], al
         if same is not None:
             pairs.append((ref.name, same, "same content"))
     overlap = Overlap(tuple(pairs))
+    refuse_overlap(overlap, allow_overlap)
+    return overlap
+
+
+def refuse_overlap(overlap: Overlap, allow_overlap: bool = False) -> None:
+    """Raise the overlap refusal when ``overlap`` is not empty and not allowed.
+
+    One message for every entry point: the CLI's preflight, :func:`fp16guard.convert`, and the
+    flow itself for runs no CLI checked (deployments, events: ``tasks.inputs``' overlap from the
+    digests it already has).
+
+    Raises:
+        DataError: names the first overlapping shards and how to accept them.
+    """
     if overlap and not allow_overlap:
         raise DataError(
             f"the holdout overlaps the calibration data: {overlap.describe()}; expected holdout data the calibration never saw "
-            f"(verifying on calibration data says little about unseen inputs); pass --allow-overlap (Python: allow_overlap=True) to accept it, "
-            f"and the verdict will say '{NOT_INDEPENDENT.split(':')[0]}'"
+            f"(verifying on calibration data says little about unseen inputs); pass --allow-overlap (Python: allow_overlap=True; "
+            f"a deployment run: its allow_overlap parameter) to accept it, and the verdict will say '{NOT_INDEPENDENT.split(':')[0]}'"
         )
-    return overlap

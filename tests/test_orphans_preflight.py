@@ -75,3 +75,18 @@ def test_a_model_local_function_of_a_custom_domain_is_not_refused(tmp_path):
 
     model = _model(tmp_path, "Mystery", "acme.ops", local_function=True)
     load_checked_graph(model)  # no ModelError: the model defines the op
+
+
+def test_an_event_started_run_refuses_an_overlapping_holdout_in_the_flow(prefect_api_url, demo_files, tmp_path):
+    """Issue 19's leftover: a run started by an event (or a deployment) never passes the CLI's
+    preflight; the flow itself refuses the overlap, as the CLI does, before anything is staged."""
+    from fp16guard.errors import DataError
+    from fp16guard.events import run_parameters
+    from flows.calibrate import calibrate
+
+    store = tmp_path / "store"
+    params = run_parameters({"model": demo_files["model"], "name": "demo", "version": "1", "calib": [demo_files["calib"]],
+                             "holdout": [demo_files["calib"]], "store": str(store)}, trigger_event={"id": "e1", "event": "fp16guard.model.registered"})
+    with pytest.raises(DataError, match=r"holdout overlaps the calibration data: .*\(same file\).*allow_overlap"):
+        calibrate(params)
+    assert not (store / "demo").exists(), "nothing staged, nothing stored"

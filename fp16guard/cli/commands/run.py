@@ -234,6 +234,7 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
 
     fold = PrefectErrorFold(enabled=not verbose)
     with temporary_settings({PREFECT_API_URL: api_url} if local else {}), interruptible(), fold, ServerWatchdog(api_url, on_exit=_clean, cause=fold.first_cause) as watchdog:
+        mark_orphaned_runs()
         try:
             result = calibrate.with_options(on_running=[_announce])(params)
         except VerificationFailed as exc:
@@ -253,6 +254,20 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
         # Strict JSON: an unbounded worst error is the string "inf", never Infinity or a number.
         print(dumps(summary))
     return 0 if summary.get("passed") else 1
+
+
+def mark_orphaned_runs() -> None:
+    """Mark Crashed the fp16guard flow runs left RUNNING on the server whose process ran on this
+    host and is gone (a run killed with SIGKILL cannot say it ended; :mod:`tasks.orphans`), one
+    line on stdout each. Never stops the run: a server error here is left to the flow to meet."""
+    try:
+        from tasks.orphans import sweep_orphaned_runs
+
+        marked = sweep_orphaned_runs()
+    except Exception:  # noqa: BLE001 — see docstring
+        return
+    for run_id, name, process in marked:
+        print(f"flow run {name} ({run_id}) marked Crashed: its process (pid {process['pid']} on {process['host']}) is gone", flush=True)
 
 
 def discard_staged(params) -> None:
