@@ -315,3 +315,22 @@ def test_a_lock_object_inherited_by_a_forked_child_is_not_renewed_there(s3_root)
     locks.renew()
     assert "f" not in locks._held
     assert S3Objects(open_fs(s3_root)).get(f"{PREFIX}/f.lock") == before  # untouched
+
+
+def test_cache_locks_of_an_s3_store_live_in_the_store(s3_root, tmp_path):
+    from fp16guard.store.locks import LeaseLocks
+    from tasks.caching import lock_dir_for, lock_manager_for
+
+    manager = lock_manager_for(s3_root, "stats", what="stats cache entry")
+    assert isinstance(manager.locks, RemoteLeaseLocks) and manager.where == f"{s3_root}/.cache/locks/stats"
+    assert manager.acquire_lock("k1", "h")
+    got = S3Objects(open_fs(s3_root)).get(".cache/locks/stats/k1.lock")
+    assert got is not None and json.loads(got[0])["what"] == "stats cache entry"
+    assert manager == lock_manager_for(s3_root, "stats") and manager != lock_manager_for(s3_root, "verify")
+    manager.release_lock("k1", "h")
+    assert S3Objects(open_fs(s3_root)).get(".cache/locks/stats/k1.lock") is None
+    # A local store keeps lock files in the store; other fsspec stores, per host.
+    local = lock_manager_for(str(tmp_path / "store"), "stats")
+    assert isinstance(local.locks, LeaseLocks) and local.locks.folder == tmp_path / "store" / ".cache" / "locks" / "stats"
+    memory = lock_manager_for("memory://fp16guard-test/store", "stats")
+    assert isinstance(memory.locks, LeaseLocks) and memory.locks.folder == lock_dir_for("memory://fp16guard-test/store") / "stats"
