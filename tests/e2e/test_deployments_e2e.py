@@ -109,6 +109,8 @@ def stack(tmp_path):
 
         _wait("the Prefect server", healthy, 120, logs)
         _prefect(["work-pool", "create", POOL, "--type", "process", "--base-job-template", "deployments/gpu-pool.json"], client_env)
+        # the multi-GPU deployment's pool (no worker here: its trigger ships disabled)
+        _prefect(["work-pool", "create", "fp16guard-multigpu", "--type", "process", "--base-job-template", "deployments/gpu-pool.json"], client_env)
         _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], client_env)
         store = tmp_path / "store"
         worker_env = {**client_env, "FP16GUARD_STORE": str(store), "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
