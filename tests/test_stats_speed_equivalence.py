@@ -69,3 +69,88 @@ def test_tables_of_other_tensors_take_the_row_fold(tmp_path):
     assert _reduce_aligned([a, b]) is None
     assert reduce_stats([a, b]).num_rows == 10
     assert _bytes(reduce_stats([a, b]), tmp_path / "r.parquet") == _bytes(_reduce_rows([a, b]), tmp_path / "s.parquet")
+
+
+# ------------------------------------------------------------------------------ packed outputs
+def _odd_model(path):
+    """x[N,8] -> Log (NaN for x < 0, -inf at 0) -> Where(IsNaN, 0, .) ; an empty Slice of x joined
+    back; a Relu, a Reshape and a large Tile (sampled with a step > 1)."""
+    import onnx
+    from onnx import TensorProto as T, helper
+
+    inits = [
+        helper.make_tensor("z", T.FLOAT, [], [0.0]),
+        helper.make_tensor("s0", T.INT64, [1], [0]), helper.make_tensor("e0", T.INT64, [1], [0]), helper.make_tensor("ax", T.INT64, [1], [1]),
+        helper.make_tensor("flat", T.INT64, [2], [-1, 4]), helper.make_tensor("reps", T.INT64, [2], [1, 40000]),
+    ]
+    nodes = [
+        helper.make_node("Log", ["x"], ["l"]),
+        helper.make_node("IsNaN", ["l"], ["isnan"]),
+        helper.make_node("Where", ["isnan", "z", "l"], ["clean"]),
+        helper.make_node("Relu", ["clean"], ["r"]),
+        helper.make_node("Slice", ["x", "s0", "e0", "ax"], ["empty"]),
+        helper.make_node("Concat", ["x", "empty"], ["joined"], axis=1),
+        helper.make_node("Reshape", ["joined", "flat"], ["shaped"]),
+        helper.make_node("Tile", ["joined", "reps"], ["big"]),
+        helper.make_node("Mul", ["big", "big"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, ["N", 8])], [helper.make_tensor_value_info("y", T.FLOAT, None), helper.make_tensor_value_info("r", T.FLOAT, None), helper.make_tensor_value_info("shaped", T.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _shard_bytes(model, refs, packed: bool, tmp_path, batch_size=None) -> bytes:
+    from fp16guard.stats.collect import StatsSession, write_shard_stats
+
+    session = StatsSession(model, batch_size=batch_size)
+    session._packed = packed  # the scalar-output model is the reference
+    with session:
+        tables = [session.run(ref) for ref in refs]
+    out = tmp_path / f"shards-{packed}.parquet"
+    write_shard_stats(pa.concat_tables(tables), out)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_packed_outputs_give_the_scalar_outputs_figures_bit_for_bit(tmp_path, demo_files, batch_size):
+    from fp16guard.io.shards import ShardRef, discover_shards
+
+    model = _odd_model(tmp_path / "odd.onnx")
+    rng = np.random.default_rng(3)
+    refs = []
+    for i in range(4):
+        x = (rng.normal(size=(3, 8)) * 10.0 ** rng.integers(-6, 6, size=(3, 8))).astype(np.float32)
+        x[0, 0], x[1, 1] = 0.0, -0.0
+        np.savez(tmp_path / f"s{i}.npz", x=x)
+        refs.append(ShardRef(str(tmp_path / f"s{i}.npz"), str(tmp_path / f"s{i}.npz")))
+    assert _shard_bytes(model, refs, True, tmp_path, batch_size) == _shard_bytes(model, refs, False, tmp_path, batch_size)
+    demo = discover_shards([demo_files["calib"]])
+    assert _shard_bytes(demo_files["model"], demo, True, tmp_path, batch_size) == _shard_bytes(demo_files["model"], demo, False, tmp_path, batch_size)
+
+
+def test_reductions_over_the_flattened_tensor_equal_those_over_its_axes():
+    """onnxruntime reduces over all axes as over one (what the packed model relies on): min, max
+    and sum of random tensors of rank 1-4, with NaN, inf and -0.0, bit for bit, on 1 and 2 threads."""
+    import onnxruntime as ort
+    from onnx import TensorProto as T, helper
+
+    rng = np.random.default_rng(0)
+    for rank in (1, 2, 3, 4):
+        nodes = [helper.make_node("Reshape", ["x", "m1"], ["f"])]
+        outs = []
+        for op in ("ReduceMin", "ReduceMax", "ReduceSum"):
+            nodes += [helper.make_node(op, ["x"], [op + "_nd"], keepdims=0), helper.make_node(op, ["f"], [op + "_flat"], keepdims=1)]
+            outs += [op + "_nd", op + "_flat"]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", T.FLOAT, [None] * rank)], [helper.make_tensor_value_info(o, T.FLOAT, None) for o in outs], [helper.make_tensor("m1", T.INT64, [1], [-1])])
+        blob = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+        for threads in (1, 2):
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+            for _ in range(60):
+                x = (rng.normal(size=tuple(int(v) for v in rng.integers(1, 30, rank))) * 10.0 ** rng.integers(-3, 30)).astype(np.float32)
+                for _ in range(int(rng.integers(0, 4))):
+                    x.flat[rng.integers(0, x.size)] = rng.choice([np.nan, np.inf, -np.inf, -0.0])
+                got = dict(zip(outs, session.run(outs, {"x": x})))
+                for op in ("ReduceMin", "ReduceMax", "ReduceSum"):
+                    assert np.asarray(got[op + "_nd"]).tobytes() == np.asarray(got[op + "_flat"]).tobytes(), (op, x.shape)
