@@ -301,9 +301,10 @@ class StatsSession:
             bad += counts
             lo = np.fmin(lo, mins) if not np.isnan(mins).any() else np.where(np.isnan(mins), np.nan, np.minimum(lo, mins))
             hi = np.fmax(hi, maxs) if not np.isnan(maxs).any() else np.where(np.isnan(maxs), np.nan, np.maximum(hi, maxs))
+            tainted = counts > 0 if suspect.any() else None
             for key in _UNDERFLOW_COLUMNS:
                 # Figures of a tensor holding NaN/inf on this slice cannot be trusted: unknown.
-                v = np.where(counts > 0, np.nan, fig[key])
+                v = fig[key] if tainted is None else np.where(tainted, np.nan, fig[key])
                 under[key] = np.minimum(under[key], v) if key == "min_nonzero_abs" else under[key] + v
         max_abs = np.maximum(-lo, hi)
         max_abs = np.where(np.isinf(lo) & np.isinf(hi) & (lo > 0) & (hi < 0), 0.0, max_abs)  # tensors empty on every sample
@@ -314,10 +315,12 @@ class StatsSession:
             "nonfinite": bad,
             **under,
         }
-        cols = {key: np.empty(len(self.tensors), dtype=arr.dtype) for key, arr in per_tensor.items()}
-        for key, arr in per_tensor.items():
-            cols[key][self._varying] = arr
-        if self._const:
+        if not self._const:  # every tensor varies, in graph order: the arrays are the columns
+            cols = per_tensor
+        else:
+            cols = {key: np.empty(len(self.tensors), dtype=arr.dtype) for key, arr in per_tensor.items()}
+            for key, arr in per_tensor.items():
+                cols[key][self._varying] = arr
             for key, arr in self._const_columns().items():
                 cols[key][self._const] = arr
         total = len(self.tensors)
