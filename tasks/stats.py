@@ -51,20 +51,21 @@ def shard_stats_task(
 @task(name="shard-groups")
 def shard_groups_task(model_path: str, shards: list[ShardRef], group_samples: int | None = None, group_bytes: int | None = None, min_groups: int = 1) -> list[list[int]]:
     """Split the calibration shards into groups for :func:`shard_group_stats_task`
-    (:func:`fp16guard.stats.groups.plan_groups`; sizes from array headers, nothing loaded).
+    (:func:`fp16guard.stats.groups.plan_groups`; sizes from array headers, nothing loaded: one
+    header per distinct file size, :func:`~fp16guard.stats.groups.shard_sizes`).
 
     Returns:
         Lists of indices into ``shards``, in order.
     """
     from fp16guard.io.lazy_weights import load_graph_only
     from fp16guard.io.model import input_specs, normalize_model
-    from fp16guard.stats.groups import plan_groups, shard_size
+    from fp16guard.stats.groups import plan_groups, shard_sizes
 
     try:
         specs = input_specs(normalize_model(load_graph_only(model_path)))
     except Exception:  # noqa: BLE001 — the statistics task reports a bad model in full
         specs = None
-    return plan_groups([shard_size(ref, specs) for ref in shards], group_samples, group_bytes, min_groups)
+    return plan_groups(shard_sizes(shards, specs), group_samples, group_bytes, min_groups)
 
 
 @task(name="shard-group-stats", task_run_name="stats {label}", tags=["fp16guard-gpu"], cache_policy=NO_CACHE, persist_result=False)

@@ -154,3 +154,28 @@ def test_reductions_over_the_flattened_tensor_equal_those_over_its_axes():
                 got = dict(zip(outs, session.run(outs, {"x": x})))
                 for op in ("ReduceMin", "ReduceMax", "ReduceSum"):
                     assert np.asarray(got[op + "_nd"]).tobytes() == np.asarray(got[op + "_flat"]).tobytes(), (op, x.shape)
+
+
+# ------------------------------------------------------------------------------ group sizing
+def test_shard_sizes_read_one_header_per_file_size(tmp_path, demo_files, monkeypatch):
+    from fp16guard.io import shards as data
+    from fp16guard.io.lazy_weights import load_graph_only
+    from fp16guard.io.model import input_specs, normalize_model
+    from fp16guard.io.shards import discover_shards
+    from fp16guard.stats import groups
+
+    specs = input_specs(normalize_model(load_graph_only(demo_files["model"])))
+    with np.load(discover_shards([demo_files["calib"]])[0].path) as z:
+        first = {k: z[k] for k in z.files}
+    for i, samples in enumerate([1, 1, 3, 1, 3, 2]):
+        np.savez(tmp_path / f"s{i}.npz", **{k: np.repeat(v[:1], samples, axis=0) for k, v in first.items()})
+    (tmp_path / "s6.npz").write_bytes(b"not a zip")
+    refs = discover_shards([str(tmp_path)])
+    peeked = []
+    real_peek = data.peek_shard
+    monkeypatch.setattr(data, "peek_shard", lambda ref: (peeked.append(ref.name), real_peek(ref))[1])
+    got = groups.shard_sizes(refs, specs)
+    assert len(peeked) == 4, "one header per distinct byte size, and the unreadable file"
+    monkeypatch.setattr(data, "peek_shard", real_peek)
+    assert got == [groups.shard_size(ref, specs) for ref in refs]
+    assert [s.samples for s in got] == [1, 1, 3, 1, 3, 2, 1]

@@ -14,10 +14,11 @@ with N workers has at least N groups to share out.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["DEFAULT_GROUP_SAMPLES", "DEFAULT_GROUP_BYTES", "ShardSize", "shard_size", "plan_groups"]
+__all__ = ["DEFAULT_GROUP_SAMPLES", "DEFAULT_GROUP_BYTES", "ShardSize", "shard_size", "shard_sizes", "plan_groups"]
 
 #: Samples per group when none is set. Chosen from benchmarks/flow_scale.py (2-core machine,
 #: 1-sample shards of a small CNN): the fixed cost of a group (task run, session, result transfer)
@@ -59,6 +60,37 @@ def shard_size(ref, specs=None) -> ShardSize:
         except (UserError, ValueError, TypeError):
             samples = 1
     return ShardSize(samples, size)
+
+
+def shard_sizes(refs: Sequence, specs=None) -> list[ShardSize]:
+    """:func:`shard_size` of every shard, reading the headers of one local ``.npz`` file per
+    distinct file size: a file of the same byte size as one already read is taken to hold as
+    many samples (files of one calibration set that weigh the same hold the same shapes; were it
+    wrong, a group would only end a little earlier or later, and results never depend on
+    grouping). Reading every header cost ~0.25 ms per shard (3000 one-sample shards: ~0.75 s,
+    over half a plain onnxruntime pass over them; 2-core VM, 2026-12-06). URLs and JSON feed
+    dicts are read one by one, as :func:`shard_size` does."""
+    from fp16guard.io.urls import is_remote
+
+    samples_by_bytes: dict[int, int] = {}
+    out: list[ShardSize] = []
+    for ref in refs:
+        if ref.index is not None or is_remote(ref.path) or not str(ref.path).lower().endswith(".npz"):
+            out.append(shard_size(ref, specs))
+            continue
+        try:
+            size = os.path.getsize(ref.path)
+        except OSError:
+            out.append(shard_size(ref, specs))  # the statistics task reports the missing file
+            continue
+        if size not in samples_by_bytes:
+            measured = shard_size(ref, specs)
+            if measured.bytes != size:  # unreadable headers: counted as one sample, not remembered
+                out.append(measured)
+                continue
+            samples_by_bytes[size] = measured.samples
+        out.append(ShardSize(samples_by_bytes[size], size))
+    return out
 
 
 def plan_groups(sizes: Sequence[ShardSize], group_samples: int | None = None, group_bytes: int | None = None, min_groups: int = 1) -> list[list[int]]:
