@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -192,15 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=2, help="shards in the side-by-side comparison")
     ap.add_argument("--samples-per-shard", type=int, default=2)
     ap.add_argument("--kinds", nargs="+", choices=["stored", "constant"], default=["stored", "constant"], help="which VGG-19 models to measure")
-    ap.add_argument("--workdir", default=None, help="keep the models and shards here (reused if present)")
+    ap.add_argument("--workdir", default=None, help="keep the models and shards here (reused if present; default a temporary folder, removed)")
     ap.add_argument("--detail", action="store_true", help="also split session creation from inference (one child process)")
     ap.add_argument("--skip-scaling", action="store_true", help="skip the 2-vs-8-shards memory check")
     ap.add_argument("--label", default=None, help="suffix of the result files' names")
     ap.add_argument("--results", default=None, help="folder for the result files (default benchmarks/results)")
     args = ap.parse_args(argv)
     log = bench_results.Log(bench_results.context("bench_stats", argv))
-    with log.capture():
-        summary = _run(args)
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
+    try:
+        with log.capture():
+            summary = _run(args, work)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)  # a 548 MiB model and its shards
     imports = summary.pop("imports_s")
     record = {"medians": {kind: {k: {"wall_s": w, "peak_rss_mib": m} for k, (w, m) in med.items()} for kind, med in summary.items()},
               "import_s": imports}
@@ -208,10 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(args) -> dict:
+def _run(args, work: Path) -> dict:
     """The measurement; prints as it goes. Returns kind -> {plain|stats: (median wall s, median peak
     RSS MiB)}, and ``imports_s``: median seconds of ``python -c "import X"`` per module set."""
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fp16guard-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     models = {}
     if "stored" in args.kinds:
