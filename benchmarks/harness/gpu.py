@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-__all__ = ["CPU", "CUDA", "BoundSession", "configure_torch", "device_description", "providers", "session"]
+__all__ = ["CPU", "CUDA", "BoundSession", "configure_torch", "device_description", "gpu_names", "providers", "session"]
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -108,15 +108,21 @@ class BoundSession:
         self.binding.synchronize_outputs()
 
 
+def gpu_names(fields: str = "name") -> list[str]:
+    """One line per GPU from ``nvidia-smi --query-gpu=FIELDS`` (default the name); empty without
+    ``nvidia-smi``."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    proc = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True)
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
 def device_description(providers_: list | None = None) -> str:
     """One line: the GPU (``nvidia-smi``: name, memory, driver) or the CPU, and onnxruntime's
     version and available providers when it imports."""
     parts = []
-    smi = shutil.which("nvidia-smi")
-    gpu = ""
-    if smi:
-        proc = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"], capture_output=True, text=True)
-        gpu = "; ".join(line.strip() for line in proc.stdout.splitlines() if line.strip())
+    gpu = "; ".join(gpu_names("name,memory.total,driver_version"))
     parts.append(f"GPU {gpu}" if gpu else f"no GPU seen ({platform.processor() or platform.machine()})")
     try:
         import onnxruntime as ort

@@ -16,26 +16,19 @@ import os
 import platform
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["RESULTS_DIR", "Log", "commit", "context", "context_lines", "machine_description", "machine_tag", "write"]
+from benchmarks.harness.gpu import gpu_names
+
+__all__ = ["RESULTS_DIR", "Log", "commit", "context", "context_lines", "machine_description", "machine_tag", "paths", "write"]
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where results go unless a benchmark is told otherwise.
 RESULTS_DIR = REPO / "benchmarks" / "results"
-
-
-def _gpu_names() -> list[str]:
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
-    proc = subprocess.run([smi, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
-    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
 
 
 def machine_tag() -> str:
@@ -45,7 +38,7 @@ def machine_tag() -> str:
     given = os.environ.get("FP16GUARD_BENCH_MACHINE")
     if given:
         return re.sub(r"[^A-Za-z0-9_.]+", "_", given)
-    gpus = _gpu_names()
+    gpus = gpu_names()
     if gpus:
         token = next((t for t in gpus[0].split() if any(c.isdigit() for c in t)), gpus[0].split()[-1])
         return re.sub(r"[^a-z0-9]+", "", token.lower()) + (f"x{len(gpus)}" if len(gpus) > 1 else "")
@@ -67,7 +60,7 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     parts = [f"{cpu}, {os.cpu_count()} cores, {mem}", f"{platform.system()} {platform.release()}", f"Python {platform.python_version()}"]
-    gpus = _gpu_names()
+    gpus = gpu_names()
     if gpus:
         parts.append(f"GPU {', '.join(gpus)}")
     try:
@@ -79,15 +72,18 @@ def machine_description() -> str:
     return ", ".join(parts)
 
 
-def commit() -> str:
-    """``<short sha> <subject>`` of HEAD, with ``(work tree differs)`` when tracked files under
-    fp16guard/, tasks/, flows/ or benchmarks/ have uncommitted changes; ``unknown`` outside git."""
+def commit(rev: str = "HEAD") -> str:
+    """``<short sha> <subject>`` of ``rev`` (default HEAD); for HEAD with ``(work tree differs)``
+    when tracked files under fp16guard/, tasks/, flows/ or benchmarks/ have uncommitted changes.
+    Outside a git checkout: ``$FP16GUARD_BENCH_COMMIT`` when set, else ``unknown``."""
     git = ["git", "-C", str(REPO)]
-    head = subprocess.run(git + ["log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    head = subprocess.run(git + ["log", "-1", "--format=%h %s", rev], capture_output=True, text=True)
     if head.returncode != 0:
-        return "unknown (not a git checkout)"
-    dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "fp16guard", "tasks", "flows", "benchmarks"],
-                           capture_output=True, text=True).stdout.strip()
+        # A copy of the tree without .git (a lent GPU machine): the commit its caller passed.
+        given = os.environ.get("FP16GUARD_BENCH_COMMIT")
+        return f"{given} (from FP16GUARD_BENCH_COMMIT)" if given else f"unknown ({rev}: not a git revision here)"
+    dirty = "" if rev != "HEAD" else subprocess.run(git + ["status", "--porcelain", "--untracked-files=no", "fp16guard", "tasks", "flows", "benchmarks"],
+                                                    capture_output=True, text=True).stdout.strip()
     text = head.stdout.strip()
     text = text if len(text) <= 100 else text[:99] + "…"  # the sha and the start of the subject identify it
     return text + (" (work tree differs)" if dirty else "")
@@ -121,6 +117,15 @@ def context_lines(ctx: dict) -> list[str]:
     return lines
 
 
+def paths(ctx: dict, label: str | None = None, results_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """``<results_dir>/<benchmark>-<date>-<machine tag>[-label].json`` and ``.md`` for a run
+    (``results_dir`` default ``benchmarks/results/``), for benchmarks that write their own
+    Markdown (and rewrite both files as results come in)."""
+    folder = Path(results_dir) if results_dir else RESULTS_DIR
+    stem = f"{ctx['benchmark']}-{ctx['date'][:10]}-{ctx['machine_tag']}" + (f"-{label}" if label else "")
+    return folder / f"{stem}.json", folder / f"{stem}.md"
+
+
 def write(ctx: dict, record: dict, markdown: str, label: str | None = None, results_dir: str | os.PathLike | None = None,
           title: str | None = None) -> tuple[Path, Path]:
     """Write ``<name>-<date>-<machine>[-label].json`` and ``.md`` (atomically).
@@ -139,9 +144,7 @@ def write(ctx: dict, record: dict, markdown: str, label: str | None = None, resu
     from fp16guard.io import atomic
 
     ctx = {**ctx, "load_average_end": [round(v, 2) for v in os.getloadavg()]}
-    folder = Path(results_dir) if results_dir else RESULTS_DIR
-    stem = f"{ctx['benchmark']}-{ctx['date'][:10]}-{ctx['machine_tag']}" + (f"-{label}" if label else "")
-    js, md = folder / f"{stem}.json", folder / f"{stem}.md"
+    js, md = paths(ctx, label, results_dir)
     atomic.write_text(js, json.dumps({"context": ctx, **record}, indent=1, default=str) + "\n")
     head = [f"# {title or ctx['benchmark']} — {ctx['date'][:16].replace('T', ' ')} UTC", "", *context_lines(ctx), ""]
     atomic.write_text(md, "\n".join(head) + "\n" + markdown.rstrip("\n") + "\n")
