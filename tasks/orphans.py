@@ -9,8 +9,10 @@ with its process (:func:`record_flow_process`: labels ``fp16guard.process.pid``,
   (:func:`lock_identity`); when a lock is broken because its holder is gone, that flow run is
   marked Crashed if *its own* process is gone too (:func:`on_stale_lock`; a dead Dask worker of a
   live flow does not crash the flow);
-- **at the start of ``fp16guard run``**: every fp16guard-calibrate flow run left RUNNING or
-  PENDING whose labelled process ran on this host and is gone (:func:`sweep_orphaned_runs`).
+- **at the start of ``fp16guard run``**: the store's stale cache locks are broken
+  (:func:`sweep_stale_locks`, with the same effect), then every fp16guard-calibrate flow run left
+  RUNNING or PENDING whose labelled process ran on this host and is gone is marked
+  (:func:`sweep_orphaned_runs`).
 
 Only processes of this host (same host id, ``$FP16GUARD_HOST_ID`` or the host name) are judged:
 another host's process can only be seen through its lock leases. A run without the labels (an
@@ -24,7 +26,10 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-__all__ = ["FLOW_NAME", "LABEL_PREFIX", "record_flow_process", "flow_process", "lock_identity", "on_stale_lock", "mark_crashed_if_orphaned", "sweep_orphaned_runs"]
+__all__ = [
+    "FLOW_NAME", "LABEL_PREFIX", "record_flow_process", "flow_process", "lock_identity", "on_stale_lock", "mark_crashed_if_orphaned",
+    "sweep_stale_locks", "sweep_orphaned_runs",
+]
 
 #: The flow whose runs are swept (``flows.calibrate.calibrate``).
 FLOW_NAME = "fp16guard-calibrate"
@@ -142,6 +147,26 @@ def _crash(client, run, process: dict, evidence: str) -> None:
     )
     for task_run in open_tasks:
         client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+
+
+def sweep_stale_locks(store_url: str) -> list[tuple[str, str]]:
+    """Break the stale cache locks of a store's local lock folders
+    (:meth:`fp16guard.store.locks.LeaseLocks.sweep`), each telling :func:`on_stale_lock` (so the
+    flow run that held it is marked Crashed when its process is gone).
+
+    Returns:
+        ``(lock file, reason)`` per lock removed.
+    """
+    from fp16guard.store.locks import LeaseLocks
+    from tasks.caching import _report, lock_dir_for
+
+    root = lock_dir_for(store_url)
+    removed = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        locks = LeaseLocks(folder, report=_report)
+        locks.on_stale = on_stale_lock
+        removed += [(str(locks.path(key)), reason) for key, reason in locks.sweep()]
+    return removed
 
 
 def sweep_orphaned_runs(limit: int = SWEEP_LIMIT) -> list[tuple[str, str, dict]]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,24 @@ def test_a_lock_record_names_the_flow_run_that_took_it(prefect_api_url, tmp_path
         return record["flow_run_id"]
 
     assert take()
+
+
+def test_the_next_run_sweeps_stale_locks_no_key_asks_for_again(prefect_api_url, tmp_path):
+    """A killed run's lock on a key no later run needs (a shard group formed differently) is
+    broken at the start of the next run, and tells on its dead flow run; a live holder's stays."""
+    from fp16guard.store.locks import LeaseLocks
+    from tasks.caching import lock_dir_for
+    from tasks.orphans import sweep_stale_locks
+
+    store = tmp_path / "store"
+    dead = _dead_pid()
+    orphan = _flow_run("fp16guard-lock-holder", _labels(dead))
+    folder = lock_dir_for(str(store)) / "stats"
+    now = time.time()
+    base = {"holder": "h", "host": socket.gethostname(), "proc_start": None, "acquired_at": now, "expires_at": now + 600, "what": "x"}
+    LeaseLocks(folder)._create("group-old", {**base, "pid": dead, "flow_run_id": str(orphan)})
+    LeaseLocks(folder)._create("live", {**base, "pid": os.getpid()})
+    removed = sweep_stale_locks(str(store))
+    assert [Path(p).name for p, _ in removed] == ["group-old.lock"] and "is gone" in removed[0][1]
+    assert sorted(p.name for p in folder.glob("*.lock")) == ["live.lock"]
+    assert _state(orphan) == "CRASHED"

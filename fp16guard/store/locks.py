@@ -152,6 +152,27 @@ class LeaseLocks(LeaseLockBase):
         self._stale_broken(record, reason)
         return reason
 
+    def sweep(self) -> list[tuple[str, str]]:
+        """Break every stale lock in the folder (:meth:`break_if_stale` on each lock file).
+
+        A killed run's lock is otherwise broken only when a later run needs the same key; a lock
+        whose key no later run asks for again (a group of shards formed differently) would stay.
+
+        Returns:
+            ``(key, reason)`` per lock removed (key as its file names it).
+        """
+        removed = []
+        try:
+            names = sorted(p.name for p in self.folder.glob("*.lock"))
+        except OSError:
+            return removed
+        for name in names:
+            key = name[: -len(".lock")]
+            reason = self.break_if_stale(key)
+            if reason:
+                removed.append((key, reason))
+        return removed
+
     def release(self, key: str, holder: str) -> None:
         """Release ``key`` if ``holder`` holds it.
 

@@ -234,7 +234,7 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
 
     fold = PrefectErrorFold(enabled=not verbose)
     with temporary_settings({PREFECT_API_URL: api_url} if local else {}), interruptible(), fold, ServerWatchdog(api_url, on_exit=_clean, cause=fold.first_cause) as watchdog:
-        mark_orphaned_runs()
+        mark_orphaned_runs(params.store)
         try:
             result = calibrate.with_options(on_running=[_announce])(params)
         except VerificationFailed as exc:
@@ -256,13 +256,19 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     return 0 if summary.get("passed") else 1
 
 
-def mark_orphaned_runs() -> None:
-    """Mark Crashed the fp16guard flow runs left RUNNING on the server whose process ran on this
-    host and is gone (a run killed with SIGKILL cannot say it ended; :mod:`tasks.orphans`), one
-    line on stdout each. Never stops the run: a server error here is left to the flow to meet."""
-    try:
-        from tasks.orphans import sweep_orphaned_runs
+def mark_orphaned_runs(store: str) -> None:
+    """Break the store's stale cache locks, and mark Crashed the fp16guard flow runs left RUNNING
+    on the server whose process ran on this host and is gone (a run killed with SIGKILL cannot
+    say it ended; :mod:`tasks.orphans`), one line on stdout each. Never stops the run: a store or
+    server error here is left to the flow to meet."""
+    from fp16guard.store.runs import resolve_root
+    from tasks.orphans import sweep_orphaned_runs, sweep_stale_locks
 
+    try:
+        sweep_stale_locks(resolve_root(store))
+    except Exception:  # noqa: BLE001 — see docstring
+        pass
+    try:
         marked = sweep_orphaned_runs()
     except Exception:  # noqa: BLE001 — see docstring
         return
