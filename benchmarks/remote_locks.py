@@ -6,20 +6,20 @@ lock (``acquire``), then ``release`` it; nothing is computed in between. The S3 
 requests (conditional PUT, GET, conditional DELETE); the local one is a hard link, a read and an
 unlink under ``flock``. ``--cycles`` cycles (default 200) on distinct keys, after 20 warm-up
 cycles; it prints the median and the 90th percentile per cycle in milliseconds, and writes the
-same lines with date, machine, load and commit to ``--out`` when given.
+same lines with date, machine, load, commit and command to ``--out`` when given, else to
+``benchmarks/results/remote_locks-DATE-MACHINE.{json,md}``.
 
 A real S3 endpoint adds its network round trip (~10-30 ms within a region) to each of the three
 requests; moto on loopback shows the client-side cost only.
 
 Usage:
-    .venv/bin/python -m benchmarks.remote_locks [--cycles 200] [--out benchmarks/results/remote_locks-DATE.md]
+    .venv/bin/python -m benchmarks remote_locks [--cycles 200] [--out FILE.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -28,6 +28,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "One cache lock's cost: lock files in a local folder against lock objects in S3 (moto, loopback)"
 
 
 def _moto() -> tuple[subprocess.Popen, str]:
@@ -48,16 +56,6 @@ def _moto() -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def _cycles(locks, n: int, warmup: int = 20) -> list[float]:
     out = []
     for i in range(warmup + n):
@@ -76,10 +74,11 @@ def _line(name: str, ms: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks remote_locks", description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    ctx = bench_results.context("remote_locks", argv)
 
     proc, endpoint = _moto()
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1", FP16GUARD_S3_ENDPOINT_URL=endpoint)
@@ -99,23 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         proc.terminate()
         proc.wait(timeout=10)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-    lines = [
-        f"# remote_locks — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "",
-        f"machine: {_cpu()}, {os.cpu_count()} cores (shared), load average {os.getloadavg()[0]:.1f} at the end; commit {commit};",
-        f"command: .venv/bin/python -m benchmarks.remote_locks --cycles {args.cycles}",
-        "",
-        "| locks | cycles | median ms per acquire+release | p90 ms |",
-        "|---|---|---|---|",
-        *rows,
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
+    lines = ["| locks | cycles | median ms per acquire+release | p90 ms |", "|---|---|---|---|", *rows]
+    print("\n".join(lines))
     if args.out:
-        Path(args.out).write_text(text)
+        from fp16guard.io import atomic
+
+        head = [f"# remote_locks — {ctx['date'][:16].replace('T', ' ')} UTC", "", *bench_results.context_lines(ctx), ""]
+        atomic.write_text(args.out, "\n".join(head + lines) + "\n")
+    else:
+        js, md = bench_results.write(ctx, {"cycles": args.cycles, "rows": rows}, "\n".join(lines), title="remote_locks")
+        print(f"wrote {md} and {js.name}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
