@@ -21,12 +21,12 @@ else; no Prefect, no pyarrow, no pydantic):
 
 Run on the GPU machine (from the repository root)::
 
-    PYTHONPATH=. python3 benchmarks/fold_latency.py --json fold_latency.json
+    PYTHONPATH=. python3 -m benchmarks fold_latency --json fold_latency.json
 
 Try it on a CPU with tiny sizes (FP16 there is not a speed measurement, NOTES: the CPU provider
 computes most FP16 nodes in FP32)::
 
-    PYTHONPATH=. .venv/bin/python benchmarks/fold_latency.py --device cpu --resolution 32 \\
+    PYTHONPATH=. .venv/bin/python -m benchmarks fold_latency --device cpu --resolution 32 \\
         --width-div 16 --batch 2 --calib 4 --holdout 4 --warmup 1 --repeats 3
 
 Prints one table row per model: FP32 nodes (all / Conv+Gemm), median ms, speed-up over FP32,
