@@ -14,8 +14,9 @@ ahead of need on an executor): every check builds its own candidate and session;
 FP32 reference is filled once under a lock and replayed through a cursor per check; the memo and
 the counter are locked. Each session uses ``threads`` intra-op threads whatever the number of
 checks in flight: onnxruntime splits element-wise kernels into per-thread blocks, and the split
-changes the last bits of transcendental ops (basic-pitch's Log, measured 2026-12-06), so a thread
-count that followed the parallelism would make the scores, and so the plan, depend on it.
+changes the last bits of transcendental ops (basic-pitch's Log and outputs, measured 2026-12-06),
+so a thread count that followed the parallelism could make the scores, and so the plan, depend
+on it.
 """
 
 from __future__ import annotations
