@@ -94,3 +94,43 @@ def test_cli_run_whose_server_is_killed_exits_3_in_one_line_and_leaves_no_stagin
     assert "ERROR" not in err and "Traceback" not in err
     assert not runs.exists() or not any(runs.iterdir()), "nothing is published"
     assert not (store / "demo" / "1" / ".staging").exists(), "no staging folder is left"
+
+
+def test_prefect_errors_are_kept_off_stderr_and_their_first_cause_folded(capsys):
+    """What a lost server makes Prefect print (ERROR lines of its background services through
+    the ``prefect._internal`` stream handler, and the log shipper's direct writes, which obey
+    ``logging.raiseExceptions``) stays off stderr; the first cause joins fp16guard's line."""
+    import logging
+
+    from fp16guard.cli.prefect_log import PrefectErrorFold
+
+    internal = logging.getLogger("prefect._internal.concurrency.test-fold")
+    handler = logging.StreamHandler()  # stderr, as Prefect's "debug" handler
+    internal.addHandler(handler)
+    internal.propagate = False
+    ours = logging.getLogger("fp16guard.test-fold")
+    ours.addHandler(handler)
+    ours.propagate = False
+    try:
+        fold = PrefectErrorFold()
+        with fold:
+            assert logging.raiseExceptions is False
+            internal.error("Service %r failed to process item %r", "EventsWorker", {"payload": "x" * 500})
+            internal.error("Service %r failed to process item %r", "LogsWorker", "y")
+            ours.warning("fp16guard: kept")
+        assert logging.raiseExceptions is True
+        internal.error("after the run")
+    finally:
+        internal.removeHandler(handler)
+        ours.removeHandler(handler)
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["fp16guard: kept", "after the run"]
+    assert fold.records == 2
+    assert fold.first_cause() == "Service 'EventsWorker' failed to process item <dict>"
+
+    dog = ServerWatchdog("http://127.0.0.1:9/api", lost_s=1.0, cause=fold.first_cause)
+    dog.lost = dog.message()
+    with pytest.raises(ServerLost) as caught:
+        dog.check()
+    assert str(caught.value).endswith("(Prefect's first error: Service 'EventsWorker' failed to process item <dict>)")
+    assert "\n" not in str(caught.value)

@@ -8,8 +8,11 @@ console level settings (:func:`fp16guard.cli.commands.run.quiet_prefect_console`
 :class:`PrefectErrorFold` puts a filter on every stream handler (stderr/stdout) while the run
 goes on: records of ``prefect.*`` loggers at WARNING or above are kept back, and the first one's
 cause (its exception, else its first line, shortened) is offered for fp16guard's message. The
-Prefect API handler is left alone, so the UI still shows every log. With ``--verbose`` nothing
-is filtered.
+Prefect API handler is left alone, so the UI still shows every log. Prefect's log-shipping
+worker writes ``--- Error logging to API ---`` and the error straight to ``sys.stderr`` when
+``logging.raiseExceptions`` is set (the stdlib's default), so the fold clears that flag while it
+is active (a handler's own failure is then silent, as in a production logging setup). With
+``--verbose`` nothing is changed.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class PrefectErrorFold:
         self._mutex = threading.Lock()
         self._filter = _Filter(self)
         self._handlers: list[logging.Handler] = []
+        self._raise_exceptions: bool | None = None
 
     def _keep(self, record: logging.LogRecord) -> None:
         with self._mutex:
@@ -110,6 +114,8 @@ class PrefectErrorFold:
             logger for name, logger in list(logging.Logger.manager.loggerDict.items())
             if isinstance(logger, logging.Logger) and (name == "prefect" or name.startswith("prefect."))
         ]
+        self._raise_exceptions = logging.raiseExceptions
+        logging.raiseExceptions = False
         for logger in loggers:
             for handler in logger.handlers:
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) and handler not in self._handlers:
@@ -118,6 +124,20 @@ class PrefectErrorFold:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        from fp16guard.errors import EnvironmentFailure
+
+        if exc_type is not None and (not issubclass(exc_type, Exception) or issubclass(exc_type, EnvironmentFailure)):
+            # Interrupted, or an environment failure (a lost server): the process ends now with
+            # fp16guard's one line, and Prefect's services drain their queues at exit, which would
+            # print their errors after it. Stay on until the process ends.
+            return
+        self.restore()
+
+    def restore(self) -> None:
+        """Remove the filters and restore ``logging.raiseExceptions`` (idempotent)."""
+        if self._raise_exceptions is not None:
+            logging.raiseExceptions = self._raise_exceptions
+            self._raise_exceptions = None
         for handler in self._handlers:
             handler.removeFilter(self._filter)
         self._handlers.clear()
