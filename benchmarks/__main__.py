@@ -1,7 +1,7 @@
 """``python -m benchmarks`` lists the benchmarks; ``python -m benchmarks NAME [args]`` runs one.
 
-Exit status: the benchmark's own, or 2 with one line when NAME is unknown or the module lacks the
-harness entry point.
+Exit status: the benchmark's own, or 2 with one line when NAME is unknown, the module lacks the
+harness entry point, or a file given to it is not what it expects (``harness.results.BadInput``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except registry.BenchmarkError as exc:
         print(f"benchmarks: {exc}", file=sys.stderr)
         return 2
-    return int(module.main(argv[1:]) or 0)
+    from benchmarks.harness.results import BadInput
+
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except BadInput as exc:
+        print(f"benchmarks {argv[0]}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from benchmarks.harness.gpu import gpu_names
 
-__all__ = ["RESULTS_DIR", "Log", "commit", "context", "context_lines", "machine_description", "machine_tag", "paths", "write"]
+__all__ = ["RESULTS_DIR", "BadInput", "Log", "commit", "context", "context_lines", "machine_description", "machine_tag", "paths", "read_json", "write"]
 
 REPO = Path(__file__).resolve().parents[2]
 #: Where results go unless a benchmark is told otherwise.
@@ -115,6 +115,22 @@ def context_lines(ctx: dict) -> list[str]:
              f"- command: `{ctx['command']}`"]
     lines += [f"- {k}: {v}" for k, v in ctx.items() if k not in ("benchmark", "date", "machine", "machine_tag", "commit", "load_average", "load_average_end", "command")]
     return lines
+
+
+class BadInput(Exception):
+    """A file given to a benchmark that is not what it expects (the message is one line)."""
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON in ``path``.
+
+    Raises:
+        BadInput: the file is missing or not JSON; the message names it and ``what`` was expected.
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadInput(f"{path}: not {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def paths(ctx: dict, label: str | None = None, results_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
