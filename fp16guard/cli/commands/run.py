@@ -194,7 +194,10 @@ def execute(params, as_json: bool = False, verbose: bool = False) -> int:
     """Preflight-check ``params``, run the flow in this process and print the outcome.
 
     Bad input found before the flow starts never creates a run; the flow itself removes its
-    staging folder when it meets bad input later.
+    staging folder when it meets bad input later, and this process's staging folders are removed
+    when the run stops in any other way (Ctrl-C, SIGTERM, a lost server). Before the flow starts,
+    flow runs a killed run left RUNNING on this host are marked Crashed (:func:`mark_orphaned_runs`).
+    Prefect's own warnings and errors stay off the terminal unless ``verbose``.
     """
     from fp16guard.preflight import preflight
 
