@@ -8,8 +8,10 @@ variant, round by round (interleaved, so drift of a shared machine falls on all 
 - ``pN``: ``repair_parallel = N`` in a thread pool, each check's onnxruntime session with
   onnxruntime's own intra-op thread count (what ``tasks/plan.py`` runs);
 - ``pN-split`` (``--split``): the same with ``cores // N`` intra-op threads per check, the
-  obvious split, which makes results depend on the parallelism in their last bits (shown by
-  the plan comparison).
+  obvious split, which can make results depend on the parallelism in their last bits (the
+  thread probe below shows whether the model's are); with ``--split``, also ``p1-1thread`` (one
+  check at a time on one intra-op thread), which tells the gain of checks at once from the cost
+  of onnxruntime's intra-op threads on a loaded machine.
 
 First, the thread probe: the FP32 model on the first calibration shard with 1 and with ``cores``
 onnxruntime intra-op threads, compared output by output (bit-identical, or the largest absolute
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [(f"p{p}", p, 0) for p in args.parallel]
     if args.split:
         variants += [(f"p{p}-split", p, max(1, cores // p)) for p in args.parallel if p > 1]
+        if cores > 1 and 1 in args.parallel:
+            variants.append(("p1-1thread", 1, 1))
     log = bench_results.Log(ctx)
     record: dict = {"cores": cores, "variants": [{"name": n, "parallel": p, "threads": t} for n, p, t in variants], "models": []}
     with tempfile.TemporaryDirectory(prefix="fp16guard-bench-repair-") as work:
