@@ -6,6 +6,8 @@ from prefect import task
 
 from tasks.inputs import holdout_overlap
 
+__all__ = ["check_independent_task"]
+
 
 @task(name="check-independent")
 def check_independent_task(calib: list[dict], holdout: list[dict], allow_overlap: bool) -> None:
