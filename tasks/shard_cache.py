@@ -42,7 +42,7 @@ from tasks.caching import DIGEST_FIELD, SafeSerializer, TaskCache, _check_record
 
 __all__ = ["ShardEntries", "entries_for"]
 
-_memo: dict[tuple[str, str, int], "ShardEntries"] = {}
+_memo: dict[tuple[str, str, int, str], "ShardEntries"] = {}
 _memo_lock = threading.Lock()
 
 
@@ -50,7 +50,10 @@ def entries_for(store_url: str, name: str, task, exclude: list[str]) -> "ShardEn
     """The :class:`ShardEntries` of cache ``name`` of ``task`` in ``store_url``, made once per
     process (building a :class:`TaskCache` saves a storage block on the Prefect server: ~0.1-0.4 s,
     which every group task paid)."""
-    memo_key = (store_url, name, id(task))
+    from prefect.settings import PREFECT_API_URL
+
+    # Per server too: the storage block the records name is saved on the server in use.
+    memo_key = (store_url, name, id(task), str(PREFECT_API_URL.value()))
     with _memo_lock:
         found = _memo.get(memo_key)
         if found is None:

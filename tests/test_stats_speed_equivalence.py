@@ -179,3 +179,31 @@ def test_shard_sizes_read_one_header_per_file_size(tmp_path, demo_files, monkeyp
     monkeypatch.setattr(data, "peek_shard", real_peek)
     assert got == [groups.shard_size(ref, specs) for ref in refs]
     assert [s.samples for s in got] == [1, 1, 3, 1, 3, 2, 1]
+
+
+# ------------------------------------------------------------------------------ bulk cache entries
+def test_entries_written_in_bulk_are_prefect_entries_and_refused_when_tampered(prefect_api_url, tmp_path):
+    """An entry written by tasks.shard_cache is read back by Prefect's own result store (the
+    per-shard task sees it), and a payload changed behind its record is a miss for both readers."""
+    import json
+
+    from tasks.caching import DIGEST_FIELD, TaskCache
+    from tasks.shard_cache import entries_for
+    from tasks.stats import STATS_CACHE_EXCLUDE, shard_stats_task
+
+    store = str(tmp_path / "store")
+    entries = entries_for(store, "stats", shard_stats_task, STATS_CACHE_EXCLUDE)
+    key = entries.key({"model_sha256": "a" * 64, "shard_sha256": "b" * 64, "code": "c" * 64})
+    assert key == entries.cache.key({"model_path": "m.onnx", "model_sha256": "a" * 64, "shard_sha256": "b" * 64, "code": "c" * 64})
+    value = {"shard": "s.npz", "table": pa.table({"x": [1.0, -0.0, 2.5]}), "computed_by": "run-1"}
+    assert entries.get(key) == (False, None)
+    entries.put(key, value)
+    for found, got in (entries.get(key), entries.cache.get(key)):
+        assert found and got["computed_by"] == "run-1" and got["table"].equals(value["table"])
+    record = json.loads((tmp_path / "store" / ".cache" / "stats" / "records" / key).read_text())
+    assert record["serializer"] == {"type": "fp16guard-json"} and len(record[DIGEST_FIELD]) == 64
+    payload = tmp_path / "store" / ".cache" / "stats" / "results" / record["storage_key"]
+    payload.write_bytes(payload.read_bytes().replace(b"run-1", b"run-2"))
+    assert entries.get(key) == (False, None)
+    fresh = TaskCache(store, "stats", shard_stats_task, STATS_CACHE_EXCLUDE)  # Prefect's store keeps what it read in memory
+    assert fresh.get(key) == (False, None)
