@@ -44,6 +44,11 @@ Reductions are written without ``axes`` (all axes) and with ``keepdims=0``, whic
 from opset 1 to the newest, so no opset-specific form (attribute before 18, input from 18) is
 needed.
 
+:func:`instrument_packed` gives the same figures through two outputs (every figure a ``[1]``
+reduction, joined by one Concat; every tensor's sample step from one vector of sizes): the
+statistics pass uses it from opset 10 on, since onnxruntime's cost per node and per fetched output
+dominates on small models.
+
 :func:`constant_tensors` finds the tensors that do not depend on any graph input (weights made by
 ConstantOfShape, transposed or dequantised weights, shape arithmetic): the statistics pass
 measures them once per session instead of on every slice (:mod:`fp16guard.stats.collect`).
