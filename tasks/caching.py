@@ -51,7 +51,7 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.locking.protocol import LockManager
 from prefect.serializers import Serializer
 
-from fp16guard.io.urls import is_remote, local_path, protocol
+from fp16guard.io.urls import fsspec_options, is_remote, local_path
 from fp16guard.store.lease import LeaseLockBase
 from fp16guard.store.locks import LeaseLocks
 
@@ -334,7 +334,7 @@ def cached(store_url: str, name: str, exclude: list[str]) -> dict:
         records = _VerifiedLocalRecords(basepath=str(root / "records"), results_basepath=str(root / "results"))
     else:
         base = f"{store_url.rstrip('/')}/.cache/{name}"
-        options = _remote_options(store_url)
+        options = fsspec_options(store_url)
         results = RemoteFileSystem(basepath=f"{base}/results", settings=options)
         records = _VerifiedRemoteRecords(basepath=f"{base}/records", settings=options, results_basepath=f"{base}/results")
     # Prefect resolves result storage server-side, so the block is saved under a name derived
@@ -401,17 +401,6 @@ def lock_manager_for(store_url: str, name: str, what: str = "") -> LeaseLockMana
     folder = lock_dir_for(store_url) / name
     folder.mkdir(parents=True, exist_ok=True)
     return LeaseLockManager(folder, what=what)
-
-
-def _remote_options(store_url: str) -> dict:
-    """fsspec options for the store's file system (the S3 endpoint, as the store itself uses)."""
-    import os
-
-    options: dict = {}
-    endpoint = os.environ.get("FP16GUARD_S3_ENDPOINT_URL")
-    if protocol(store_url) in ("s3", "s3a") and endpoint:
-        options["endpoint_url"] = endpoint
-    return options
 
 
 # ---------------------------------------------------------------------------------- code digest
