@@ -233,7 +233,7 @@ class RunParameters(BaseModel):
     )
 
     model: str = Field(..., description="Path of the FP32 ONNX model (external-data files beside it), readable where the run executes.")
-    calib: list[str] = Field(..., min_length=1, description="Calibration data: .npz files, folders of them, globs, or Polygraphy JSON inputs files.")
+    calib: list[str] = Field(..., min_length=1, description="Calibration data: .npz files, folders of them, globs, or Polygraphy JSON inputs files, local or at an fsspec URL (s3://bucket/prefix).")
     holdout: list[str] = Field(..., min_length=1, description="Holdout data for verification, same formats as calib. Should not overlap calib.")
     # The pattern goes into the schema, so the Prefect server refuses a name like ../x when the
     # run is created, not when it starts.

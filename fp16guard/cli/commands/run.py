@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("model", nargs="?", help="FP32 ONNX model (before or after the options)")
-    p.add_argument("--calib", nargs="+", default=None, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON (or --data-loader-script / --calib-images)")
+    p.add_argument("--calib", nargs="+", default=None, metavar="PATH", help="calibration .npz files, folders, globs or Polygraphy JSON, local or at an fsspec URL (s3://bucket/prefix; each worker reads its own shards) (or --data-loader-script / --calib-images)")
     p.add_argument("--holdout", nargs="+", default=None, metavar="PATH", help="holdout data for verification (same formats, or --holdout-loader-script / --holdout-images)")
     p.add_argument("--name", required=True, help="model name in the store")
     add_model_version(p, required=True)

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         description="Run the FP32 model on calibration shards with in-graph reductions and write one row per float tensor (min, max, max_abs, nonfinite, shards, samples, max_shard).",
     )
     p.add_argument("model", help="FP32 ONNX model (.onnx; external data beside it)")
-    p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help=".npz files, folders of them, globs, or Polygraphy JSON inputs files")
+    p.add_argument("--calib", nargs="+", required=True, metavar="PATH", help=".npz files, folders of them, globs, or Polygraphy JSON inputs files; local or at an fsspec URL (s3://bucket/prefix)")
     p.add_argument("--out", required=True, metavar="FILE.parquet", help="where to write the reduced statistics (one row per tensor)")
     p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N", help="samples per inference call (default: whole shard; a static model batch wins)")
     p.add_argument("--shard-stats", default=None, metavar="FILE.parquet", help="also write the per-shard statistics here")
