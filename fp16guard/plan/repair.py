@@ -273,7 +273,8 @@ def repair_plan(
 
     parallel = settings.repair_parallel
     with ExitStack() as stack:
-        checker = stack.enter_context(CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin, threads))
+        # Checks at once: idle onnxruntime threads must not spin on the cores the others need.
+        checker = stack.enter_context(CalibrationChecker(model, shards, gate, batch_size, settings.repair_margin, threads, spinning=parallel <= 1))
         if parallel > 1 and executor is None:
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fp16guard-check"))
         # Entered last, left first: checks still running stop before the checker closes.

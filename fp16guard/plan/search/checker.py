@@ -166,12 +166,14 @@ class CalibrationChecker:
         threads: onnxruntime intra-op threads of every session (0, the default: onnxruntime's
             choice, one per physical core). Keep it the same whatever the number of checks
             running at once: results depend on it in the last bits (module docstring).
+        spinning: let idle onnxruntime threads spin (default True); off when checks run at once,
+            so that waiting threads leave the cores to the other checks (results unchanged).
 
     Use as a context manager (the FP32 reference session stays open between checks).
     :meth:`check` may be called from several threads at once.
     """
 
-    def __init__(self, model: onnx.ModelProto, shards: Sequence[ShardRef], gate: Gate, batch_size: int | None = None, fixed_margin: float | None = None, threads: int = 0) -> None:
+    def __init__(self, model: onnx.ModelProto, shards: Sequence[ShardRef], gate: Gate, batch_size: int | None = None, fixed_margin: float | None = None, threads: int = 0, spinning: bool = True) -> None:
         self.model = model
         self.shards = list(shards)
         self.gate = gate
@@ -182,6 +184,7 @@ class CalibrationChecker:
             per = batch_size  # keep the shard's batch whole, as verification would run it
         self.batch_size = min(per, batch_size) if batch_size and per else per
         self.threads = threads
+        self.spinning = spinning
         self.checks = 0
         self._memo: dict[frozenset[str], Check] = {}
         self._lock = threading.Lock()
@@ -191,7 +194,7 @@ class CalibrationChecker:
     def __enter__(self) -> "CalibrationChecker":
         from fp16guard.runners.onnxrt import OnnxRuntimeRunner
 
-        self._ref_runner = OnnxRuntimeRunner(self.model, providers=None, intra_op_threads=self.threads)
+        self._ref_runner = OnnxRuntimeRunner(self.model, providers=None, intra_op_threads=self.threads, spinning=self.spinning)
         self._ref_runner.__enter__()
         self._ref = _CachedReference(self._ref_runner)
         return self
@@ -233,7 +236,7 @@ class CalibrationChecker:
         candidate = to_mixed_precision(self.model, set(key), check=False)
         run_model, _ = emulated_candidate(candidate)
         slices: list[dict] = []
-        with OnnxRuntimeRunner(run_model, providers=None, intra_op_threads=self.threads) as cand_run:
+        with OnnxRuntimeRunner(run_model, providers=None, intra_op_threads=self.threads, spinning=self.spinning) as cand_run:
             report = compare_runners(self.model, reference.replay(stop), candidate, cand_run, self.shards, self.gate, self.batch_size, per_slice=slices)
         outputs = report.get("outputs", {})
         score = self.gate.score(outputs)
