@@ -207,3 +207,16 @@ def test_entries_written_in_bulk_are_prefect_entries_and_refused_when_tampered(p
     assert entries.get(key) == (False, None)
     fresh = TaskCache(store, "stats", shard_stats_task, STATS_CACHE_EXCLUDE)  # Prefect's store keeps what it read in memory
     assert fresh.get(key) == (False, None)
+
+
+def test_graph_loads_while_something_else_still_holds_a_view_of_the_file(demo_files, monkeypatch):
+    """A Dask worker's profiler samples thread frames and can hold load_graph_only's view of the
+    mapped model a moment longer (seen in a 2-worker flow: a valid model refused with
+    "BufferError: cannot close exported pointers exist"); the model still loads."""
+    from fp16guard.io import lazy_weights
+
+    held = []
+    real = lazy_weights._rewrite_model
+    monkeypatch.setattr(lazy_weights, "_rewrite_model", lambda buf, size, location: (held.append(buf[0:1]), real(buf, size, location))[1])
+    model = lazy_weights.load_graph_only(demo_files["model"])
+    assert held and model.graph.node

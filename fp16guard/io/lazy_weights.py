@@ -150,13 +150,22 @@ def load_graph_only(path: str | os.PathLike) -> onnx.ModelProto:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise _WireError("empty file")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                data = _rewrite_model(memoryview(buf), size, path.name)
+            except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model"
+                # Keep only the text: the traceback's frames hold views of the mapping, and
+                # closing it while they live raises BufferError instead (seen on text files).
+                problem = f"not protobuf: {exc}" if isinstance(exc, _WireError) else f"{type(exc).__name__}: {exc}"
+            finally:
                 try:
-                    data = _rewrite_model(memoryview(buf), size, path.name)
-                except Exception as exc:  # noqa: BLE001 - any parse failure means "not a model"
-                    # Keep only the text: the traceback's frames hold views of the mapping, and
-                    # closing it while they live raises BufferError instead (seen on text files).
-                    problem = f"not protobuf: {exc}" if isinstance(exc, _WireError) else f"{type(exc).__name__}: {exc}"
+                    buf.close()
+                except BufferError:
+                    # A view is still referenced elsewhere: a Dask worker's profiler samples every
+                    # thread's frames, and a sample holding _rewrite_model's frame keeps its view
+                    # alive (seen: "cannot close exported pointers exist" on a valid model). The
+                    # mapping is unmapped when the last view goes; the model was read.
+                    pass
         if problem is None:
             model = onnx.ModelProto.FromString(data)
     except Exception as exc:
