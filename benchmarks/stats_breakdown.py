@@ -13,27 +13,29 @@ the calling thread and barely move with the load of a shared machine (wall-clock
 * the per-shard cache of the flow (:mod:`tasks.shard_cache`, a local store on the Prefect server
   in use): the key, a miss, the payload's encoding, a write (payload and record), a hit.
 
-Writes ``benchmarks/results/stats_breakdown-<date>-<machine>.txt`` (date, machine, load, commit,
-command, one line per part).
+Writes ``benchmarks/results/stats_breakdown-<date>-<machine>.{json,md}`` (date, machine, load,
+commit, command, one line per part).
 
 Usage:
-    .venv/bin/python benchmarks/stats_breakdown.py [--shards 300] [--machine NAME]
+    .venv/bin/python -m benchmarks stats_breakdown [--shards 300] [--machine NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
+
+SUMMARY = "One shard's CPU cost in the statistics pass, part by part (read, feeds, inference, cache)"
 
 
 def _clock(items, fn) -> float:
@@ -47,11 +49,13 @@ def _clock(items, fn) -> float:
     return best
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks stats_breakdown", description=__doc__.splitlines()[0])
     ap.add_argument("--shards", type=int, default=300)
     ap.add_argument("--machine", default=f"cpu{os.cpu_count()}")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    ctx = bench_results.context("stats_breakdown", argv)
+    ctx["machine_tag"] = args.machine
 
     import numpy as np
     import onnxruntime as ort
@@ -111,24 +115,14 @@ def main() -> int:
         rows.append(("cache: put (encoding + payload + record)", _clock(list(zip(keys, values)), lambda kv: entries.put(*kv))))
         rows.append(("cache: get (hit)", _clock(keys, entries.get)))
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT).stdout.strip())
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     lines = [
-        f"# stats_breakdown — {date} — {args.machine}",
-        f"# host: {os.cpu_count()} CPUs ({cpu}), load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine)",
-        f"# commit: {commit}{'+dirty' if dirty else ''}",
-        f"# command: {' '.join([Path(sys.executable).name, *sys.argv])}",
-        f"# {args.shards} one-sample shards of the demo model; thread CPU ms per shard, 1 intra-op thread, best of 3",
+        f"{args.shards} one-sample shards of the demo model; thread CPU ms per shard, 1 intra-op thread, best of 3",
+        "",
+        "```",
         *(f"{name:58s} {ms:7.3f}" for name, ms in rows),
+        "```",
     ]
-    out = ROOT / "benchmarks" / "results" / f"stats_breakdown-{date[:10]}-{args.machine}.txt"
-    out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {out}")
+    js, md = bench_results.write(ctx, {"shards": args.shards, "cpu_ms_per_shard": dict(rows)}, "\n".join(lines), title="stats_breakdown")
+    print(f"wrote {md} and {js.name}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
