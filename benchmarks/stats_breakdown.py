@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         fetch = session._shard_fetch(len(session._varying))
         rows.append(("stats: instrumented inference (packed)", _clock(feeds, lambda f: session._runner.infer(f, fetch))))
         graph = normalize_model(load_graph_only(model))
-        with OnnxRuntimeRunner(instrument(graph, float_tensors(graph)), execution_order="priority_based", cpu_arena=False, intra_op_threads=1) as scalar:
+        with OnnxRuntimeRunner(instrument(graph, float_tensors(graph)), external_data_dir=work, execution_order="priority_based", cpu_arena=False, intra_op_threads=1) as scalar:
             names = scalar.output_names
             rows.append(("stats: instrumented inference (one output per figure)", _clock(feeds, lambda f: scalar.infer(f, names))))
         rows.append(("stats: StatsSession.run, all of it", _clock(refs, session.run)))
