@@ -122,6 +122,24 @@ def flow_variant(stats_only, model: str, folder: Path, store: Path, out: Path, e
     return result
 
 
+def _sample_shards(sample: str, folder: Path, n: int) -> list[Path]:
+    """``n`` one-sample shards from sample 0 of ``sample``, each perturbed by seeded noise of 1e-3
+    of the input's spread, so that shards differ (each its own content digest and cache entry)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with np.load(sample) as z:
+        base = {k: z[k][:1] for k in z.files}
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(n):
+        feeds = {k: (v + rng.normal(0, 1e-3 * (float(v.std()) or 1.0), v.shape)).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in base.items()}
+        path = folder / f"{i:05d}.npz"
+        np.savez(path, **feeds)
+        paths.append(path)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards", nargs="+", type=int, default=[300])
@@ -129,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", nargs="*", type=int, default=[16, 64], help="extra group sizes (samples) for the threads runner, at the first shard count")
     ap.add_argument("--machine", default=f"cpu{os.cpu_count()}")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--model", default=None, help="an ONNX model to use instead of the demo model (with --sample)")
+    ap.add_argument("--sample", default=None, help="a .npz of the model's inputs; sample 0 (first axis) is perturbed per shard (seeded) so that every shard has its own content and cache key")
     args = ap.parse_args(argv)
 
     from fp16guard.cli.commands.run import quiet_prefect_console
@@ -141,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 
     api_url, local = ensure_api()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="flow_scale-"))
-    model = str(examples.save_model("demo", work / "demo.onnx"))
+    if bool(args.model) != bool(args.sample):
+        ap.error("--model and --sample go together")
+    model = args.model or str(examples.save_model("demo", work / "demo.onnx"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT).stdout.strip())
     record = {
@@ -154,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_at_start": os.getloadavg(),
         "commit": commit + ("+dirty" if dirty else ""),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "model": "fp16guard.examples demo (small CNN), CPU",
+        "model": f"{Path(args.model).name} (sample 0 of {Path(args.sample).name}, perturbed per shard), CPU" if args.model else "fp16guard.examples demo (small CNN), CPU",
         "results": [],
     }
     stats_only = make_stats_flow()
     with temporary_settings({PREFECT_API_URL: api_url} if local else {}):
         for n in args.shards:
             folder = work / f"shards-{n}"
-            shards = examples.write_shards("demo", folder, n, 1, seed=7)
+            shards = _sample_shards(args.sample, folder, n) if args.sample else examples.write_shards("demo", folder, n, 1, seed=7)
             row: dict = {"shards": n, "samples_per_shard": 1, "variants": {}}
             v = row["variants"]
 
