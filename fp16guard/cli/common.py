@@ -113,6 +113,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-fp32-ops", nargs="+", default=[], metavar="OP", help="op types that stay FP32 (each must be in the model)")
     p.add_argument("--force-fp16-nodes", metavar="REGEX", help="nodes whose name matches are built in FP16 regardless")
     p.add_argument("--no-repair", action="store_true", help="do not search the FP32 set on calibration data (default: the all-FP16 build first, pin where the error comes from until the gate passes, give back what is not needed)")
+    p.add_argument("--repair-parallel", type=int, default=1, metavar="N", help="candidate checks of the FP32-set search run at once (threads; default 1). The plan is the same for any N: the search consumes the results in its one-at-a-time order")
     p.add_argument(
         "--strategy",
         choices=("auto", "pin", "fold"),

@@ -117,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
         force_fp32_ops=args.force_fp32_ops,
         force_fp16_nodes=args.force_fp16_nodes,
         repair=not args.no_repair,
+        plan_options={"repair_parallel": args.repair_parallel},
         batch_size=args.batch_size,
         backend=args.backend,
         profile=not args.no_profile,

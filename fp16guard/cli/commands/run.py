@@ -133,6 +133,7 @@ def parameters_from_args(args: argparse.Namespace):
                 "repair": not getattr(args, "no_repair", False),
                 "repair_max_iterations": getattr(args, "repair_max_iterations", 8),
                 "repair_max_seconds": getattr(args, "repair_max_seconds", 1200.0),
+                "repair_parallel": getattr(args, "repair_parallel", 1),
                 "strategy": getattr(args, "strategy", "auto"),
             },
             "verify": {"max_rel_error": args.max_rel_error, "min_cosine": args.min_cosine, "output_gates": parse_gates(getattr(args, "gate", []))},
