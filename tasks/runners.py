@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from fp16guard.stats.collect import STATS_THREADS
+
 __all__ = ["FanOut", "RunnerChoice", "stats_runner", "describe"]
 
 #: Local Dask workers when none is set: the CPU count, at most this many.
@@ -37,7 +39,9 @@ class RunnerChoice:
         runner: the Prefect task runner (not yet entered).
         kind: ``threads``, ``dask`` or ``dask-cuda``.
         workers: tasks that run at once (0: unknown, an existing cluster).
-        threads: onnxruntime intra-op threads per session (0: onnxruntime's choice).
+        threads: onnxruntime intra-op threads per statistics session: always
+            :data:`fp16guard.stats.collect.STATS_THREADS` (one), whatever the worker count, since
+            onnxruntime's results depend on its thread count (the session pins it too).
         device_per_worker: each worker has a GPU of its own (dask-cuda), so timings may run at
             once; otherwise the profile's batches are timed one after another.
     """
@@ -67,8 +71,7 @@ def stats_runner(execution) -> RunnerChoice:
         from prefect.task_runners import ThreadPoolTaskRunner
 
         workers = execution.workers or 1
-        threads = 0 if workers == 1 else max(1, _cpus() // workers)
-        return RunnerChoice(ThreadPoolTaskRunner(max_workers=workers), "threads", workers, threads)
+        return RunnerChoice(ThreadPoolTaskRunner(max_workers=workers), "threads", workers, STATS_THREADS)
     from fp16guard.cluster import check_runner
 
     check_runner(execution)
@@ -76,14 +79,14 @@ def stats_runner(execution) -> RunnerChoice:
 
     kind = execution.task_runner
     if execution.dask_address:
-        return RunnerChoice(DaskTaskRunner(address=execution.dask_address), kind, 0, 0, device_per_worker=kind == "dask-cuda")
+        return RunnerChoice(DaskTaskRunner(address=execution.dask_address), kind, 0, STATS_THREADS, device_per_worker=kind == "dask-cuda")
     if kind == "dask-cuda":
         from fp16guard.cluster import cuda_cluster_kwargs, visible_gpus
 
         kwargs = cuda_cluster_kwargs(visible_gpus(), execution.workers)
         workers = kwargs["n_workers"]
         runner = DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs)
-        return RunnerChoice(runner, kind, workers, max(1, _cpus() // workers), device_per_worker=True)
+        return RunnerChoice(runner, kind, workers, STATS_THREADS, device_per_worker=True)
     workers = execution.workers or max(1, min(MAX_DEFAULT_DASK_WORKERS, _cpus()))
     cluster_kwargs = {
         "n_workers": workers,
@@ -93,7 +96,7 @@ def stats_runner(execution) -> RunnerChoice:
         "memory_limit": 0,  # onnxruntime sessions are the work: no Dask memory pauses
     }
     runner = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs)
-    return RunnerChoice(runner, "dask", workers, max(1, _cpus() // workers))
+    return RunnerChoice(runner, "dask", workers, STATS_THREADS)
 
 
 def describe(choice: RunnerChoice, execution) -> str:

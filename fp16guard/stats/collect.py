@@ -17,6 +17,18 @@ Non-finite values (docs/NUMERICS.md): NaN/inf in an FP32 tensor that is *not* a 
 (TensorFlow's ``div_no_nan``, an additive ``-inf`` attention mask before Softmax) is data: it is
 counted per tensor and shard (``nonfinite``) and the planner keeps the nodes touching it FP32.
 Only NaN/inf in a graph output of the FP32 model is a data error (:class:`NonFiniteError`).
+
+Every session here runs on :data:`STATS_THREADS` (one) onnxruntime intra-op thread, whatever the
+caller asks, so the figures do not depend on the worker count or the host's cores (issue 18 item
+4). The cause is onnxruntime's own kernels, not the instrumentation: an elementwise op split over
+``t`` threads computes the elements at each chunk's end by a scalar path whose result can differ
+by an ulp from the vectorised one (measured with onnxruntime 1.32 on the 2-core AMD EPYC VM,
+2026-12-07: ``Log`` and ``Softplus`` differ between 1 and 2 threads in 1-4 elements of ~100k;
+basic-pitch's ``normalized_log`` Log does, so its ``subnormal_abs_sum`` differed), and every
+statistic downstream of such a tensor may follow. The reductions themselves were not split (a
+``ReduceSum`` over all axes of up to 10M elements gave the same bits on 1, 2 and 4 threads), and
+on one thread no kernel is split at all. Parallelism comes from measuring shards at once
+(``tasks/runners.py``), which costs less CPU per shard than intra-op threads.
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ from fp16guard.stats.schema import (  # noqa: F401  (re-exported: the public sta
 )
 
 __all__ = [
+    "STATS_THREADS",
     "StatsSession",
     "shard_stats",
     "reduce_stats",
@@ -73,6 +86,9 @@ __all__ = [
     "write_shard_stats",
 ]
 
+#: onnxruntime intra-op threads of every statistics session (per-shard, constants, exact counts):
+#: the figures are defined on one thread, so they cannot depend on the worker count or the host.
+STATS_THREADS = 1
 #: Underflow columns, in the order the per-slice arrays are kept.
 _UNDERFLOW_COLUMNS = ("nonzero", "subnormal", "min_nonzero_abs", "examined", "abs_sum", "subnormal_abs_sum")
 
@@ -89,9 +105,10 @@ class StatsSession:
         batch_size: samples per inference call when the model's batch is dynamic; default: the
             whole shard. A static batch in the model always wins (slices of that size).
         providers: onnxruntime execution providers; default CPU.
-        intra_op_threads: onnxruntime threads per operator of the per-shard session; 0 (default):
-            onnxruntime's choice (every core). Several sessions on one host (Dask workers) share
-            the cores instead of oversubscribing them. The statistics do not depend on it.
+        intra_op_threads: ignored (kept so existing callers still work): every session runs on
+            :data:`STATS_THREADS` threads, since onnxruntime's elementwise kernels give results
+            that depend on the thread count (see the module docstring). Measure shards at once
+            (several sessions) for parallelism.
 
     Example:
         >>> with StatsSession("model.onnx") as session:
@@ -104,7 +121,8 @@ class StatsSession:
         self.model_path = Path(model_path)
         self.batch_size = batch_size
         self.providers = providers
-        self.intra_op_threads = max(0, int(intra_op_threads))
+        del intra_op_threads  # see the docstring: the figures are defined on STATS_THREADS
+        self.intra_op_threads = STATS_THREADS
         model = normalize_model(load_graph_only(self.model_path))
         self.specs = input_specs(model)
         self.tensors: list[TensorInfo] = float_tensors(model)
@@ -141,7 +159,7 @@ class StatsSession:
             # right after its producer (measured on VGG-19: inference 1.35x -> ~1.0x a plain pass).
             execution_order="priority_based",
             cpu_arena=False,  # the arena fragments around the many scalar outputs (runners.onnxrt)
-            intra_op_threads=self.intra_op_threads,
+            intra_op_threads=STATS_THREADS,  # figures independent of the thread count
         )
         self._runner.activate()
         return self
@@ -186,6 +204,7 @@ class StatsSession:
                 optimization="disable",  # see constant_model: folding it all at creation costs GiBs
                 execution_order="priority_based",
                 cpu_arena=False,
+                intra_op_threads=STATS_THREADS,
             ) as runner:
                 values = runner.infer({}, self._fetch(len(chosen)))
             part = self._figures(values, len(chosen))
@@ -397,7 +416,7 @@ class StatsSession:
         # No feeds: the constant tensors, measured by a model of their own.
         counted = instrument(self._model, picked, exact_counts=True) if feeds else constant_model(self._model, picked, exact_counts=True)
         optimization = "all" if feeds else "disable"  # constants: see constant_model
-        with OnnxRuntimeRunner(counted, providers=self.providers, external_data_dir=self.model_path.parent, optimization=optimization) as runner:
+        with OnnxRuntimeRunner(counted, providers=self.providers, external_data_dir=self.model_path.parent, optimization=optimization, intra_op_threads=STATS_THREADS) as runner:
             values = runner.infer(feeds, [output_names(j)[2] for j in range(len(picked))])
         found = {int(k): int(values[output_names(j)[2]]) for j, k in enumerate(suspects)}
         return {k: c for k, c in found.items() if c}
