@@ -75,3 +75,12 @@ def run_cli(args: list[str], env: dict | None = None, api_url: str | None = None
         [sys.executable, "-m", "fp16guard.cli.main", *args],
         capture_output=True, text=True, timeout=timeout, env=full_env, cwd=str(REPO),
     )
+
+
+def flow_run_line(proc) -> str:
+    """The ``flow run: <url>`` line of a running ``fp16guard run`` (lines before it, such as a
+    predecessor marked Crashed, are skipped); '' when stdout ends first."""
+    for line in proc.stdout:
+        if line.startswith("flow run: "):
+            return line
+    return ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fp16guard.cli.watchdog import ServerLost, ServerWatchdog
+from conftest import flow_run_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def test_cli_run_whose_server_is_killed_exits_3_in_one_line_and_leaves_no_stagin
     records = store / ".cache" / "stats" / "records"
     runs = store / "demo" / "1" / "runs"
     try:
-        line = _flow_run_line(proc)  # once the flow is running
+        line = flow_run_line(proc)  # once the flow is running
         assert line.startswith("flow run: "), (line, proc.stderr.read() if proc.poll() is not None else "")
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
@@ -134,12 +135,3 @@ def test_prefect_errors_are_kept_off_stderr_and_their_first_cause_folded(capsys)
         dog.check()
     assert str(caught.value).endswith("(Prefect's first error: Service 'EventsWorker' failed to process item <dict>)")
     assert "\n" not in str(caught.value)
-
-
-def _flow_run_line(proc) -> str:
-    """The ``flow run: <url>`` line of a running ``fp16guard run`` (lines before it, such as a
-    predecessor marked Crashed, are skipped); '' when stdout ends first."""
-    for line in proc.stdout:
-        if line.startswith("flow run: "):
-            return line
-    return ""

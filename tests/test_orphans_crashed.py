@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, flow_run_line, run_cli
 
 
 def _dead_pid() -> int:
@@ -70,7 +70,7 @@ def test_a_sigkilled_run_is_marked_crashed_by_the_next_run(prefect_api_url, demo
     )
     records = store / ".cache" / "stats" / "records"
     try:
-        line = _flow_run_line(proc)  # once the flow is running
+        line = flow_run_line(proc)  # once the flow is running
         assert line.startswith("flow run: "), line
         first = line.strip().rsplit("/", 1)[-1]
         deadline = time.monotonic() + 240
@@ -181,12 +181,3 @@ def test_the_next_run_sweeps_stale_locks_no_key_asks_for_again(prefect_api_url, 
     assert [Path(p).name for p, _ in removed] == ["group-old.lock"] and "is gone" in removed[0][1]
     assert sorted(p.name for p in folder.glob("*.lock")) == ["live.lock"]
     assert _state(orphan) == "CRASHED"
-
-
-def _flow_run_line(proc) -> str:
-    """The ``flow run: <url>`` line of a running ``fp16guard run`` (lines before it, such as a
-    predecessor marked Crashed, are skipped); '' when stdout ends first."""
-    for line in proc.stdout:
-        if line.startswith("flow run: "):
-            return line
-    return ""

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, flow_run_line
 
 
 def _start_run(demo_files, store, api_url) -> subprocess.Popen:
@@ -31,7 +31,7 @@ def test_sigint_mid_run_exits_130_and_leaves_no_staging(prefect_api_url, demo_fi
     records = store / ".cache" / "stats" / "records"
     version = store / "demo" / "1"
     try:
-        line = _flow_run_line(proc)  # once the flow is running
+        line = flow_run_line(proc)  # once the flow is running
         assert line.startswith("flow run: "), (line, proc.stderr.read() if proc.poll() is not None else "")
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
@@ -49,12 +49,3 @@ def test_sigint_mid_run_exits_130_and_leaves_no_staging(prefect_api_url, demo_fi
     assert [l for l in err.splitlines() if l.strip()] == ["fp16guard: interrupted"], err
     assert not (version / "runs").exists() or not any((version / "runs").iterdir()), "nothing is published"
     assert not (version / ".staging").exists(), f"a staging folder is left: {list((version / '.staging').rglob('*'))}"
-
-
-def _flow_run_line(proc) -> str:
-    """The ``flow run: <url>`` line of a running ``fp16guard run`` (lines before it, such as a
-    predecessor marked Crashed, are skipped); '' when stdout ends first."""
-    for line in proc.stdout:
-        if line.startswith("flow run: "):
-            return line
-    return ""
