@@ -2,13 +2,15 @@
 ``gpu_gain`` result (per model: FP32 nodes, FP16 share of FLOPs, gate, holdout error, seconds,
 GPU gain kept at batch 1 and 16).
 
-    .venv/bin/python -m benchmarks.final_table CPU.json [CPU2.json ...] --gpu GPU.json [--gpu GPU2.json] --out FILE.md
+    .venv/bin/python -m benchmarks final_table CPU.json [CPU2.json ...] --gpu GPU.json [--gpu GPU2.json] --out FILE.md
+
+Every input keeps its own date, machine, commit and command in the table's head (the GPU runs'
+with their load average); this step measures nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ SUMMARY = "One table: a real_models_lib result joined with gpu_gain results (FP3
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.harness import results as bench_results  # noqa: E402
 from benchmarks.real_models.lib_run import row_cells  # noqa: E402
 
 
@@ -41,19 +44,21 @@ def _gpu_cells(m: dict | None, missing: str = "not timed") -> tuple[str, str, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks final_table", description=__doc__.split("\n\n")[0])
     p.add_argument("cpu", nargs="+")
     p.add_argument("--gpu", action="append", default=[])
     p.add_argument("--out")
     p.add_argument("--gpu-missing", default="not timed", help="cell text for models without a GPU figure")
     p.add_argument("--note", action="append", default=[], help="a line added under the header")
     args = p.parse_args(argv)
-    cpu_records = [json.loads(Path(c).read_text()) for c in args.cpu]
+    cpu_records = [bench_results.read_json(c, "a real_models_lib result (JSON)") for c in args.cpu]
     gpu = {}
     gpu_heads = []
     for g in args.gpu:
-        r = json.loads(Path(g).read_text())
-        gpu_heads.append(f"{r.get('device')}, onnxruntime-gpu {r.get('onnxruntime')} (`{g}`)")
+        r = bench_results.read_json(g, "a gpu_gain time result (JSON)")
+        ctx = r.get("context") or {}
+        run = f"; {ctx['date']}, commit {ctx['commit']}, load {ctx['load_average']}, `{ctx['command']}`" if ctx else ""
+        gpu_heads.append(f"{r.get('device')}, onnxruntime-gpu {r.get('onnxruntime')} (`{g}`{run})")
         for m in r["models"]:
             gpu[m["name"]] = m
     lines = ["# Real models with default settings — CPU verification and GPU gain kept", ""]
@@ -84,10 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", *notes]
     text = "\n".join(lines) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        from fp16guard.io import atomic
+
+        atomic.write_text(args.out, text)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

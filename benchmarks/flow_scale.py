@@ -20,31 +20,30 @@ Per-shard overhead of a flow variant = (its time - plain's time) / shards; the t
 20% of plain's per-shard time. Every flow variant's stats.parquet is compared byte for byte.
 
 Results go to ``benchmarks/results/flow_scale-<date>-<machine>.{json,md}`` with the date, machine,
-commit and command.
+commit, load average and command (``--machine`` names the file's machine tag).
 
 Usage:
-    .venv/bin/python benchmarks/flow_scale.py [--shards 300 3000] [--dask-workers 1 2 4] [--sweep 16 64] [--machine NAME]
+    .venv/bin/python -m benchmarks flow_scale [--shards 300 3000] [--dask-workers 1 2 4] [--sweep 16 64] [--machine NAME]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.harness import results as bench_results  # noqa: E402
 
 SUMMARY = "The statistics pass over many one-sample shards: plain onnxruntime, fp16guard stats, the flow"
-sys.path.insert(0, str(ROOT))
 
 
 def _sha(path: Path) -> str:
@@ -141,7 +140,7 @@ def _sample_shards(sample: str, folder: Path, n: int) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks flow_scale", description=__doc__.splitlines()[0])
     ap.add_argument("--shards", nargs="+", type=int, default=[300])
     ap.add_argument("--dask-workers", nargs="+", type=int, default=[1, 2, 4])
     ap.add_argument("--sweep", nargs="*", type=int, default=[16, 64], help="extra group sizes (samples) for the threads runner, at the first shard count")
@@ -164,21 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.model) != bool(args.sample):
         ap.error("--model and --sample go together")
     model = args.model or str(examples.save_model("demo", work / "demo.onnx"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT).stdout.strip())
-    record = {
-        "benchmark": "flow_scale",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": args.machine,
-        "host": socket.gethostname(),
-        "cpus": os.cpu_count(),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor(),
-        "load_avg_at_start": os.getloadavg(),
-        "commit": commit + ("+dirty" if dirty else ""),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "model": f"{Path(args.model).name} (sample 0 of {Path(args.sample).name}, perturbed per shard), CPU" if args.model else "fp16guard.examples demo (small CNN), CPU",
-        "results": [],
-    }
+    ctx = bench_results.context("flow_scale", argv)
+    ctx["machine_tag"] = args.machine
+    record = {"model": f"{Path(args.model).name} (sample 0 of {Path(args.sample).name}, perturbed per shard), CPU" if args.model else "fp16guard.examples demo (small CNN), CPU", "results": []}
     stats_only = make_stats_flow()
     with temporary_settings({PREFECT_API_URL: api_url} if local else {}):
         for n in args.shards:
@@ -215,15 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             row["stats_per_shard_ms"] = round(1000 * library / n, 2)
             record["results"].append(row)
 
-    out_dir = ROOT / "benchmarks" / "results"
-    stem = f"flow_scale-{record['date'][:10]}-{args.machine}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
-        f"# flow_scale — {record['date']} — {args.machine}",
-        "",
-        f"- host: {record['host']}, {record['cpus']} CPUs ({record['cpu_model']}), load average at start {', '.join(f'{x:.2f}' for x in record['load_avg_at_start'])} (shared machine)",
-        f"- commit: {record['commit']}",
-        f"- command: `{record['command']}`",
         f"- model: {record['model']}; shards of one sample; fresh store per flow variant (nothing cached) except the last row",
         "- time: the statistics pass only (flow variants: `statistics_pass`, i.e. grouping, task runs, cache, Dask cluster start); `flow s`: the whole stats-only flow (fingerprint, discover with shard hashing, reduce)",
         "- overhead: (variant - plain) / plain, per shard; target <= 0.20",
@@ -239,10 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, e in row["variants"].items():
             lines.append(f"| {name} | {e['seconds']:.2f} | {e.get('flow_s', '')} | {e.get('overhead_per_shard_ms', '')} | {e.get('overhead_vs_plain_per_shard', '')} | {e.get('overhead_vs_stats_per_shard_ms', '')} | {e.get('identical', '')} |")
         lines.append("")
-    (out_dir / f"{stem}.md").write_text("\n".join(lines))
-    print(f"wrote {out_dir / stem}.json and .md")
+    js, md = bench_results.write(ctx, record, "\n".join(lines), title="flow_scale")
+    print(f"wrote {md} and {js.name}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

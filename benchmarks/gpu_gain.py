@@ -23,11 +23,13 @@ gain kept = (t_fp32 − t_artifact) / (t_fp32 − t_fp16), reported only where a
 Usage::
 
     # here: bundle a lib_run result (FP32 models, plans, samples) into a folder
-    .venv/bin/python -m benchmarks.gpu_gain pack benchmarks/results/real_models_lib-...json --out .gpu_bundle
+    .venv/bin/python -m benchmarks gpu_gain pack benchmarks/results/real_models_lib-...json --out .gpu_bundle
     # on the GPU machine:
-    python3 -m benchmarks.gpu_gain time .gpu_bundle --out $OUT/gpu_gain.json
-    # here: the table
-    .venv/bin/python -m benchmarks.gpu_gain render gpu_gain.json --out benchmarks/results/gpu_gain-....md
+    python3 -m benchmarks gpu_gain time .gpu_bundle --out $OUT/gpu_gain.json
+    # here: the table (with the GPU run's date, machine, commit, load and command)
+    .venv/bin/python -m benchmarks gpu_gain render gpu_gain.json --out benchmarks/results/gpu_gain-....md
+
+``bash benchmarks/gpu_gain_calls.sh`` prints the device calls for a lent GPU machine.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.harness import gpu, timing  # noqa: E402
+from benchmarks.harness import results as bench_results  # noqa: E402
 
 SUMMARY = "GPU gain kept: FP32, all-FP16 and artifact of each real model timed on onnxruntime-gpu"
 
@@ -61,13 +65,13 @@ def pack(result_json: str, out: str, models: list[str] | None = None, max_mb: fl
     stopping before ``max_mb``); with ``code`` (a git revision), that commit's ``fp16guard/`` and
     ``tasks/`` into ``out/code/`` so the GPU machine rebuilds the artifacts with the code that made
     them (put ``out/code`` first on PYTHONPATH there)."""
-    record = json.loads(Path(result_json).read_text())
+    record = bench_results.read_json(result_json, "a real_models_lib result (JSON)")
     dest = Path(out)
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     if code:
+        from benchmarks.harness.code import export_code
         from benchmarks.real_models.fetch import cache_dir
-        from benchmarks.real_models.run import export_code
 
         src, sha = export_code(code, cache_dir())
         for part in ("fp16guard", "tasks"):
@@ -129,46 +133,6 @@ def _feeds_at(sample: dict, specs, batch: int) -> tuple[dict, int | None]:
     return out, real
 
 
-class _Timed:
-    """One session with IOBinding; inputs rebound per batch."""
-
-    def __init__(self, model, providers, device: str = "cuda"):
-        import onnxruntime as ort
-
-        self.device = device
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        payload = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-        self.session = ort.InferenceSession(payload, opts, providers=providers)
-        self.providers = self.session.get_providers()
-        self.binding = None
-
-    def bind(self, feeds: dict) -> None:
-        import onnxruntime as ort
-
-        s = self.session
-        b = s.io_binding()
-        for meta in s.get_inputs():
-            arr = np.asarray(feeds[meta.name])
-            if meta.type == "tensor(float16)":
-                arr = arr.astype(np.float16)
-            elif meta.type == "tensor(float)":
-                arr = arr.astype(np.float32)
-            b.bind_ortvalue_input(meta.name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), self.device, 0))
-        for meta in s.get_outputs():
-            b.bind_output(meta.name, self.device)
-        self.binding = b
-
-    def run(self, n: int) -> list[float]:
-        out = []
-        for _ in range(n):
-            t = time.perf_counter()
-            self.session.run_with_iobinding(self.binding)
-            self.binding.synchronize_outputs()
-            out.append((time.perf_counter() - t) * 1e3)
-        return out
-
-
 def _gain(t32: float, t16: float, tart: float) -> tuple[float | None, str]:
     if t16 * FASTER > t32:
         return None, f"FP16 not ≥10% faster ({t32 / t16:.2f}×)"
@@ -176,29 +140,26 @@ def _gain(t32: float, t16: float, tart: float) -> tuple[float | None, str]:
     return kept, f"{100 * kept:.0f}%"
 
 
-def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters: int = 20, models: list[str] | None = None, cpu: bool = False) -> dict:
+def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters: int = 20, models: list[str] | None = None, cpu: bool = False,
+                ctx: dict | None = None) -> dict:
     import onnxruntime as ort
 
     if (Path(bundle) / "code" / "fp16guard").is_dir():
         sys.path.insert(0, str((Path(bundle) / "code").resolve()))  # the code that made the plans
     from fp16guard.graph.convert import to_mixed_precision
+    from fp16guard.io import atomic
     from fp16guard.io.model import input_specs, load_graph, load_model, save_model
     from fp16guard.plan.strategies import model_for_plan
 
     providers = ["CPUExecutionProvider"] if cpu else ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    device = "cpu" if cpu else "cuda"
     root = Path(bundle)
     import fp16guard
 
-    result: dict = {"bundle": json.loads((root / "bundle.json").read_text()), "onnxruntime": ort.__version__,
+    result: dict = {"context": ctx, "bundle": json.loads((root / "bundle.json").read_text()), "onnxruntime": ort.__version__,
                     "fp16guard_from": str(Path(fp16guard.__file__).parent),
                     "available_providers": ort.get_available_providers(), "models": []}
-    try:
-        import torch
-
-        result["device"] = torch.cuda.get_device_name(0)
-    except Exception as exc:  # torch is only used for the name
-        result["device"] = f"? ({exc})"
+    names = gpu.gpu_names()
+    result["device"] = names[0] if names else ("CPU (dry run)" if cpu else "no GPU seen by nvidia-smi")
     result["settings"] = {"warmup": warmup, "rounds": rounds, "iters": iters, "batches": list(BATCHES), "tf32": "onnxruntime default (use_tf32=1)"}
     print(f"device {result['device']}, onnxruntime {ort.__version__}", flush=True)
     for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / "meta.json").exists()):
@@ -222,9 +183,10 @@ def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters:
             fp16 = to_mixed_precision(load_model(str(d / "model.onnx")), set(), check=False)
             specs = input_specs(load_graph(str(d / "model.onnx")))
             sample = dict(np.load(d / "sample.npz"))
-            builds = {"fp32": _Timed(str(d / "model.onnx"), providers, device), "fp16": _Timed(fp16, providers, device),
-                      "artifact": _Timed(built["path"], providers, device)}
-            rec["providers"] = {k: v.providers[:1] for k, v in builds.items()}
+            # onnxruntime's defaults (TF32 on for FP32, as a deployment runs it): plain provider names.
+            builds = {k: gpu.BoundSession(gpu.session(m, providers)) for k, m in
+                      (("fp32", str(d / "model.onnx")), ("fp16", fp16), ("artifact", built["path"]))}
+            rec["providers"] = {k: v.session.get_providers()[:1] for k, v in builds.items()}
             seen_batches = set()
             for batch in BATCHES:
                 feeds, real = _feeds_at(sample, specs, batch)
@@ -233,14 +195,9 @@ def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters:
                     rec["batches"].append({"batch": batch, "same_as_previous": True, "real_batch": real})
                     continue
                 seen_batches.add(key)
-                times: dict[str, list[float]] = {k: [] for k in builds}
-                for k, b in builds.items():
-                    b.bind(feeds)
-                    b.run(warmup)
-                for _ in range(rounds):
-                    for k, b in builds.items():
-                        times[k] += b.run(iters)
-                med = {k: statistics.median(v) for k, v in times.items()}
+                timed = timing.interleaved({k: b.bind(feeds).run for k, b in builds.items()}, warmup, rounds, iters)
+                times = {k: t.samples_ms for k, t in timed.items()}
+                med = {k: t.median_ms for k, t in timed.items()}
                 kept, text = _gain(med["fp32"], med["fp16"], med["artifact"])
                 row = {"batch": batch, "real_batch": real, "fp32_ms": med["fp32"], "fp16_ms": med["fp16"], "artifact_ms": med["artifact"],
                        "fp16_speedup": med["fp32"] / med["fp16"], "artifact_speedup": med["fp32"] / med["artifact"], "gain_kept": kept, "gain_text": text,
@@ -254,7 +211,7 @@ def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters:
             rec["traceback"] = traceback.format_exc()[-2000:]
             print(f"{d.name}: {rec['error']}", flush=True)
         rec["seconds"] = round(time.monotonic() - t0, 1)
-        Path(out).write_text(json.dumps(result, indent=1, default=str))
+        atomic.write_text(out, json.dumps(result, indent=1, default=str))  # after every model: a killed run keeps what it timed
     return result
 
 
@@ -262,16 +219,17 @@ def time_bundle(bundle: str, out: str, warmup: int = 15, rounds: int = 5, iters:
 
 
 def render(result_json: str, out: str | None = None) -> str:
-    r = json.loads(Path(result_json).read_text())
+    r = bench_results.read_json(result_json, "a gpu_gain time result (JSON)")
     b = r.get("bundle") or {}
     lines = [
         f"# GPU gain kept — {r.get('device')}, onnxruntime-gpu {r.get('onnxruntime')}",
         "",
         f"- Plans and artifacts from: `{b.get('source')}` (label {b.get('label')}, {b.get('when')}, commit {b.get('commit')})",
         f"- Timing: CUDA EP defaults (FP32 with TF32), IOBinding, {r['settings']['warmup']} warm-up runs, "
-        f"{r['settings']['rounds']} interleaved rounds × {r['settings']['iters']} runs, medians (`benchmarks/gpu_gain.py`).",
+        f"{r['settings']['rounds']} interleaved rounds × {r['settings']['iters']} runs, medians (`python -m benchmarks gpu_gain`).",
         "- gain kept = (t_fp32 − t_artifact) / (t_fp32 − t_fp16) where all-FP16 is ≥10% faster than FP32.",
         f"- Not timed (bundle size limit): {', '.join(b.get('skipped_for_size') or []) or 'none'}",
+        *(bench_results.context_lines(r["context"]) if r.get("context") else []),
         "",
         "| model | FP32 nodes | batch | FP32 ms | all-FP16 ms | artifact ms | FP16 speed-up | artifact speed-up | gain kept |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -291,12 +249,14 @@ def render(result_json: str, out: str | None = None) -> str:
                          f"{row['artifact_ms']:.3f} | {row['fp16_speedup']:.2f}× | {row['artifact_speedup']:.2f}× | {row['gain_text']} |")
     text = "\n".join(lines) + "\n"
     if out:
-        Path(out).write_text(text)
+        from fp16guard.io import atomic
+
+        atomic.write_text(out, text)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks gpu_gain", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack")
     a.add_argument("result_json")
@@ -319,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "pack":
         pack(args.result_json, args.out, args.models, args.max_mb, args.code)
     elif args.cmd == "time":
-        time_bundle(args.bundle, args.out, args.warmup, args.rounds, args.iters, args.models, args.cpu)
+        time_bundle(args.bundle, args.out, args.warmup, args.rounds, args.iters, args.models, args.cpu, bench_results.context("gpu_gain", argv))
     else:
         print(render(args.result_json, args.out))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

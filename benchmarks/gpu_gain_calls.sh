@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare benchmarks/gpu_gain.py for the lent GPU machine in 4 device calls instead of 5.
+# Prepare `python -m benchmarks gpu_gain` for the lent GPU machine in 4 device calls instead of 5.
 #
 # onnxruntime-gpu 1.31.1's wheel (~255 MB) is repacked without its TensorRT provider (TensorRT is
 # absent there anyway) as tar.xz (~204 MB), split into 56 MiB parts under .big/ (git-ignored), and
@@ -25,7 +25,7 @@ if ! ls .big/ortxz.part00 >/dev/null 2>&1; then
 fi
 grep -qx '/.gpu_bundle\*/' .git/info/exclude 2>/dev/null || echo '/.gpu_bundle*/' >> .git/info/exclude
 rm -rf .gpu_bundle_d
-.venv/bin/python -m benchmarks.gpu_gain pack "$RESULT" --out .gpu_bundle_d --code "$REV" --max-mb 26 ${MODELS:+--models "${MODELS[@]}"}
+.venv/bin/python -m benchmarks gpu_gain pack "$RESULT" --out .gpu_bundle_d --code "$REV" --max-mb 26 ${MODELS:+--models "${MODELS[@]}"}
 n=$(ls .big/ortxz.part* | wc -l); last=$(printf '.big/ortxz.part%02d' $((n-1)))
 cat <<MSG
 Calls (kind nvidia-h200 takes an H100 or an H200), back to back:
@@ -33,6 +33,7 @@ $(for i in $(seq 0 $((n-2))); do p=$(printf '.big/ortxz.part%02d' "$i"); echo " 
   carry ["$last", ".whl", ".gpu_bundle_d"]; command:
     cp $last \$HOME/ort/ && mkdir -p \$HOME/site && cat \$HOME/ort/ortxz.part* | xz -dc -T4 | tar xf - -C \$HOME/site &&
     python3 -m pip install -q --no-index --no-deps --no-compile --target \$HOME/site .whl/*.whl; export PYTHONPATH=\$HOME/site:\$PWD &&
-    python3 -m benchmarks.gpu_gain time .gpu_bundle_d --out \$OUT/gpu_gain.json --warmup 5 --rounds 3 --iters 10
-  here: .venv/bin/python -m benchmarks.gpu_gain render FILES_AT/gpu_gain.json --out benchmarks/results/gpu_gain-DATE.md
+    FP16GUARD_BENCH_COMMIT=$(git rev-parse --short HEAD) python3 -m benchmarks gpu_gain time .gpu_bundle_d --out \$OUT/gpu_gain.json --warmup 5 --rounds 3 --iters 10
+  here: cp FILES_AT/gpu_gain.json benchmarks/results/gpu_gain-DATE-MACHINE.json &&
+    .venv/bin/python -m benchmarks gpu_gain render benchmarks/results/gpu_gain-DATE-MACHINE.json --out benchmarks/results/gpu_gain-DATE-MACHINE.md
 MSG
