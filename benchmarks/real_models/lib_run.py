@@ -1,26 +1,9 @@
-"""The real models through fp16guard's library calls, without Prefect: faster than ``run.py``.
+"""One real model through fp16guard's library calls, without Prefect (:func:`run_model`), and the
+cells of its table row (:func:`row_cells`).
 
-For each model (``models.MODELS`` plus ``more_models.MORE``), the flow's steps with default
-settings, called as the flow's tasks call them (the task functions themselves, ``.fn``, so a
-change in ``tasks/`` is followed here), with no Prefect server:
-
-1. statistics over every calibration shard (``fp16guard.stats.collect.StatsSession``);
-2. the plan: ``tasks.plan.plan_task`` (``plan_model`` with the default strategy, then
-   ``repair_plan`` on the calibration shards with the default gate);
-3. the build: ``tasks.build.build_mixed_onnx_task`` (``to_mixed_precision``);
-4. verification on the holdout shards: ``fp16guard.verify.compare.verify`` on the CPU, FP16
-   through storage emulation — the check the CPU backend runs;
-5. the same check of the all-FP16 build (every node FP16 that can be), to show what FP16 alone
-   does to the model on this data.
-
-Per model it records FP32 nodes (of all nodes), the FP16 share of the compute FLOPs and of the
-compute nodes (counted from the artifact, ``flops.py``; and ``fp16guard.plan.cost``'s figure when
-that module exists), the gate, the holdout error (a non-finite output is reported as such,
-never as a number), seconds per step, and the plan's repair/search record. The artifacts, the
-all-FP16 build, the plan and one holdout shard stay in the cache for ``python -m benchmarks gpu_gain``.
-
-The command line, the table and the result files are ``benchmarks/real_models_lib.py``
-(``python -m benchmarks real_models_lib``); this module is the per-model run it calls.
+The steps, what is recorded and why are described in ``benchmarks/real_models_lib.py``
+(``python -m benchmarks real_models_lib``), the command line, table and result files that call
+this module; ``stability``, ``autocast_compare``, ``final_table`` and ``repair_parallel`` use it too.
 """
 
 from __future__ import annotations
