@@ -189,7 +189,7 @@ class ExecutionSettings(BaseModel):
 
     task_runner: Literal["threads", "dask", "dask-cuda"] = Field(
         "threads",
-        description="threads (default): shard groups run in this process, `workers` at a time (default 1: onnxruntime already uses every core). dask: on a Dask cluster through prefect-dask (pip install 'fp16guard[dask]'): a local cluster of `workers` processes, or the one at `dask_address`. dask-cuda: one Dask worker per visible GPU, each pinned to its device (dask-cuda's LocalCUDACluster; pip install 'fp16guard[dask-cuda]'), or an existing dask-cuda cluster at `dask_address`. The statistics pass, the holdout verification and the GPU profile fan out on it.",
+        description="threads (default): shard groups run in this process, `workers` at a time (default: the CPU count, at most 4; statistics sessions run on one thread each so that results do not depend on parallelism). dask: on a Dask cluster through prefect-dask (pip install 'fp16guard[dask]'): a local cluster of `workers` processes, or the one at `dask_address`. dask-cuda: one Dask worker per visible GPU, each pinned to its device (dask-cuda's LocalCUDACluster; pip install 'fp16guard[dask-cuda]'), or an existing dask-cuda cluster at `dask_address`. The statistics pass, the holdout verification and the GPU profile fan out on it.",
     )
     dask_address: str | None = Field(
         None,
@@ -198,7 +198,7 @@ class ExecutionSettings(BaseModel):
     )
     workers: int | None = Field(
         None, ge=1, le=1024,
-        description="threads: shard groups at once (default 1). dask without an address: worker processes of the local cluster (default: the CPU count, at most 4). dask-cuda without an address: GPUs used, one worker each (default: every visible GPU).",
+        description="threads: shard groups at once (default: the CPU count, at most 4). dask without an address: worker processes of the local cluster (default: the CPU count, at most 4). dask-cuda without an address: GPUs used, one worker each (default: every visible GPU).",
     )
     group_samples: int | None = Field(
         None, ge=1, le=10_000_000,

@@ -27,8 +27,8 @@ from fp16guard.stats.collect import STATS_THREADS
 
 __all__ = ["FanOut", "RunnerChoice", "stats_runner", "describe"]
 
-#: Local Dask workers when none is set: the CPU count, at most this many.
-MAX_DEFAULT_DASK_WORKERS = 4
+#: Workers when none is set (threads, or local Dask processes): the CPU count, at most this many.
+MAX_DEFAULT_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ def stats_runner(execution) -> RunnerChoice:
     if execution.task_runner == "threads":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        workers = execution.workers or 1
+        # Statistics sessions run on one thread each (exact whatever the parallelism), so the
+        # cores are used by running groups at once: the CPU count, at most 4 (a session each).
+        workers = execution.workers or max(1, min(MAX_DEFAULT_WORKERS, _cpus()))
         return RunnerChoice(ThreadPoolTaskRunner(max_workers=workers), "threads", workers, STATS_THREADS)
     from fp16guard.cluster import check_runner
 
@@ -87,7 +89,7 @@ def stats_runner(execution) -> RunnerChoice:
         workers = kwargs["n_workers"]
         runner = DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster", cluster_kwargs=kwargs)
         return RunnerChoice(runner, kind, workers, STATS_THREADS, device_per_worker=True)
-    workers = execution.workers or max(1, min(MAX_DEFAULT_DASK_WORKERS, _cpus()))
+    workers = execution.workers or max(1, min(MAX_DEFAULT_WORKERS, _cpus()))
     cluster_kwargs = {
         "n_workers": workers,
         "threads_per_worker": 1,
