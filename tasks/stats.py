@@ -97,8 +97,10 @@ def shard_group_stats_task(
         progress: a :func:`fp16guard.progress.report` channel; each finished shard is reported
             to it when the flow listens in this process (threads), else the flow counts the group
             when it returns (other processes, e.g. Dask workers).
-        threads: onnxruntime intra-op threads (0: onnxruntime's choice; a local Dask cluster
-            gives each worker its share of the cores).
+        threads: kept for callers; statistics sessions always run on
+            :data:`fp16guard.stats.collect.STATS_THREADS` (one) thread, so that figures do not
+            depend on the parallelism (onnxruntime's Log/Softplus kernels differ in the last bit
+            by thread count).
 
     Returns:
         One dict per shard, in order, as :func:`shard_stats_task` returns it, plus
