@@ -67,7 +67,7 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task runner")
     g.add_argument("--task-runner", choices=("threads", "dask", "dask-cuda"), default="threads", help="threads (default): shard groups in this process; dask: on a Dask cluster (pip install 'fp16guard[dask]'), local or at --dask-address; dask-cuda: one Dask worker per visible GPU, each pinned to its device (pip install 'fp16guard[dask-cuda]'). Statistics, holdout verification and the GPU profile fan out on it")
     g.add_argument("--dask-address", metavar="ADDR", help="scheduler of an existing Dask (or dask-cuda) cluster, e.g. tcp://10.0.0.5:8786 (default: a local cluster started for the run)")
-    g.add_argument("--workers", type=int, metavar="N", help="threads: shard groups at once (default 1); local Dask cluster: worker processes (default: CPUs, at most 4); dask-cuda: GPUs used, one worker each (default: all visible)")
+    g.add_argument("--workers", type=int, metavar="N", help="threads: shard groups at once (default: CPUs, at most 4); local Dask cluster: worker processes (default: CPUs, at most 4); dask-cuda: GPUs used, one worker each (default: all visible)")
     g.add_argument("--group-samples", type=int, metavar="N", help="samples of calibration data per statistics task (default 256; each shard is still cached on its own)")
     g.add_argument("--group-bytes", type=int, metavar="B", help="bytes of shard files per statistics task at most (default 256 MiB)")
 
