@@ -382,15 +382,14 @@ def split_holdout(calib: Sequence, specs: Sequence, folder: Path) -> tuple[list,
 
 
 def _statistics(model_path: Path, calib: Sequence, batch_size: int | None, providers: Sequence[str], work: Path):
-    """Per-shard statistics in one session, reduced and written as the flow writes them."""
+    """Per-shard statistics (several one-thread sessions at once, tables in shard order), reduced
+    and written as the flow writes them."""
     from fp16guard.progress import Progress
-    from fp16guard.stats.collect import StatsSession, write_stats_files
+    from fp16guard.stats.collect import write_stats_files
+    from fp16guard.stats.parallel import measure_shards
 
-    tables = []
-    with StatsSession(model_path, batch_size=batch_size, providers=list(providers)) as session, Progress(len(calib), "calibration shards") as bar:
-        for ref in calib:
-            tables.append(session.run(ref))
-            bar.advance(ref.name)
+    with Progress(len(calib), "calibration shards") as bar:
+        tables, _ = measure_shards(model_path, calib, batch_size=batch_size, providers=list(providers), on_shard=bar.advance)
     return write_stats_files(tables, work / "stats.parquet", work / "shard_stats.parquet")
 
 

@@ -42,18 +42,14 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``fp16guard stats``. Returns 0; raises UserError subclasses on bad input."""
     from fp16guard.io.shards import discover_shards
     from fp16guard.progress import Progress
-    from fp16guard.stats.collect import StatsSession, write_stats_files
+    from fp16guard.runners.onnxrt import choose_providers
+    from fp16guard.stats.collect import write_stats_files
+    from fp16guard.stats.parallel import measure_shards
 
     shards = discover_shards(args.calib, "calibration")
-    tables = []
-    from fp16guard.runners.onnxrt import choose_providers
-
-    with StatsSession(args.model, batch_size=args.batch_size, providers=choose_providers(args.providers)) as session:
-        with Progress(len(shards), "shards") as bar:
-            for ref in shards:
-                tables.append(session.run(ref))
-                bar.advance(ref.name)
-        used = session.providers_used
+    # Several one-thread sessions at once (the figures do not depend on how many), tables in order.
+    with Progress(len(shards), "shards") as bar:
+        tables, used = measure_shards(args.model, shards, batch_size=args.batch_size, providers=choose_providers(args.providers), on_shard=bar.advance)
     reduced = write_stats_files(tables, args.out, args.shard_stats)
     print(summary(reduced, len(shards), args.top))
     print(f"providers: {', '.join(used)}" + (" (TF32 off)" if "CUDAExecutionProvider" in used else ""))
