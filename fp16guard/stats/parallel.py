@@ -21,11 +21,14 @@ import pyarrow as pa
 
 from fp16guard.stats.collect import StatsSession
 
-__all__ = ["MAX_DEFAULT_WORKERS", "default_workers", "measure_shards"]
+__all__ = ["MAX_DEFAULT_WORKERS", "SHARDS_PER_SESSION", "default_workers", "measure_shards"]
 
 #: Sessions at once when none is asked for: the CPU count, at most this many (each session holds
 #: its own instrumented model and activations).
 MAX_DEFAULT_WORKERS = 4
+#: Fewest shards each session measures when the count is chosen here (a session's creation costs
+#: about as much as measuring a few shards: OCR recogniser, 2 shards, 2 sessions took 1.4x one).
+SHARDS_PER_SESSION = 4
 
 
 def default_workers() -> int:
@@ -52,7 +55,8 @@ def measure_shards(
         refs: the shards (:class:`fp16guard.io.shards.ShardRef`), in the order of the result.
         batch_size: samples per inference call (see :class:`StatsSession`).
         providers: onnxruntime execution providers; default CPU.
-        workers: sessions at once; default :func:`default_workers`, never more than the shards.
+        workers: sessions at once; default :func:`default_workers`, and at least
+            :data:`SHARDS_PER_SESSION` shards a session; never more sessions than shards.
         on_shard: called with each shard's name when it is measured (from a worker thread).
 
     Returns:
@@ -62,7 +66,9 @@ def measure_shards(
         Whatever :meth:`StatsSession.run` raises for the first failing shard in order; the
         sessions are closed in every case.
     """
-    count = max(1, min(workers or default_workers(), len(refs) or 1))
+    # A session costs its creation (seconds for a large model, and the constants measured again):
+    # by default each one measures at least SHARDS_PER_SESSION shards.
+    count = max(1, min(workers or min(default_workers(), len(refs) // SHARDS_PER_SESSION), len(refs) or 1))
     sessions: list[StatsSession] = []
     guard = threading.Lock()
     local = threading.local()
