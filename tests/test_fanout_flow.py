@@ -16,7 +16,7 @@ from fp16guard.settings import RunParameters
 from tests.test_fanout_verify import cut_holdout
 
 CONFIGS = {
-    "threads-1": {},
+    "threads-1": {"workers": 1},
     "threads-2": {"task_runner": "threads", "workers": 2, "group_samples": 8},
     "threads-2-single": {"task_runner": "threads", "workers": 2, "group_samples": 1},
     "dask-2": {"task_runner": "dask", "workers": 2, "group_samples": 16},
