@@ -10,7 +10,6 @@ fp16guard never does (:mod:`fp16guard.runners.onnxrt`).
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 from typing import Mapping, Sequence
