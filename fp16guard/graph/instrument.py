@@ -327,6 +327,22 @@ def constant_model(model: onnx.ModelProto, tensors: Sequence[TensorInfo], exact_
     return out
 
 
+
+def _sampling_initializers() -> list[onnx.TensorProto]:
+    """The constants the strided underflow sample reads (one set for :func:`instrument` and
+    :func:`instrument_packed`): +inf, the flat shape, the sample bound 2 * SAMPLE, 2, 1, and the
+    Slice starts/ends/axes."""
+    return [
+        helper.make_tensor(f"{PREFIX}/inf", TensorProto.FLOAT, [], [float("inf")]),
+        helper.make_tensor(f"{PREFIX}/flat_shape", TensorProto.INT64, [1], [-1]),
+        helper.make_tensor(f"{PREFIX}/sample", TensorProto.INT64, [], [2 * SAMPLE]),
+        helper.make_tensor(f"{PREFIX}/two", TensorProto.INT64, [], [2]),
+        helper.make_tensor(f"{PREFIX}/one", TensorProto.INT64, [], [1]),
+        helper.make_tensor(f"{PREFIX}/starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor(f"{PREFIX}/ends", TensorProto.INT64, [1], [2**62]),
+        helper.make_tensor(f"{PREFIX}/axes0", TensorProto.INT64, [1], [0]),
+    ]
+
 def instrument(
     model: onnx.ModelProto,
     tensors: Sequence[TensorInfo],
@@ -374,18 +390,7 @@ def instrument(
             ]
         )
     if underflow:
-        graph.initializer.extend(
-            [
-                helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]),
-                helper.make_tensor(flat, TensorProto.INT64, [1], [-1]),
-                helper.make_tensor(sample, TensorProto.INT64, [], [2 * SAMPLE]),
-                helper.make_tensor(f"{PREFIX}/two", TensorProto.INT64, [], [2]),
-                helper.make_tensor(one, TensorProto.INT64, [], [1]),
-                helper.make_tensor(starts, TensorProto.INT64, [1], [0]),
-                helper.make_tensor(ends, TensorProto.INT64, [1], [2**62]),
-                helper.make_tensor(axes0, TensorProto.INT64, [1], [0]),
-            ]
-        )
+        graph.initializer.extend(_sampling_initializers())
 
     producers = {name: node for node in graph.node for name in node.output}
     by_name = {t.name: k for k, t in enumerate(tensors)}
@@ -507,19 +512,8 @@ def instrument_packed(model: onnx.ModelProto, tensors: Sequence[TensorInfo]) -> 
     starts, ends, axes0 = (f"{PREFIX}/{n}" for n in ("starts", "ends", "axes0"))
     if zero in taken or PACKED_FIGURES in taken:
         raise ValueError(f"model already has a tensor named {zero}")
-    graph.initializer.extend(
-        [
-            helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]),
-            helper.make_tensor(inf, TensorProto.FLOAT, [], [float("inf")]),
-            helper.make_tensor(flat, TensorProto.INT64, [1], [-1]),
-            helper.make_tensor(sample2, TensorProto.INT64, [], [2 * SAMPLE]),
-            helper.make_tensor(two, TensorProto.INT64, [], [2]),
-            helper.make_tensor(one, TensorProto.INT64, [], [1]),
-            helper.make_tensor(starts, TensorProto.INT64, [1], [0]),
-            helper.make_tensor(ends, TensorProto.INT64, [1], [2**62]),
-            helper.make_tensor(axes0, TensorProto.INT64, [1], [0]),
-        ]
-    )
+    graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
+    graph.initializer.extend(_sampling_initializers())
     producers = {name: node for node in graph.node for name in node.output}
     by_name = {t.name: k for k, t in enumerate(tensors)}
     inputs = {i.name for i in graph.input}
