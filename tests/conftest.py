@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,15 @@ def flow_run_line(proc) -> str:
         if line.startswith("flow run: "):
             return line
     return ""
+
+
+def wait_for_first_shard(proc, store) -> None:
+    """Wait until a running ``fp16guard run`` has printed its ``flow run:`` line and cached its
+    first statistics shard in ``store`` (at most 120 s, or until it ends): the point from which
+    a test's kill or interrupt lands mid-run."""
+    line = flow_run_line(proc)
+    assert line.startswith("flow run: "), (line, proc.stderr.read() if proc.poll() is not None else "")
+    records = Path(store) / ".cache" / "stats" / "records"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
+        time.sleep(0.02)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fp16guard.cli.watchdog import ServerLost, ServerWatchdog
-from conftest import flow_run_line
+from conftest import wait_for_first_shard
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,11 +71,7 @@ def test_cli_run_whose_server_is_killed_exits_3_in_one_line_and_leaves_no_stagin
     records = store / ".cache" / "stats" / "records"
     runs = store / "demo" / "1" / "runs"
     try:
-        line = flow_run_line(proc)  # once the flow is running
-        assert line.startswith("flow run: "), (line, proc.stderr.read() if proc.poll() is not None else "")
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
-            time.sleep(0.02)
+        wait_for_first_shard(proc, store)
         # Mid-run: a shard finished, the process still works, nothing is published yet.
         assert proc.poll() is None and any(records.iterdir()) and not runs.exists(), "the server was not killed mid-run"
         os.kill(state["pid"], signal.SIGKILL)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, flow_run_line
+from conftest import REPO, wait_for_first_shard
 
 
 def _start_run(demo_files, store, api_url) -> subprocess.Popen:
@@ -31,11 +31,7 @@ def test_sigint_mid_run_exits_130_and_leaves_no_staging(prefect_api_url, demo_fi
     records = store / ".cache" / "stats" / "records"
     version = store / "demo" / "1"
     try:
-        line = flow_run_line(proc)  # once the flow is running
-        assert line.startswith("flow run: "), (line, proc.stderr.read() if proc.poll() is not None else "")
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not (records.is_dir() and any(records.iterdir())):
-            time.sleep(0.02)
+        wait_for_first_shard(proc, store)
         time.sleep(after_s)
         # Mid-run: a shard finished, the process still works, and the run is staged, not published.
         assert proc.poll() is None, "the run ended before it could be interrupted"
